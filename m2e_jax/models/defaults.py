@@ -1,0 +1,39 @@
+"""Default `config.model` and `config.loss` (the trainer's configs/*.py start from these).
+
+config.model:
+  height, width        256, 192   image size; divisible by 2**num_downsamples and 2**d_layers
+  base_channels        64         generator width after the 7x7 input conv
+  num_downsamples      2          stride-2 downsamples (width doubles each, capped at 8x)
+  pan_blocks, trn_blocks, ftn_blocks   9, 3, 6   residual blocks per generator
+  norm                 "instance" | "group" | "none"
+  upsample             "resize_conv" | "transpose" | "pixel_shuffle"
+  iuv_encoding         "onehot" (27 channels) | "raw" (3 channels)
+  dtype                "float32" | "bfloat16" (compute dtype; params and outputs stay float32)
+  garment_kind         "upper" | "lower": used when a batch has no garment_kind field
+  garment_dilation     2   pixels R_P grows beyond the DensePose parts
+  soft_dilation, feather   3, 2   R~ = box_blur(dilate(R_P, soft_dilation), feather)
+  warp_tile, warp_fill_iters   32, 2   ops.uv_warp settings (atlas tile size, hole filling)
+  d_channels, d_layers 64, 3  PatchGAN width and stride-2 layers (3 = 70x70 receptive field)
+  spectral_norm        False  spectral norm in the discriminators (see discriminators.py)
+config.loss: see m2e_jax/losses.py.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def model_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        height=256, width=192, base_channels=64, num_downsamples=2, pan_blocks=9, trn_blocks=3,
+        ftn_blocks=6, norm="instance", upsample="resize_conv", iuv_encoding="onehot", dtype="float32",
+        garment_kind="upper", garment_dilation=2, soft_dilation=3, feather=2, warp_tile=32,
+        warp_fill_iters=2, d_channels=64, d_layers=3, spectral_norm=False,
+    ))
+
+
+def loss_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        gan="lsgan", adv_weight=1.0, l1_weight=10.0, perceptual_weight=10.0, consistency_weight=10.0,
+        alpha_weight=1.0, vgg="lpips_vgg16", vgg16_layer_weights=(1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0),
+    ))

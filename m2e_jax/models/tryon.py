@@ -1,0 +1,172 @@
+"""The whole generator pipeline: batch -> UV warp -> PAN -> TRN -> FTN.
+
+`prepare_batch(batch)` turns a data_schema batch (uint8 `[B, ...]`) into float network inputs.
+`TryOnNet(model_cfg)` holds the three generators as submodules named exactly `pan`, `trn`, `ftn`,
+so its parameter tree is `{"pan": ..., "trn": ..., "ftn": ...}`.
+
+Separate parameter trees per network group (the trainer's choice): the subtrees of that tree are
+each network's own parameters, so the trainer keeps three trees and calls the pure function
+`tryon_forward({"pan": p, "trn": t, "ftn": f}, inputs, model_cfg)`; stages that train a prefix of
+the pipeline pass `upto="pan"` / `"trn"` and only those subtrees are needed. One network alone:
+`TryOnNet(cfg).apply({"params": {"pan": p}}, ..., method=TryOnNet.run_pan)` (also `run_trn`,
+`run_ftn`), or the modules `PAN` / `TRN` / `FTN` directly.
+
+The warp W, V = uv_warp(M, I_M -> I_P) has no parameters; if `inputs` already holds `warped` and
+`valid` (e.g. computed once per batch outside the generator's gradient) they are used as given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from m2e_jax import densepose
+from m2e_jax.models.discriminators import PatchDiscriminator
+from m2e_jax.models.ftn import FTN
+from m2e_jax.models.pan import PAN
+from m2e_jax.models.trn import TRN
+
+STAGES = ("pan", "trn", "ftn")
+
+
+def image_to_float(x):
+    """uint8 `[..., 3]` in 0..255 -> float32 in [-1, 1]; float input is returned as float32."""
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32) / 127.5 - 1.0
+    return x.astype(jnp.float32)
+
+
+def prepare_batch(batch: dict[str, Any], model_cfg: Any = None) -> dict[str, jax.Array]:
+    """data_schema batch -> float network inputs (jit-friendly; numpy or jax input).
+
+    Returns model_image, person_image, target_image `[B, H, W, 3]` in [-1, 1]; model_iuv,
+    person_iuv float IUV `[B, H, W, 3]` (densepose.iuv_to_float); model_mask, person_mask
+    `[B, H, W, 1]` float {0, 1}; has_target, paired `[B]` float; region R_P (the garment parts of
+    each example's garment_kind, dilated by model.garment_dilation, joined with person_mask) and
+    soft_region R~ `[B, H, W, 1]` float. `model_cfg` (config.model) defaults to defaults.model_config().
+    """
+    from m2e_jax.models.defaults import model_config
+
+    cfg = model_cfg if model_cfg is not None else model_config()
+    missing = [k for k in ("model_image", "model_iuv", "person_image", "person_iuv") if k not in batch]
+    if missing:
+        raise ValueError(f"prepare_batch: batch lacks fields {missing} (see m2e_jax/data_schema.py)")
+    b = {k: jnp.asarray(v) for k, v in batch.items()}
+    out = {k: image_to_float(b[k]) for k in ("model_image", "person_image", "target_image") if k in b}
+    out["model_iuv"] = densepose.iuv_to_float(b["model_iuv"])
+    out["person_iuv"] = densepose.iuv_to_float(b["person_iuv"])
+    n, h, w = out["person_image"].shape[:3]
+    for k in ("model_mask", "person_mask"):
+        out[k] = b[k].astype(jnp.float32) if k in b else jnp.zeros((n, h, w, 1), jnp.float32)
+    for k in ("has_target", "paired"):
+        if k in b:
+            out[k] = b[k].astype(jnp.float32)
+    default_kind = densepose.GARMENT_KINDS.index(cfg.garment_kind)
+    kind = b["garment_kind"] if "garment_kind" in b else jnp.full((n,), default_kind, jnp.int32)
+    regions = [densepose.garment_region(out["person_iuv"], k, cfg.garment_dilation, out["person_mask"])
+               for k in densepose.GARMENT_KINDS]
+    region = regions[0]
+    for index, r in enumerate(regions[1:], start=1):
+        region = jnp.where((kind == index)[:, None, None, None], r, region)
+    out["region"] = region
+    out["soft_region"] = densepose.soft_region(region, cfg.soft_dilation, cfg.feather)
+    return out
+
+
+def _frozen(cfg) -> ml_collections.FrozenConfigDict:
+    return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
+
+
+class TryOnNet(nn.Module):
+    """PAN -> TRN -> FTN on `prepare_batch` output. `__call__(inputs, upto="ftn") -> dict`.
+
+    Output keys (float32): warped W `[B, H, W, 3]`, valid V `[B, H, W, 1]`, region, soft_region
+    `[B, H, W, 1]`, aligned A; with upto >= "trn": texture T_g, alpha `[B, H, W, 1]`, refined T;
+    with upto == "ftn": output P' `[B, H, W, 3]`. Images in [-1, 1].
+    """
+
+    model_cfg: ml_collections.FrozenConfigDict
+
+    def setup(self):
+        cfg = self.model_cfg
+        self.pan = PAN.from_config(cfg)
+        self.trn = TRN.from_config(cfg)
+        self.ftn = FTN.from_config(cfg)
+
+    def warp(self, inputs) -> tuple[jax.Array, jax.Array]:
+        if "warped" in inputs and "valid" in inputs:
+            return inputs["warped"], inputs["valid"]
+        from m2e_jax.ops.uv_warp import uv_warp  # written concurrently; imported where used.
+
+        return uv_warp(inputs["model_image"], inputs["model_iuv"], inputs["person_iuv"],
+                       tile_size=self.model_cfg.warp_tile, fill_iters=self.model_cfg.warp_fill_iters)
+
+    def run_pan(self, inputs, warped, valid):
+        return self.pan(inputs["model_image"], inputs["model_iuv"], inputs["person_iuv"], warped, valid)
+
+    def run_trn(self, inputs, aligned, warped, valid):
+        return self.trn(aligned, warped, valid, inputs["region"], inputs["person_iuv"])
+
+    def run_ftn(self, inputs, refined):
+        return self.ftn(inputs["person_image"], refined, inputs["region"], inputs["soft_region"],
+                        inputs["person_iuv"])
+
+    def __call__(self, inputs, upto: str = "ftn"):
+        if upto not in STAGES:
+            raise ValueError(f"TryOnNet: upto must be one of {STAGES}, got {upto!r}")
+        warped, valid = self.warp(inputs)
+        warped = warped.astype(jnp.float32)
+        valid = valid.astype(jnp.float32)
+        out = {"warped": warped, "valid": valid, "region": inputs["region"],
+               "soft_region": inputs["soft_region"]}
+        out["aligned"] = self.run_pan(inputs, warped, valid)
+        if upto == "pan":
+            return out
+        out.update(self.run_trn(inputs, out["aligned"], warped, valid))
+        if upto == "trn":
+            return out
+        out["output"] = self.run_ftn(inputs, out["refined"])
+        return out
+
+
+def make_tryon(model_cfg) -> TryOnNet:
+    return TryOnNet(_frozen(model_cfg))
+
+
+def init_params(model_cfg, rng: jax.Array, batch_size: int = 1) -> dict[str, Any]:
+    """Random parameters `{"pan": ..., "trn": ..., "ftn": ...}` for images model.height x model.width."""
+    net = make_tryon(model_cfg)
+    # jit: eager init dispatches op by op and is ~10x slower on CPU.
+    return jax.jit(net.init)(rng, dummy_inputs(model_cfg, batch_size))["params"]
+
+
+def dummy_inputs(model_cfg, batch_size: int = 1) -> dict[str, jax.Array]:
+    """All-zero `prepare_batch`-shaped inputs (with warped / valid) for init and shape checks."""
+    h, w = model_cfg.height, model_cfg.width
+    img = jnp.zeros((batch_size, h, w, 3), jnp.float32)
+    mask = jnp.zeros((batch_size, h, w, 1), jnp.float32)
+    return {"model_image": img, "person_image": img, "model_iuv": img, "person_iuv": img,
+            "warped": img, "valid": mask, "region": mask, "soft_region": mask}
+
+
+def tryon_forward(params: dict[str, Any], inputs: dict[str, jax.Array], model_cfg,
+                  upto: str = "ftn") -> dict[str, jax.Array]:
+    """Pure forward pass from per-network parameter trees `{"pan": p, "trn": t, "ftn": f}`.
+
+    Only the networks up to `upto` need parameters.
+    """
+    needed = STAGES[: STAGES.index(upto) + 1] if upto in STAGES else STAGES
+    missing = [k for k in needed if k not in params]
+    if missing:
+        raise ValueError(f"tryon_forward(upto={upto!r}): no parameters for {missing}")
+    return make_tryon(model_cfg).apply({"params": {k: params[k] for k in needed}}, inputs, upto=upto)
+
+
+def build_discriminators(model_cfg, **overrides) -> dict[str, PatchDiscriminator]:
+    """The two pose-conditional PatchGANs: "pan" scores A, "final" scores P' (both with enc(I_P))."""
+    return {name: PatchDiscriminator.from_config(model_cfg, **overrides)
+            for name in ("pan", "final")}
