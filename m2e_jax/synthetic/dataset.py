@@ -86,18 +86,17 @@ def _check_args(seed: int, split: str, height: int, width: int, garment_kind: st
         raise ValueError(f"garment_kind: unknown {garment_kind!r}; expected one of {densepose.GARMENT_KINDS}")
 
 
-def make_example(seed: int, split: str, index: int, height: int, width: int, kind: str = "paired",
-                 garment_kind: str = "upper") -> dict[str, Any]:
-    """One example in data_schema format, plus `model_id`, `person_id`, `target_id` (image names).
+Person = tuple[world.Identity, world.Garment, world.Garment, world.Pose]  # identity, upper, lower, pose
 
-    Args:
-      seed: world seed (>= 0). split: "train" | "test". index: example number (>= 0).
-      height, width: image size in pixels (>= 32; 4:3 such as 128x96 looks right).
-      kind: "paired" | "unpaired". garment_kind: "upper" | "lower" (the garment transferred).
-    """
-    _check_args(seed, split, height, width, garment_kind)
+
+def example_people(seed: int, split: str, index: int, kind: str = "paired",
+                   garment_kind: str = "upper") -> tuple[Person, Person, Person]:
+    """The (identity, upper, lower, pose) of M, P and the target of example `index` (no rendering)."""
+    _split_id(split)
     if kind not in EXAMPLE_KINDS:
         raise ValueError(f"kind: unknown example kind {kind!r}; expected one of {EXAMPLE_KINDS}")
+    if garment_kind not in densepose.GARMENT_KINDS:
+        raise ValueError(f"garment_kind: unknown {garment_kind!r}; expected one of {densepose.GARMENT_KINDS}")
     if isinstance(index, bool) or not isinstance(index, int | np.integer) or index < 0:
         raise ValueError(f"index must be a non-negative integer, got {index!r}")
     rng = np.random.default_rng([seed, _split_id(split), int(index)])
@@ -109,15 +108,32 @@ def make_example(seed: int, split: str, index: int, height: int, width: int, kin
     pose_b = world.sample_pose(rng, id=f"p{index:06d}b")
     member = functools.partial(pool_member, seed, split)
     a, ga, lo_a = member("identity", ia), member("upper", ua), member("lower", la)
+    model = (a, ga, lo_a, pose_a)
     if kind == "paired":
-        b, gb, lo_b = a, ga, lo_a
-        target = (b, gb, lo_b)
-    else:
-        b, gb, lo_b = member("identity", ib), member("upper", ub), member("lower", lb)
-        target = (b, ga, lo_b) if garment_kind == "upper" else (b, gb, lo_a)
-    m = world.render(a, ga, lo_a, pose_a, height, width)
-    p = world.render(b, gb, lo_b, pose_b, height, width)
-    t = p if kind == "paired" else world.render(*target, pose_b, height, width)
+        person = (a, ga, lo_a, pose_b)
+        return model, person, person
+    b, gb, lo_b = member("identity", ib), member("upper", ub), member("lower", lb)
+    person = (b, gb, lo_b, pose_b)
+    target = (b, ga, lo_b, pose_b) if garment_kind == "upper" else (b, gb, lo_a, pose_b)
+    return model, person, target
+
+
+def make_example(seed: int, split: str, index: int, height: int, width: int, kind: str = "paired",
+                 garment_kind: str = "upper") -> dict[str, Any]:
+    """One example in data_schema format, plus `model_id`, `person_id`, `target_id` (image names).
+
+    Args:
+      seed: world seed (>= 0). split: "train" | "test". index: example number (>= 0).
+      height, width: image size in pixels (>= 32; 4:3 such as 128x96 looks right).
+      kind: "paired" | "unpaired". garment_kind: "upper" | "lower" (the garment transferred).
+    Also carries `model_parse`, `person_parse`, `target_parse` (uint8 [H, W]) and `target_iuv`
+    for writers; they are not part of the batch format.
+    """
+    _check_args(seed, split, height, width, garment_kind)
+    model, person, target = example_people(seed, split, index, kind, garment_kind)
+    m = world.render(*model, height, width)
+    p = world.render(*person, height, width)
+    t = p if kind == "paired" else world.render(*target, height, width)
     value = densepose.GARMENT_KINDS.index(garment_kind) + 1
     return {
         "model_image": m.image, "model_iuv": m.iuv,
@@ -127,9 +143,7 @@ def make_example(seed: int, split: str, index: int, height: int, width: int, kin
         "target_image": t.image,
         "has_target": np.int32(1), "paired": np.int32(kind == "paired"),
         "garment_kind": np.int32(value - 1),
-        "model_id": image_name(a, ga, lo_a, pose_a), "person_id": image_name(b, gb, lo_b, pose_b),
-        "target_id": image_name(*target, pose_b),
-        # Parsing maps, for writers (not part of the batch format).
+        "model_id": image_name(*model), "person_id": image_name(*person), "target_id": image_name(*target),
         "model_parse": m.parse, "person_parse": p.parse, "target_parse": t.parse,
         "target_iuv": t.iuv,
     }

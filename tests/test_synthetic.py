@@ -1,0 +1,273 @@
+"""The synthetic try-on world: exact IUV, exact ground truth, determinism, splits, files on disk."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from m2e_jax import data_schema, densepose
+from m2e_jax.synthetic import __main__ as cli
+from m2e_jax.synthetic import contact_sheet, dataset, world
+
+H, W = 64, 48
+
+
+def _random_person(seed: int):
+    rng = np.random.default_rng(seed)
+    return (world.sample_identity(rng), world.sample_garment(rng, "upper"),
+            world.sample_garment(rng, "lower"), world.sample_pose(rng))
+
+
+@pytest.fixture(scope="module")
+def examples():
+    """Examples 0..11 of train at 64x48, half paired."""
+    return dataset.make_examples(0, "train", 12, H, W)
+
+
+@pytest.fixture(scope="module")
+def unpaired():
+    return dataset.make_example(3, "train", 5, 128, 96, kind="unpaired")
+
+
+@pytest.mark.parametrize("size", [(64, 48), (128, 96), (256, 192)])
+def test_iuv_agrees_with_image_exactly(size):
+    h, w = size
+    for seed in range(4):
+        idn, up, lo, pose = _random_person(seed)
+        r = world.render(idn, up, lo, pose, h, w)
+        i, u, v = r.iuv[..., 0], r.iuv[..., 1], r.iuv[..., 2]
+        fg = i > 0
+        assert 0.08 < fg.mean() < 0.6  # a person, roughly filling the frame
+        np.testing.assert_array_equal(r.image[fg], world.texel(idn, up, lo, i[fg], u[fg], v[fg]))
+        # Background pixels carry no surface coordinates; only this world's labels appear.
+        assert not r.iuv[~fg].any()
+        assert set(np.unique(i[fg])) <= set(world.LABELS_USED)
+        # The person's own pixels are not background: the texel differs from the backdrop somewhere.
+        assert (r.image[fg] != world.background(idn, h, w)[fg]).any()
+        densepose.check_iuv(r.iuv, "render")
+
+
+def test_texel_takes_uint8_and_float_uv_alike():
+    idn, up, lo, _ = _random_person(1)
+    part = np.array(world.LABELS_USED)
+    u8 = np.arange(len(part), dtype=np.uint8) * 11
+    v8 = 255 - u8
+    np.testing.assert_array_equal(world.texel(idn, up, lo, part, u8, v8),
+                                  world.texel(idn, up, lo, part, u8 / 255.0, v8 / 255.0))
+
+
+def _uv_warp_agreement(src_image, src_iuv, dst_image, dst_iuv, max_dist=6):
+    """Nearest-UV warp of src onto dst per part label: (pixels matched, fraction with dst's colour)."""
+    from scipy.spatial import cKDTree
+
+    src_iuv, dst_iuv = src_iuv.astype(np.int32), dst_iuv.astype(np.int32)
+    agree = total = 0
+    for label in world.LABELS_USED:
+        src, dst = src_iuv[..., 0] == label, dst_iuv[..., 0] == label
+        if src.sum() < 4 or not dst.any():
+            continue
+        dist, idx = cKDTree(src_iuv[src][:, 1:]).query(dst_iuv[dst][:, 1:])
+        close = dist <= max_dist  # the same surface point up to the renders' UV sampling
+        warped = src_image[src][idx[close]].astype(np.int32)
+        agree += (np.abs(warped - dst_image[dst][close]).max(-1) <= 12).sum()
+        total += close.sum()
+    return total, agree / max(total, 1)
+
+
+def test_uv_warp_reproduces_the_other_pose():
+    """Moving M's pixels to P's pose through (I, U, V) gives P's colours (same outfit)."""
+    ex = dataset.make_example(0, "train", 4, 256, 192, kind="paired")
+    total, frac = _uv_warp_agreement(ex["model_image"], ex["model_iuv"], ex["person_image"], ex["person_iuv"])
+    assert total > 3000 and frac > 0.95
+    # Control: another person's outfit warped the same way does not match.
+    other = dataset.make_example(0, "train", 5, 256, 192, kind="paired")
+    _, frac_other = _uv_warp_agreement(other["model_image"], other["model_iuv"], ex["person_image"],
+                                       ex["person_iuv"])
+    assert frac_other < 0.5
+
+
+def test_ground_truth_is_the_independent_render(unpaired):
+    model, person, _ = dataset.example_people(3, "train", 5, "unpaired", "upper")
+    a, g, _, _ = model
+    b, h, own_lower, pose_b = person
+    assert a.id != b.id and g.id != h.id
+    expected = world.render(b, g, own_lower, pose_b, 128, 96)
+    np.testing.assert_array_equal(unpaired["target_image"], expected.image)
+    np.testing.assert_array_equal(unpaired["target_iuv"], unpaired["person_iuv"])  # same body, same pose
+    p, t, i = unpaired["person_image"], unpaired["target_image"], unpaired["person_iuv"][..., 0]
+    untouched = (i == 0) | np.isin(i, densepose.HEAD)
+    np.testing.assert_array_equal(t[untouched], p[untouched])
+    both = (unpaired["person_parse"] == 1) & (unpaired["target_parse"] == 1)
+    assert both.sum() > 200
+    assert (t[both] != p[both]).any(-1).mean() > 0.5
+    assert unpaired["target_id"] == dataset.image_name(b, g, own_lower, pose_b)
+    assert int(unpaired["paired"]) == 0 and int(unpaired["has_target"]) == 1
+
+
+def test_lower_garment_triplet_swaps_only_the_lower_garment():
+    ex = dataset.make_example(3, "train", 6, H, W, kind="unpaired", garment_kind="lower")
+    p, t = ex["person_image"], ex["target_image"]
+    keep = ex["person_parse"] != 2  # upper garment, skin, head, background stay P's
+    keep &= ex["target_parse"] != 2
+    np.testing.assert_array_equal(t[keep], p[keep])
+    lower = (ex["person_parse"] == 2) & (ex["target_parse"] == 2)
+    assert (t[lower] != p[lower]).any(-1).mean() > 0.5
+    np.testing.assert_array_equal(ex["person_mask"][..., 0], ex["person_parse"] == 2)
+    assert int(ex["garment_kind"]) == 1
+
+
+def test_paired_examples_target_the_person(examples):
+    paired = [ex for ex in examples if int(ex["paired"])]
+    assert paired and len(paired) < len(examples)
+    for ex in paired:
+        np.testing.assert_array_equal(ex["target_image"], ex["person_image"])
+        assert ex["model_id"].split("_")[:3] == ex["person_id"].split("_")[:3]  # same identity, garments
+        assert ex["model_id"] != ex["person_id"]  # different pose
+        assert not np.array_equal(ex["model_iuv"], ex["person_iuv"])
+
+
+def test_examples_follow_the_schema_and_masks_match_parts(examples):
+    for n, ex in enumerate(examples):
+        data_schema.validate_example(ex, H, W, where=f"example {n}")
+        for role in ("model", "person"):
+            mask, i = ex[f"{role}_mask"][..., 0], ex[f"{role}_iuv"][..., 0]
+            np.testing.assert_array_equal(mask, ex[f"{role}_parse"] == 1)
+            assert mask.sum() > 0
+            for value, kind in ((1, "upper"), (2, "lower")):
+                labels = i[ex[f"{role}_parse"] == value]
+                assert np.isin(labels, densepose.GARMENT_PARTS[kind]).all()
+
+
+def test_occlusion_arm_in_front_of_and_behind_torso():
+    in_front = behind = 0
+    for seed in range(40):
+        idn, up, lo, pose = _random_person(seed)
+        segs = world.body_segments(idn, pose, 128, 96)
+        torso = next(s for s in segs if s.labels == (2, 2))
+        py, px = np.mgrid[0:128, 0:96] + 0.5
+        inside_torso = world.segment_chart(torso, px, py)[0]
+        iuv = world.rasterize(segs, 128, 96)
+        arm = np.isin(iuv[..., 0], densepose.UPPER_ARMS + densepose.LOWER_ARMS + densepose.HANDS)
+        in_front += (arm & inside_torso).sum() > 10
+        if not all(pose.arm_front):
+            behind += 1
+            # An arm behind the torso never shows inside it.
+            for k, side_labels in enumerate(((16, 18, 20, 22, 3), (15, 17, 19, 21, 4))):
+                if not pose.arm_front[k]:
+                    assert not (np.isin(iuv[..., 0], side_labels) & inside_torso).any()
+    assert in_front >= 5 and behind >= 1
+
+
+def test_same_seed_same_bytes_other_seed_differs(examples):
+    again = dataset.make_examples(0, "train", 3, H, W)
+    for a, b in zip(examples[:3], again):
+        for key in data_schema.ARRAY_KEYS:
+            assert a[key].tobytes() == b[key].tobytes()
+        assert a["model_id"] == b["model_id"]
+    other = dataset.make_example(1, "train", 0, H, W, kind="paired")
+    assert other["model_image"].tobytes() != examples[0]["model_image"].tobytes()
+    # Which indices are paired depends on (seed, split, index) only, not on how many are asked for.
+    assert [int(e["paired"]) for e in dataset.make_examples(0, "train", 5, H, W)] == \
+        [int(e["paired"]) for e in examples[:5]]
+
+
+def test_splits_draw_from_disjoint_pools():
+    for what in ("identity", "upper", "lower"):
+        train, test = dataset.pool(0, "train", what), dataset.pool(0, "test", what)
+        assert len({m.id for m in train}) == len(train)
+        assert not {m.id for m in train} & {m.id for m in test}
+        assert not {m.params() for m in train} & {m.params() for m in test}
+    test_ex = dataset.make_example(0, "test", 0, H, W, kind="unpaired")
+    assert all(part.startswith("test-") for part in test_ex["target_id"].split("_")[:3])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(height=0), "height must be >= 32"),
+    (dict(height=31), "height must be >= 32"),
+    (dict(width=16), "width must be >= 32"),
+    (dict(height=64.0), "height must be an integer"),
+    (dict(split="val"), r"unknown split 'val'.*'train', 'test'"),
+    (dict(kind="both"), "unknown example kind"),
+    (dict(garment_kind="shoes"), "garment_kind"),
+    (dict(seed=-1), "seed must be a non-negative"),
+    (dict(index=-2), "index must be a non-negative"),
+])
+def test_bad_arguments_give_clear_errors(kwargs, match):
+    args = dict(seed=0, split="train", index=0, height=H, width=W)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        dataset.make_example(**args)
+
+
+def test_written_folder_round_trips(tmp_path, examples):
+    out = tmp_path / "ds"
+    meta = dataset.write_dataset(out, 0, H, W, num_train=12, num_test=2)
+    assert json.loads((out / "meta.json").read_text()) == json.loads(json.dumps(meta))
+    assert meta["counts"]["train"]["examples"] == 12 and meta["version"] == dataset.VERSION
+    images = out / "train" / "images"
+    with open(out / "train" / "pairs.csv") as f:
+        pairs = list(csv.DictReader(f))
+    with open(out / "train" / "triplets.csv") as f:
+        triplets = list(csv.DictReader(f))
+    assert len(pairs) + len(triplets) == 12
+    read = lambda name: np.asarray(Image.open(images / name))
+    for ex in examples:
+        for role in ("model", "person", "target"):
+            name = ex[f"{role}_id"]
+            np.testing.assert_array_equal(read(f"{name}.png"), ex[f"{role}_image"])
+            iuv = ex["target_iuv"] if role == "target" else ex[f"{role}_iuv"]
+            np.testing.assert_array_equal(densepose.iuv_from_png_rgb(read(f"{name}_IUV.png")), iuv)
+            np.testing.assert_array_equal(read(f"{name}_parse.png"), ex[f"{role}_parse"])
+        row = {"source": ex["model_id"], "target": ex["person_id"]} if int(ex["paired"]) else {
+            "model": ex["model_id"], "person": ex["person_id"], "target": ex["target_id"]}
+        assert row in (pairs if int(ex["paired"]) else triplets)
+    # As OpenCV would write it: channel 0 of the array (I) is the PNG's blue channel.
+    some = read(f"{examples[0]['model_id']}_IUV.png")
+    assert some[..., 2].max() <= densepose.NUM_PARTS and some[..., 0].max() > densepose.NUM_PARTS
+    # Same seed, same files byte for byte; the folder is refused when it already exists.
+    again = dataset.write_dataset(tmp_path / "ds2", 0, H, W, num_train=12, num_test=2)
+    assert again == meta
+    listing = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    files = listing(out)
+    assert files == listing(tmp_path / "ds2") and len(files) > 12
+    for rel in files:
+        assert (out / rel).read_bytes() == (tmp_path / "ds2" / rel).read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        dataset.write_dataset(out, 0, H, W, num_train=1, num_test=1)
+
+
+def test_killed_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    real = dataset._write_split
+
+    def failing(split_dir, exs):
+        if split_dir.name == "test":
+            raise KeyboardInterrupt  # as if killed half way
+        return real(split_dir, exs)
+
+    monkeypatch.setattr(dataset, "_write_split", failing)
+    with pytest.raises(KeyboardInterrupt):
+        dataset.write_dataset(tmp_path / "ds", 0, H, W, num_train=2, num_test=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_writes_dataset_and_sheet_and_rejects_bad_args(tmp_path, capsys):
+    sheet = tmp_path / "sheet.png"
+    assert cli.main(["--out", str(tmp_path / "d"), "--height", "64", "--width", "48", "--num_train", "2",
+                     "--num_test", "1", "--contact_sheet", str(sheet)]) == 0
+    assert (tmp_path / "d" / "meta.json").exists()
+    grid = np.asarray(Image.open(sheet))
+    first = dataset.make_examples(0, "test", 1, 64, 48)[0]
+    tile = grid[12:12 + 128:2, 60:60 + 96:2]  # the M tile of the first row, zoom 2
+    np.testing.assert_array_equal(tile, first["model_image"])
+    assert cli.main(["--out", str(tmp_path / "e"), "--height", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "height must be >= 32" in err
+    with pytest.raises(SystemExit):
+        cli.main(["--out", str(tmp_path / "f"), "--garment_kind", "hat"])
+
+
+def test_contact_sheet_rejects_empty(tmp_path):
+    with pytest.raises(ValueError, match="no examples"):
+        contact_sheet.contact_sheet([], tmp_path / "x.png")
