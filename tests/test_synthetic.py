@@ -271,3 +271,25 @@ def test_cli_writes_dataset_and_sheet_and_rejects_bad_args(tmp_path, capsys):
 def test_contact_sheet_rejects_empty(tmp_path):
     with pytest.raises(ValueError, match="no examples"):
         contact_sheet.contact_sheet([], tmp_path / "x.png")
+
+
+def test_left_right_labels_follow_densepose():
+    """The person faces the camera: their right side (DensePose's *_right parts) is on the image's left."""
+    idn, up, lo, _ = _random_person(0)
+    pose = world.Pose(id="rest", lean=0.0, head_tilt=0.0, shoulder=(0.2, 0.2), elbow=(0.0, 0.0),
+                      arm_front=(True, True), hip=(0.1, 0.1), knee=(0.0, 0.0), zoom=1.0, shift=0.0)
+    i = world.render(idn, up, lo, pose, 128, 96).iuv[..., 0]
+    x = np.broadcast_to(np.arange(96), i.shape)
+    mean_x = lambda label: x[i == label].mean()
+    for right, left in ((23, 24), (3, 4), (6, 5), (9, 10), (13, 14), (16, 15), (18, 17), (20, 19)):
+        assert mean_x(right) < mean_x(left), (right, left)
+    # Arm halves: "inside" faces the torso, "outside" faces away.
+    assert mean_x(18) < mean_x(16) and mean_x(15) < mean_x(17)
+
+
+def test_world_rejects_wrong_garment_kinds():
+    idn, up, lo, pose = _random_person(2)
+    with pytest.raises(ValueError, match="upper and a lower garment"):
+        world.render(idn, lo, up, pose, H, W)
+    with pytest.raises(ValueError, match="unknown garment kind 'hat'"):
+        world.sample_garment(np.random.default_rng(0), "hat")
