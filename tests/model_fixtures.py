@@ -41,7 +41,8 @@ def random_batch(seed: int = 0, batch: int = 2, h: int = H, w: int = W) -> dict[
     return {
         "model_image": img(), "person_image": img(), "target_image": img(),
         "model_iuv": random_iuv(rng, batch, h, w), "person_iuv": random_iuv(rng, batch, h, w),
-        "model_mask": np.zeros((batch, h, w, 1), np.uint8), "person_mask": np.zeros((batch, h, w, 1), np.uint8),
+        "model_mask": np.zeros((batch, h, w, 1), np.uint8),
+        "person_mask": np.zeros((batch, h, w, 1), np.uint8),
         "has_target": np.ones((batch,), np.int32), "paired": np.ones((batch,), np.int32),
         "garment_kind": np.zeros((batch,), np.int32),
     }

@@ -148,10 +148,11 @@ def zero_insert_transpose_conv(x, conv: nn.Module):
     """The 3x3 stride-2 "SAME" transposed conv as zero insertion (`lax.pad`) + a stride-1 VALID conv.
 
     Equals `nn.ConvTranspose(F, (3, 3), strides=(2, 2), padding="SAME")` with the same kernel:
-    interior padding 1 dilates the input, edge padding (1, 2) reproduces "SAME"'s placement.
+    interior padding 1 dilates the input, edge padding (2, 1) reproduces flax's "SAME" placement
+    (measured; the (1, 2) of stack.md matches PyTorch's flipped-kernel convention, not flax's).
     """
     zero = jnp.zeros((), x.dtype)
-    dilated = lax.pad(x, zero, ((0, 0, 0), (1, 2, 1), (1, 2, 1), (0, 0, 0)))
+    dilated = lax.pad(x, zero, ((0, 0, 0), (2, 1, 1), (2, 1, 1), (0, 0, 0)))
     return conv(dilated)
 
 
@@ -226,6 +227,8 @@ class ResnetGenerator(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        check_choice("model.norm", self.norm, NORMS)
+        check_choice("model.upsample", self.upsample, UPSAMPLES)
         check_divisible(x.shape[1], x.shape[2], 2 ** self.num_downsamples, f"{self.name or 'generator'}")
         x = x.astype(self.dtype)
         x = ConvNormAct(self.base_channels, 7, self.norm, True, self.fast, self.dtype)(x)
@@ -274,8 +277,6 @@ class GeneratorNet(nn.Module):
 
     def generate(self, x, out_channels: int):
         """The ResNet generator on `[B, H, W, Cin]` -> float32 `[B, H, W, out_channels]` logits."""
-        check_choice("model.norm", self.norm, NORMS)
-        check_choice("model.upsample", self.upsample, UPSAMPLES)
         dt = compute_dtype(self.dtype)
         return ResnetGenerator(out_channels, self.base_channels, self.num_downsamples, self.num_blocks,
                                self.norm, self.upsample, self.fast, dt, name="net")(x.astype(dt))
