@@ -1,0 +1,89 @@
+"""Build the M2E TFDS dataset without Apache Beam:
+
+    python -m data_prep.build --dataset folder --manual_dir DIR --data_dir DIR --height 256 --width 192 \
+        [--strict] [--num_unpaired N] [--seed S] [--workers W]
+
+Where apache-beam is installed, `tfds build data_prep/m2e_dataset --manual_dir DIR --config folder_256x192`
+(from the repo root, with it on PYTHONPATH) builds the same records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from data_prep import m2e_dataset
+
+
+def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike, height: int, width: int,
+          *, strict: bool = False, num_unpaired: int | None = None, seed: int = 0,
+          select: str | int = "largest", garment_kind: str | None = None, workers: int = 0,
+          overwrite: bool = False,
+          synthetic_counts: tuple[int, int] = (64, 16), test_fraction: float = 0.1) -> str:
+    """Builds (or reuses) one config; returns its folder DATA_DIR/m2e_dataset/<dataset>_<H>x<W>/1.0.0.
+
+    For "synthetic", an empty/missing `manual_dir` is first filled by m2e_jax.synthetic.write_dataset
+    (`synthetic_counts` = (num_train, num_test) examples, this `seed` and size). An existing build is
+    reused unless `overwrite`. The trainer can call this to build the synthetic set on first use.
+    """
+    import tensorflow_datasets as tfds
+
+    from data_prep.m2e_dataset import m2e_dataset_dataset_builder as mb
+
+    manual = Path(manual_dir).expanduser()
+    if dataset == "synthetic" and not (manual.is_dir() and any(manual.iterdir())):
+        from m2e_jax.synthetic import dataset as synthetic
+
+        synthetic.write_dataset(manual, seed, height, width, *synthetic_counts, overwrite=manual.exists(),
+                                **({"garment_kind": garment_kind} if garment_kind else {}))
+    if not manual.is_dir():
+        raise FileNotFoundError(f"--manual_dir {manual}: not a directory")
+    config = mb.M2EConfig(source=dataset, height=height, width=width)
+    # TFDS refuses a config object named like a predefined one: pass predefined ones by name
+    config_arg = config.name if config.name in mb.Builder.builder_configs else config
+    options = mb.BuildOptions(strict=strict, num_unpaired=num_unpaired, seed=seed, select=select,
+                              garment_kind=garment_kind, workers=workers, test_fraction=test_fraction)
+    builder = mb.Builder(config=config_arg, data_dir=os.fspath(Path(data_dir).expanduser()), options=options,
+                         file_format="array_record")
+    mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else \
+        tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=os.fspath(manual), download_mode=mode))
+    return m2e_dataset.dataset_dir(data_dir, config.name)
+
+
+def _select(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, choices=("synthetic", "deepfashion", "mvc", "folder"))
+    p.add_argument("--manual_dir", required=True, help="the photos and DensePose outputs")
+    p.add_argument("--data_dir", required=True, help="where TFDS writes m2e_dataset/<config>/<version>")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--strict", action="store_true", help="stop at the first bad record")
+    p.add_argument("--num_unpaired", type=int, default=None, help="unpaired draws per split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--select", type=_select, default="largest",
+                   help="person to keep: largest | central | score (dumps) | instance number")
+    p.add_argument("--garment_kind", choices=("upper", "lower"), default=None)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        path = build(a.dataset, a.manual_dir, a.data_dir, a.height, a.width, strict=a.strict,
+                     num_unpaired=a.num_unpaired, seed=a.seed, select=a.select, garment_kind=a.garment_kind,
+                     workers=a.workers, overwrite=a.overwrite)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"built {path}; report: {os.path.join(path, 'build_report.txt')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

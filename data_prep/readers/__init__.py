@@ -1,0 +1,2 @@
+"""Readers of the files users bring: photos, DensePose outputs (Detectron IUV PNGs, detectron2 dumps),
+and dataset layouts (generic folder, DeepFashion In-shop, MVC)."""

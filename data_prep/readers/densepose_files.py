@@ -1,0 +1,68 @@
+"""Finding a photo's DensePose output: `NAME_IUV.png` (+ `NAME_INDS.png`) beside it or in a mirror
+tree, or its entry in a detectron2 dump."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from data_prep.catalog import IuvRef
+from data_prep.readers import detectron2_dump, iuv_png
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Files beside the photos that are DensePose/parsing outputs, not photos.
+AUX_SUFFIXES = ("_IUV", "_INDS", "_parse")
+DUMP_NAMES = ("densepose.pkl", "results.pkl", "dump.pkl")
+
+
+def is_photo(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.stem.endswith(AUX_SUFFIXES)
+
+
+def stem(name: str) -> str:
+    """'dir/a.jpg' -> 'a': the key photos and dump entries are matched on."""
+    base = os.path.basename(name.replace("\\", "/"))
+    root, ext = os.path.splitext(base)
+    return root if ext.lower() in IMAGE_SUFFIXES else base
+
+
+class DumpIndex:
+    """The entries of one dump file by photo stem; a stem seen twice is ambiguous and refused."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.entries: dict[str, detectron2_dump.DumpEntry] = {}
+        self.ambiguous: set[str] = set()
+        for e in detectron2_dump.load_dump(self.path):
+            s = stem(e.file_name)
+            if s in self.entries:
+                self.ambiguous.add(s)
+            self.entries[s] = e
+
+    def ref(self, image_name: str) -> IuvRef | None:
+        s = stem(image_name)
+        if s in self.ambiguous or s not in self.entries:
+            return None
+        return IuvRef(dump=self.entries[s], dump_path=self.path)
+
+
+def find_dump(*dirs: Path) -> Path | None:
+    """The first dump file with a known name in `dirs`."""
+    for d in dirs:
+        for n in DUMP_NAMES:
+            if (d / n).is_file():
+                return d / n
+    return None
+
+
+def iuv_ref(image: Path, mirror: Path | None = None, rel: Path | None = None,
+            dump: DumpIndex | None = None) -> IuvRef | None:
+    """DensePose for `image`: `STEM_IUV.png` beside it, else `mirror/rel.parent/STEM_IUV.png`, else the
+    dump entry; None when there is none."""
+    candidates = [image.with_name(image.stem + "_IUV.png")]
+    if mirror is not None and rel is not None:
+        candidates.append(mirror / rel.parent / (image.stem + "_IUV.png"))
+    for c in candidates:
+        if c.is_file():
+            return IuvRef(png=str(c), inds=iuv_png.inds_path_for(c))
+    return dump.ref(image.name) if dump is not None else None

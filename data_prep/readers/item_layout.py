@@ -1,0 +1,65 @@
+"""Datasets organised by item id (DeepFashion In-shop, MVC): photos with an item id and maybe a split,
+turned into split catalogs with same-item pairs and seeded unpaired draws."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from data_prep import pairing
+from data_prep.catalog import ExampleRef, ImageRef, Problem, SplitCatalog
+from data_prep.readers import densepose_files as dpf
+
+
+def catalogs(photos: Sequence[tuple[str, Path, str, str | None, int]], *, root: Path,
+             mirror: Path | None, num_unpaired: int, seed: int, test_fraction: float,
+             explicit_pairs: dict[str, list[tuple[str, str, str]]] | None = None,
+             max_pairs_per_item: int | None = None) -> dict[str, SplitCatalog]:
+    """Split catalogs from photos given as (name, path, item, split or None, garment kind).
+
+    A photo without a split goes by `pairing.item_split(item)`. Pairs are every ordered pair of photos
+    of one item unless `explicit_pairs` ({split: [(source, target, where)]}) are given.
+    """
+    dump_path = dpf.find_dump(root)
+    dump = dpf.DumpIndex(dump_path) if dump_path else None
+    out: dict[str, SplitCatalog] = {}
+    kind_of: dict[str, int] = {}
+    for name, path, item, split, kind in photos:
+        split = split or pairing.item_split(item, test_fraction, seed)
+        cat = out.setdefault(split, SplitCatalog())
+        rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+        parse = path.with_name(path.stem + "_parse.png")
+        cat.images[name] = ImageRef(name, str(path), item, dpf.iuv_ref(path, mirror, rel, dump),
+                                    str(parse) if parse.is_file() else None, kind)
+        kind_of[name] = kind
+    pairing.check_disjoint({s: {r.item for r in c.images.values()} for s, c in out.items()})
+    for split, cat in out.items():
+        groups = pairing.group_by_item({n: r.item for n, r in cat.images.items()})
+        if explicit_pairs is None:
+            cat.examples += pairing.item_pairs(groups, kind_of, max_per_item=max_pairs_per_item)
+        else:
+            for a, b, where in explicit_pairs.get(split, []):
+                missing = [n for n in (a, b) if n not in cat.images]
+                if missing:
+                    cat.problems.append(Problem(where, f"partner file {missing[0]} missing", split))
+                else:
+                    cat.examples.append(ExampleRef(a, b, b, True, kind_of[a], where))
+        cat.examples += pairing.unpaired(groups, num_unpaired, seed, kind_of)
+    return out
+
+
+def scan(root: Path, pattern: str, parse_path: Callable[[Path], tuple[str, str, int] | None]
+         ) -> tuple[list[tuple[str, Path, str, None, int]], list[Problem]]:
+    """Photos under `root` matching `pattern`: parse_path(path) -> (name, item, kind) or None (skipped,
+    reported as a problem)."""
+    photos, problems = [], []
+    for p in sorted(root.glob(pattern)):
+        if not (p.is_file() and dpf.is_photo(p)):
+            continue
+        parsed = parse_path(p)
+        if parsed is None:
+            problems.append(Problem(str(p), "file name does not follow the dataset's layout; skipped"))
+            continue
+        name, item, kind = parsed
+        photos.append((name, p, item, None, kind))
+    return photos, problems
