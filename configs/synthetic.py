@@ -1,0 +1,42 @@
+"""The embedded demo: builds the synthetic try-on world on first use and trains on a laptop CPU.
+
+`python -m m2e_jax.main --config configs/synthetic.py --workdir runs/synthetic` (about 10 minutes on
+a 2-core CPU). `--config configs/synthetic.py:test` is a tiny smoke variant (tests use it).
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = default.get_config()
+    c.dataset.update(name="synthetic", source="synthetic_memory", data_dir="data/synthetic",
+                     num_train=512, num_test=64, paired_fraction=0.5, garment_kind="upper")
+    c.model.update(height=64, width=48, base_channels=16, num_downsamples=2, pan_blocks=2, trn_blocks=1,
+                   ftn_blocks=1, d_channels=16, d_layers=2, warp_tile=16)
+    # The VGG16 perceptual loss costs more than the three generators together at this size on CPU.
+    c.loss.perceptual_weight = 0.0
+    c.batch_size = 8
+    c.eval_batch_size = 16
+    c.schedule.update(pan_steps=300, trn_steps=150, ftn_steps=150, joint_steps=600)
+    c.optim.update(g_lr=5e-4, d_lr=2e-4)
+    c.log_every = 50
+    c.eval_every = 400
+    c.image_every = 400
+    c.checkpoint_every = 400
+    c.num_eval_examples = 64
+    if arg in ("test", "local"):
+        c.dataset.update(num_train=16, num_test=8)
+        c.model.update(height=32, width=32, base_channels=8, pan_blocks=1, trn_blocks=1, ftn_blocks=1,
+                       d_channels=8, d_layers=2, warp_tile=8)
+        c.batch_size = 4
+        c.eval_batch_size = 4
+        c.schedule.update(pan_steps=2, trn_steps=1, ftn_steps=1, joint_steps=2)
+        c.log_every = c.eval_every = c.image_every = c.checkpoint_every = 3
+        c.num_eval_examples = 8
+        c.num_image_examples = 2
+        c.async_checkpointing = False
+    elif arg:
+        raise ValueError(f"configs/synthetic.py: unknown argument {arg!r}; expected 'test' or 'local'")
+    return c

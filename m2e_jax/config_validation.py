@@ -1,0 +1,115 @@
+"""Checks a training config before anything is compiled: one clear error per problem.
+
+`validate(config)` raises `ConfigError` listing every problem found (each names the field), so a
+typo costs seconds, not a compile. Reference for known keys: configs/default.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+DATASETS = ("synthetic", "deepfashion", "mvc", "folder")
+SOURCES = ("tfds", "synthetic_memory")
+PARALLEL = ("shard_map", "pmap")
+
+
+class ConfigError(ValueError):
+    """A training config value is invalid; the message names the field(s)."""
+
+
+def _reference() -> ml_collections.ConfigDict:
+    from configs import default  # local: configs/ sits at the repository root, not in the package.
+
+    return default.get_config()
+
+
+def _unknown_keys(cfg: Any, ref: Any, prefix: str = "config") -> list[str]:
+    problems = []
+    for key in cfg.keys():
+        name = f"{prefix}.{key}"
+        if key not in ref:
+            problems.append(f"{name}: unknown key (known: {', '.join(sorted(ref.keys()))})")
+        elif isinstance(ref[key], ml_collections.ConfigDict):
+            if not isinstance(cfg[key], ml_collections.ConfigDict):
+                problems.append(f"{name}: must be a group of fields, got {cfg[key]!r}")
+            else:
+                problems.extend(_unknown_keys(cfg[key], ref[key], name))
+    return problems
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Every problem with `config`, one message each (empty list when it is valid)."""
+    out = _unknown_keys(config, _reference())
+    if out:  # the checks below read fields that may be misspelt
+        return out
+
+    def check(ok: bool, msg: str) -> None:
+        if not ok:
+            out.append(msg)
+
+    def positive(name: str, value: Any, allow_zero: bool = False) -> None:
+        ok = isinstance(value, int | float) and (value >= 0 if allow_zero else value > 0)
+        check(ok, f"config.{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+    d, m, s, o = config.dataset, config.model, config.schedule, config.optim
+    check(d.name in DATASETS, f"config.dataset.name: unknown dataset {d.name!r}; expected one of {DATASETS}")
+    check(d.source in SOURCES,
+          f"config.dataset.source: unknown source {d.source!r}; expected one of {SOURCES}")
+    check(d.source != "synthetic_memory" or d.name == "synthetic",
+          f"config.dataset.source: 'synthetic_memory' only renders the synthetic world, not {d.name!r}")
+    if d.source == "synthetic_memory":
+        positive("dataset.num_train", d.num_train)
+        positive("dataset.num_test", d.num_test)
+        check(0.0 <= d.paired_fraction <= 1.0,
+              f"config.dataset.paired_fraction: must lie in [0, 1], got {d.paired_fraction!r}")
+    check(config.parallel in PARALLEL,
+          f"config.parallel: unknown mode {config.parallel!r}; expected one of {PARALLEL}")
+    for name in ("g_lr", "d_lr"):
+        positive(f"optim.{name}", o[name])
+    for name in ("b1", "b2"):
+        check(0.0 <= o[name] < 1.0, f"config.optim.{name}: must lie in [0, 1), got {o[name]!r}")
+    check(0.0 <= o.decay_start <= 1.0, f"config.optim.decay_start: must lie in [0, 1], got {o.decay_start!r}")
+    check(0.0 <= config.ema_decay < 1.0, f"config.ema_decay: must lie in [0, 1), got {config.ema_decay!r}")
+    for name in ("pan_steps", "trn_steps", "ftn_steps", "joint_steps", "unpaired_per_cycle"):
+        positive(f"schedule.{name}", s[name], allow_zero=True)
+    positive("schedule.paired_per_cycle", s.paired_per_cycle)
+    check(s.pan_steps + s.trn_steps + s.ftn_steps + s.joint_steps > 0,
+          "config.schedule: all stage lengths are 0, nothing to train")
+    for name in ("batch_size", "eval_batch_size", "log_every", "eval_every", "image_every",
+                 "checkpoint_every", "keep_checkpoints", "height", "width", "base_channels"):
+        group = m if name in ("height", "width", "base_channels") else config
+        positive(f"{'model.' if group is m else ''}{name}", group[name])
+    for name in ("prefetch", "num_eval_examples", "num_image_examples"):
+        positive(name, config[name], allow_zero=True)
+    sizes = (m.height, m.width, m.num_downsamples, m.d_layers)
+    if all(isinstance(v, int) and v > 0 for v in sizes):
+        stride = 2 ** max(m.num_downsamples, m.d_layers)
+        check(m.height % stride == 0 and m.width % stride == 0,
+              f"config.model.height x width = {m.height}x{m.width}: must be divisible by {stride} "
+              f"(generator 2**num_downsamples = {2 ** m.num_downsamples}, "
+              f"discriminator 2**d_layers = {2 ** m.d_layers})")
+        d_out = min(m.height, m.width) // 2 ** m.d_layers - 2
+        check(d_out >= 1, f"config.model: {m.height}x{m.width} is too small for a PatchGAN with "
+                          f"d_layers={m.d_layers} (needs min side >= {3 * 2 ** m.d_layers})")
+    from m2e_jax.models.layers import DTYPES, NORMS, UPSAMPLES  # noqa: I001 (choices live with the layers)
+    from m2e_jax.losses import GANS
+    from m2e_jax.densepose import GARMENT_KINDS, IUV_ENCODINGS
+
+    for name, value, choices in (("model.norm", m.norm, NORMS), ("model.upsample", m.upsample, UPSAMPLES),
+                                 ("model.dtype", m.dtype, tuple(DTYPES)), ("loss.gan", config.loss.gan, GANS),
+                                 ("model.iuv_encoding", m.iuv_encoding, IUV_ENCODINGS),
+                                 ("model.garment_kind", m.garment_kind, GARMENT_KINDS),
+                                 ("dataset.garment_kind", d.garment_kind, GARMENT_KINDS)):
+        check(value in choices, f"config.{name}: unknown value {value!r}; expected one of {choices}")
+    for name in ("adv_weight", "l1_weight", "perceptual_weight", "consistency_weight", "alpha_weight"):
+        positive(f"loss.{name}", config.loss[name], allow_zero=True)
+    return out
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError with every problem in `config`, one per line."""
+    found = problems(config)
+    if found:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(found))

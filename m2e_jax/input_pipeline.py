@@ -1,0 +1,194 @@
+"""Training and evaluation batches: random-access sources -> per-host numpy batches -> device arrays.
+
+Sources (config.dataset.source):
+  "tfds"              data_prep.m2e_dataset.load_source(data_dir, tfds_config, split): the
+                      array_record TFDS data source (`__len__`, `__getitem__` -> data_schema dict).
+  "synthetic_memory"  synthetic.dataset.make_examples(...) rendered once and cached as an .npz in
+                      dataset.data_dir; later runs (and other processes) reuse the file.
+
+Order: the train examples are split into a paired and an unpaired stream (schedule.py says which
+one each step draws from); each stream walks an epoch-wise permutation seeded by (config.seed,
+stream, epoch). The batch of step s is a pure function of s, so a run resumed at step s sees the
+same batches as an uninterrupted one, with no iterator state to checkpoint. Each process loads only
+its slice of the global batch (rows [i * B / n, (i + 1) * B / n) for process i of n). A dataset
+without unpaired examples (real pairs only) gets its unpaired stream from M and P of two different
+pairs, with no target.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from m2e_jax import data_schema, schedule
+
+MODEL_KEYS = ("model_image", "model_iuv", "model_mask")
+
+
+class ArraySource:
+    """Random access over stacked per-field arrays (`{key: [N, ...]}`) in data_schema format."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        missing = [k for k in data_schema.KEYS if k not in arrays]
+        if missing:
+            raise ValueError(f"ArraySource: missing fields {missing}")
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays["paired"])
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {k: v[i] for k, v in self.arrays.items()}
+
+    def paired_flags(self) -> np.ndarray:
+        return self.arrays["paired"].astype(bool)
+
+
+def stack_examples(examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """A list of data_schema examples -> `{key: [N, ...]}` with the schema's dtypes."""
+    return {k: np.stack([np.asarray(ex[k]) for ex in examples]).astype(dtype)
+            for k, (_, dtype) in data_schema.spec(*np.asarray(examples[0]["model_image"]).shape[:2]).items()}
+
+
+def _synthetic_cache_path(dcfg: Any, seed: int, split: str, height: int, width: int) -> str:
+    num = dcfg.num_train if split == dcfg.train_split else dcfg.num_test
+    key = f"{seed}-{split}-{num}-{height}x{width}-{dcfg.paired_fraction}-{dcfg.garment_kind}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    return os.path.join(dcfg.data_dir, f"synthetic_{split}_{height}x{width}_{num}_{digest}.npz")
+
+
+def synthetic_source(dcfg: Any, seed: int, split: str, height: int, width: int) -> ArraySource:
+    """The synthetic split rendered by make_examples, cached in dcfg.data_dir as .npz."""
+    path = _synthetic_cache_path(dcfg, seed, split, height, width)
+    if os.path.exists(path):
+        with np.load(path) as f:
+            return ArraySource({k: f[k] for k in f.files})
+    from m2e_jax.synthetic import dataset
+
+    num = dcfg.num_train if split == dcfg.train_split else dcfg.num_test
+    logging.info("Rendering %d synthetic %s examples (%dx%d) into %s", num, split, height, width, path)
+    arrays = stack_examples(dataset.make_examples(seed, split, num, height, width,
+                                                  paired_fraction=dcfg.paired_fraction,
+                                                  garment_kind=dcfg.garment_kind))
+    os.makedirs(dcfg.data_dir, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: concurrent processes never read a half-written cache
+    return ArraySource(arrays)
+
+
+def open_source(config: Any, split: str):
+    """The random-access source of `split` chosen by config.dataset.source."""
+    d = config.dataset
+    if d.source == "synthetic_memory":
+        return synthetic_source(d, config.seed, split, config.model.height, config.model.width)
+    if d.source == "tfds":
+        from data_prep import m2e_dataset  # local: only the tfds path needs data_prep.
+
+        return m2e_dataset.load_source(d.data_dir, d.tfds_config, split)
+    raise ValueError(f"config.dataset.source: unknown source {d.source!r}")
+
+
+def paired_flags(source) -> np.ndarray:
+    """[N] bool: which examples are paired (sources may offer this without decoding images)."""
+    if hasattr(source, "paired_flags"):
+        return np.asarray(source.paired_flags(), bool)
+    return np.array([bool(np.asarray(source[i]["paired"])) for i in range(len(source))])
+
+
+@functools.lru_cache(maxsize=16)
+def permutation(seed: int, stream: str, epoch: int, n: int) -> np.ndarray:
+    tag = int.from_bytes(hashlib.sha1(stream.encode()).digest()[:4], "little")
+    return np.random.default_rng([seed, tag, epoch]).permutation(n)
+
+
+class TrainData:
+    """Per-step training batches (this process's rows) for a source, following config.schedule."""
+
+    def __init__(self, source, config: Any, process_index: int = 0, process_count: int = 1):
+        self.source, self.seed, self.sched = source, config.seed, config.schedule
+        self.batch_size = config.batch_size
+        if self.batch_size % process_count:
+            raise ValueError(f"config.batch_size={self.batch_size} not divisible by "
+                             f"{process_count} processes")
+        self.local_size = self.batch_size // process_count
+        self.row0 = process_index * self.local_size
+        flags = paired_flags(source)
+        self.paired_idx = np.flatnonzero(flags)
+        self.unpaired_idx = np.flatnonzero(~flags)
+        if len(self.paired_idx) == 0:
+            raise ValueError("training data: no paired examples; stages 1-3 need same-person pairs")
+        self.combine_unpaired = len(self.unpaired_idx) == 0
+        if self.combine_unpaired and len(self.paired_idx) < 2 and schedule.uses_unpaired(self.sched):
+            raise ValueError("training data: need >= 2 pairs to form unpaired (M, P) combinations")
+
+    def _positions(self, batch_position: int) -> np.ndarray:
+        start = batch_position * self.batch_size + self.row0
+        return np.arange(start, start + self.local_size)
+
+    def _draw(self, indices: np.ndarray, stream: str, pos: int) -> int:
+        """Source index at position `pos` of a stream walking epoch-wise permutations of `indices`."""
+        epoch, i = divmod(int(pos), len(indices))
+        return int(indices[permutation(self.seed, stream, epoch, len(indices))[i]])
+
+    def _paired_example(self, pos: int) -> dict:
+        return self.source[self._draw(self.paired_idx, "paired", pos)]
+
+    def _unpaired_example(self, pos: int) -> dict:
+        if not self.combine_unpaired:
+            return self.source[self._draw(self.unpaired_idx, "unpaired", pos)]
+        # M from one pair, P from another: different people and garments, no ground truth.
+        a = self._draw(self.paired_idx, "unpaired_model", pos)
+        b = self._draw(self.paired_idx, "unpaired_person", pos)
+        if a == b:
+            b = int(self.paired_idx[(np.searchsorted(self.paired_idx, b) + 1) % len(self.paired_idx)])
+        ex = dict(self.source[b])
+        model = self.source[a]
+        ex.update({k: model[k] for k in MODEL_KEYS})
+        ex["target_image"] = np.zeros_like(np.asarray(ex["target_image"]))
+        ex["has_target"] = np.int32(0)
+        ex["paired"] = np.int32(0)
+        return ex
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of the global batch of `step`, `{key: [B_local, ...]}` numpy."""
+        p = schedule.plan(step, self.sched)
+        get = self._paired_example if p.paired else self._unpaired_example
+        return stack_examples([get(pos) for pos in self._positions(p.position)])
+
+    def iterate(self, start_step: int, end_step: int, put: Callable = lambda b: b,
+                prefetch: int = 2) -> Iterator[tuple[int, Any]]:
+        """(step, put(batch(step))) for start_step <= step < end_step, loaded `prefetch` steps ahead."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pending: dict[int, concurrent.futures.Future] = {}
+            for step in range(start_step, end_step):
+                for s in range(step, min(step + 1 + prefetch, end_step)):
+                    if s not in pending:
+                        pending[s] = pool.submit(lambda s=s: put(self.batch(s)))
+                yield step, pending.pop(step).result()
+
+
+def eval_batches(source, batch_size: int, num: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """The first `num` examples (all when num <= 0 or more than there are), in order.
+
+    Yields (this process's rows of each global batch, their weights [B_local] float32): the last
+    batch is padded with empty examples of weight 0, so every batch has the same shape.
+    """
+    if batch_size % process_count:
+        raise ValueError(f"config.eval_batch_size={batch_size} not divisible by {process_count} processes")
+    total = len(source) if num <= 0 else min(num, len(source))
+    local = batch_size // process_count
+    first = source[0]
+    h, w = np.asarray(first["model_image"]).shape[:2]
+    for start in range(0, total, batch_size):
+        rows = range(start + process_index * local, start + (process_index + 1) * local)
+        examples = [source[i] if i < total else data_schema.empty_example(h, w) for i in rows]
+        yield stack_examples(examples), np.array([i < total for i in rows], np.float32)

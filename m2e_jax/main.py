@@ -1,0 +1,45 @@
+"""Command line: `python -m m2e_jax.main --config configs/NAME.py[:ARG] --workdir DIR [--config.x=y]`.
+
+Validates the config, then trains and evaluates (m2e_jax.train.train_and_evaluate); rerunning the
+same command resumes from the workdir's latest checkpoint. Exits 0 after a SIGTERM (state saved).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+# `configs/*.py` import `configs.default`: make the repository root importable from any cwd.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, images and eval tables.")
+config_flags.DEFINE_config_file("config", None, "configs/NAME.py[:ARG]", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from m2e_jax import config_validation
+
+    config_validation.validate(FLAGS.config)  # before TensorFlow / JAX start up
+    try:  # clu's writers import TensorFlow: keep it off the accelerators.
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
+    except ImportError:
+        pass
+    from m2e_jax import train
+
+    logging.info("workdir %s", FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
