@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data_prep.catalog import IuvRef
+from data_prep.catalog import IuvRef, Problem
 from data_prep.readers import detectron2_dump, iuv_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -44,6 +44,18 @@ class DumpIndex:
         if s in self.ambiguous or s not in self.entries:
             return None
         return IuvRef(dump=self.entries[s], dump_path=self.path)
+
+
+def open_dump(*dirs: Path) -> tuple[DumpIndex | None, Problem | None]:
+    """The dump in `dirs` (if any), or the one-line problem that makes it unusable: its photos are then
+    reported one by one as lacking DensePose, and the rest of the dataset still builds."""
+    path = find_dump(*dirs)
+    if path is None:
+        return None, None
+    try:
+        return DumpIndex(path), None
+    except detectron2_dump.DumpError as e:
+        return None, Problem(str(path), str(e).removeprefix(f"{path}: "))
 
 
 def find_dump(*dirs: Path) -> Path | None:

@@ -163,7 +163,7 @@ def load_dump(path: str | os.PathLike) -> list[DumpEntry]:
             if head[:1] == b"\x80":
                 raise DumpError("legacy (PyTorch < 1.6, non-zip) torch.save format is unsupported; "
                                 "re-save it with a current torch: torch.save(torch.load(f), f)")
-            raise DumpError("not a torch.save zip archive")
+            raise DumpError("not a torch.save zip archive (truncated, or not an apply_net dump)")
         with zipfile.ZipFile(path) as archive:
             root = _archive_root(archive)
             data = _Unpickler(archive.read(f"{root}/data.pkl"), archive, root).load()

@@ -57,9 +57,10 @@ def _scan_images(images_dir: Path, dump: dpf.DumpIndex | None) -> dict[str, Imag
 
 def _split_catalog(split: str, split_dir: Path, root: Path, default_kind: int, num_unpaired: int,
                    seed: int) -> SplitCatalog:
-    dump_path = dpf.find_dump(split_dir, root)
-    dump = dpf.DumpIndex(dump_path) if dump_path else None
+    dump, dump_problem = dpf.open_dump(split_dir, root)
     cat = SplitCatalog(images=_scan_images(split_dir / "images", dump))
+    if dump_problem:
+        cat.problems.append(dump_problem)
     pairs: list[tuple[str, str]] = []
 
     def known(name: str, csv_path: Path, row: int) -> str | None:

@@ -20,8 +20,7 @@ def catalogs(photos: Sequence[tuple[str, Path, str, str | None, int]], *, root: 
     A photo without a split goes by `pairing.item_split(item)`. Pairs are every ordered pair of photos
     of one item unless `explicit_pairs` ({split: [(source, target, where)]}) are given.
     """
-    dump_path = dpf.find_dump(root)
-    dump = dpf.DumpIndex(dump_path) if dump_path else None
+    dump, dump_problem = dpf.open_dump(root)
     out: dict[str, SplitCatalog] = {}
     kind_of: dict[str, int] = {}
     for name, path, item, split, kind in photos:
@@ -32,6 +31,8 @@ def catalogs(photos: Sequence[tuple[str, Path, str, str | None, int]], *, root: 
         cat.images[name] = ImageRef(name, str(path), item, dpf.iuv_ref(path, mirror, rel, dump),
                                     str(parse) if parse.is_file() else None, kind)
         kind_of[name] = kind
+    if dump_problem:
+        out.setdefault("train", SplitCatalog()).problems.append(dump_problem)
     pairing.check_disjoint({s: {r.item for r in c.images.values()} for s, c in out.items()})
     for split, cat in out.items():
         groups = pairing.group_by_item({n: r.item for n, r in cat.images.items()})
