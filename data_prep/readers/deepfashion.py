@@ -67,7 +67,7 @@ def _read_tree(root: Path, forced: str | None, num_unpaired: int, seed: int, tes
             return None
         return "/".join(rel)[: -len(p.suffix)], rel[3], category_kind(rel[2], forced)
 
-    photos, problems = item_layout.scan(root, "img/*/*/*/*", parse)
+    photos, problems = item_layout.scan(root, "img/**/*", parse)
     part = root / "list_eval_partition.txt"
     if part.is_file():
         split_of = _partition(part)
