@@ -194,3 +194,16 @@ def test_synthetic_world_round_trip(tmp_path):
             r = by_key[ex["model_id"] + ex["person_id"]]
             for k in data_schema.KEYS:
                 np.testing.assert_array_equal(r[k], ex[k], err_msg=k)
+
+
+@pytest.mark.slow  # spawns 2 worker processes that import jax/tfds (~10 s on 2 cores)
+def test_parallel_build_equals_serial(tmp_path):
+    _folder(tmp_path / "in")
+    for w in (0, 2):
+        _build(tmp_path / "in", tmp_path / f"out{w}", num_unpaired=3, workers=w)
+    a, b = (m2e_dataset.load_source(tmp_path / f"out{w}", f"folder_{H}x{W}", "train", with_meta=True)
+            for w in (0, 2))
+    assert len(a) == len(b) == 6
+    for x, y in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
