@@ -120,3 +120,44 @@ def consistency_loss(refined, warped, valid, region) -> jax.Array:
     Restricted to R_P because outside it T is the aligned image A by construction.
     """
     return l1_loss(refined, warped, valid * region)
+
+
+def generator_loss(out: dict, inputs: dict, loss_cfg, vgg=None, fake_logits: dict | None = None,
+                   paired: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted generator objective of one batch (method.md "Hybrid paired / unpaired training").
+
+    out: TryOnNet output (any prefix of the pipeline: terms of missing stages are skipped).
+    inputs: prepare_batch output (target_image used when paired).
+    fake_logits: discriminator logits {"pan": D_pan(A), "final": D_final(P')}, either optional.
+    vgg: models.vgg.Vgg for the perceptual terms (skipped when None or perceptual_weight == 0).
+    paired (static): target terms against target_image on A, T (inside R_P) and P'; otherwise the
+    unpaired self-consistency term. The alpha term and adversarial terms apply to both.
+
+    total = adv_weight * sum_D g_adv_loss + l1_weight * (L1(A, Y) + L1(T, Y | R_P) + L1(P', Y))
+            + perceptual_weight * (perc(A, Y) + perc(T, Y) + perc(P', Y))        [paired]
+            + consistency_weight * consistency_loss(T, W, V, R_P)               [unpaired]
+            + alpha_weight * alpha_loss(alpha, V, R_P)
+    Returns (total, dict of the unweighted terms).
+    """
+    terms: dict[str, jax.Array] = {}
+    stage_images = [(k, out[k]) for k in ("aligned", "refined", "output") if k in out]
+    if paired:
+        target = inputs["target_image"]
+        for name, image in stage_images:
+            mask = inputs["region"] if name == "refined" else None
+            terms[f"l1_{name}"] = l1_loss(image, target, mask)
+            if vgg is not None and loss_cfg.perceptual_weight:
+                terms[f"perceptual_{name}"] = vgg_perceptual(vgg, image, target, loss_cfg.vgg16_layer_weights)
+    elif "refined" in out:
+        terms["consistency"] = consistency_loss(out["refined"], out["warped"], out["valid"], out["region"])
+    if "alpha" in out:
+        terms["alpha"] = alpha_loss(out["alpha"], out["valid"], out["region"])
+    for name, logits in (fake_logits or {}).items():
+        terms[f"adv_{name}"] = g_adv_loss(logits, loss_cfg.gan)
+    weights = {"l1": loss_cfg.l1_weight, "perceptual": loss_cfg.perceptual_weight,
+               "consistency": loss_cfg.consistency_weight, "alpha": loss_cfg.alpha_weight,
+               "adv": loss_cfg.adv_weight}
+    total = jnp.zeros((), jnp.float32)
+    for name, value in terms.items():
+        total = total + weights[name.split("_")[0]] * value
+    return total, terms

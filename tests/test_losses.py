@@ -67,3 +67,41 @@ def test_alpha_and_consistency_by_hand():
     warped = jnp.arange(12.0).reshape(1, 2, 2, 3)
     # mask V * R_P = pixels (0,0) and (1,1): |0,1,2| + |9,10,11| = 33 over 2 pixels * 3 channels
     np.testing.assert_allclose(losses.consistency_loss(refined, warped, valid, region), 33.0 / 6)
+
+
+def _pipeline_like():
+    rng = np.random.default_rng(0)
+    u = lambda *s: jnp.asarray(rng.uniform(-1, 1, s), jnp.float32)
+    region = jnp.asarray(rng.uniform(size=(1, 4, 4, 1)) > 0.4, jnp.float32)
+    valid = jnp.asarray(rng.uniform(size=(1, 4, 4, 1)) > 0.5, jnp.float32)
+    out = {"aligned": u(1, 4, 4, 3), "refined": u(1, 4, 4, 3), "output": u(1, 4, 4, 3),
+           "alpha": (u(1, 4, 4, 1) + 1) / 2, "warped": u(1, 4, 4, 3), "valid": valid, "region": region}
+    inputs = {"target_image": u(1, 4, 4, 3), "region": region}
+    return out, inputs
+
+
+def test_generator_loss_is_the_weighted_sum():
+    from m2e_jax.models.defaults import loss_config
+
+    cfg = loss_config()
+    cfg.update(dict(l1_weight=3.0, alpha_weight=0.5, adv_weight=2.0, consistency_weight=7.0))
+    out, inputs = _pipeline_like()
+    y, r = inputs["target_image"], out["region"]
+    fake = {"pan": FAKE, "final": REAL}
+    total, terms = losses.generator_loss(out, inputs, cfg, vgg=None, fake_logits=fake, paired=True)
+    l1 = (losses.l1_loss(out["aligned"], y) + losses.l1_loss(out["refined"], y, r)
+          + losses.l1_loss(out["output"], y))
+    adv = losses.g_adv_loss(FAKE) + losses.g_adv_loss(REAL)
+    expected = 3.0 * l1 + 0.5 * losses.alpha_loss(out["alpha"], out["valid"], r) + 2.0 * adv
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+    assert "consistency" not in terms
+    total_u, terms_u = losses.generator_loss(out, inputs, cfg, paired=False)
+    expected_u = (7.0 * losses.consistency_loss(out["refined"], out["warped"], out["valid"], r)
+                  + 0.5 * losses.alpha_loss(out["alpha"], out["valid"], r))
+    np.testing.assert_allclose(total_u, expected_u, rtol=1e-6)
+    assert not any(k.startswith("l1") for k in terms_u)
+    # A PAN-only stage has only the PAN term.
+    pan_only = {k: out[k] for k in ("aligned", "warped", "valid", "region")}
+    total_p, terms_p = losses.generator_loss(pan_only, inputs, cfg)
+    assert set(terms_p) == {"l1_aligned"}
+    np.testing.assert_allclose(total_p, 3.0 * losses.l1_loss(out["aligned"], y), rtol=1e-6)

@@ -105,12 +105,24 @@ def test_vgg19_conversion_reproduces_torch_layout(tmp_path):
         np.testing.assert_allclose(a, b.transpose(0, 2, 3, 1), rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))
 
 
+def _torch_vgg19_features(torch):
+    """torchvision's vgg19().features[:30] layout built from torch.nn layers (no torchvision needed)."""
+    layers, cin = [], 3
+    for v in vgg_lib.VGG19_CFG + ("M", 512, 512, 512):  # torchvision's full cfg "E" up to features.35
+        if v == "M":
+            layers.append(torch.nn.MaxPool2d(2, 2))
+        else:
+            layers += [torch.nn.Conv2d(cin, v, 3, padding=1), torch.nn.ReLU(inplace=False)]
+            cin = v
+    return torch.nn.Sequential(*layers).eval()
+
+
 def test_vgg19_conversion_matches_torch(tmp_path):
     torch = pytest.importorskip("torch")
-    torchvision = pytest.importorskip("torchvision")
-    net = torchvision.models.vgg19(weights=None).eval()
+    torch.manual_seed(0)
+    net = _torch_vgg19_features(torch)
     pth = tmp_path / "vgg19.pth"
-    torch.save(net.state_dict(), pth)
+    torch.save({f"features.{k}": v for k, v in net.state_dict().items()}, pth)
     out = tmp_path / "vgg19.npz"
     vgg_lib.main(["convert", "--torch_state_dict", str(pth), "--out", str(out)])
     x = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
@@ -121,7 +133,7 @@ def test_vgg19_conversion_matches_torch(tmp_path):
     tap_layers = {1, 6, 11, 20, 29}  # ReLU after conv1_1, 2_1, 3_1, 4_1, 5_1
     theirs = []
     with torch.no_grad():
-        for i, layer in enumerate(net.features[:30]):
+        for i, layer in enumerate(net[:30]):
             t = layer(t)
             if i in tap_layers:
                 theirs.append(t.permute(0, 2, 3, 1).numpy())
