@@ -57,8 +57,9 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     check(d.name in DATASETS, f"config.dataset.name: unknown dataset {d.name!r}; expected one of {DATASETS}")
     check(d.source in SOURCES,
           f"config.dataset.source: unknown source {d.source!r}; expected one of {SOURCES}")
-    check(d.source != "synthetic_memory" or d.name == "synthetic",
-          f"config.dataset.source: 'synthetic_memory' only renders the synthetic world, not {d.name!r}")
+    if d.name in DATASETS and d.source == "synthetic_memory":
+        check(d.name == "synthetic",
+              f"config.dataset.source: 'synthetic_memory' renders only the synthetic world, not {d.name!r}")
     if d.source == "synthetic_memory":
         positive("dataset.num_train", d.num_train)
         positive("dataset.num_test", d.num_test)

@@ -144,11 +144,13 @@ class TrainData:
     def _unpaired_example(self, pos: int) -> dict:
         if not self.combine_unpaired:
             return self.source[self._draw(self.unpaired_idx, "unpaired", pos)]
-        # M from one pair, P from another: different people and garments, no ground truth.
-        a = self._draw(self.paired_idx, "unpaired_model", pos)
-        b = self._draw(self.paired_idx, "unpaired_person", pos)
-        if a == b:
-            b = int(self.paired_idx[(np.searchsorted(self.paired_idx, b) + 1) % len(self.paired_idx)])
+        # M from one pair, P from another: a rotated copy of one permutation never pairs an
+        # example with itself and uses every pair once per epoch on each side.
+        n = len(self.paired_idx)
+        epoch, i = divmod(int(pos), n)
+        perm = permutation(self.seed, "unpaired_from_pairs", epoch, n)
+        shift = 1 + epoch % (n - 1)
+        a, b = int(self.paired_idx[perm[i]]), int(self.paired_idx[perm[(i + shift) % n]])
         ex = dict(self.source[b])
         model = self.source[a]
         ex.update({k: model[k] for k in MODEL_KEYS})

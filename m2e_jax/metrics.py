@@ -12,6 +12,7 @@ import dm_pix
 import jax.numpy as jnp
 
 SSIM_FILTER = 11  # dm_pix's default Gaussian window; the SSIM map loses FILTER // 2 px per side.
+MAX_PSNR = 100.0  # identical images score this instead of +inf, so means over a batch stay finite.
 
 
 def to_unit(x):
@@ -20,8 +21,13 @@ def to_unit(x):
 
 
 def psnr(a, b):
-    """PSNR in dB, [B], dynamic range 1 after mapping [-1, 1] -> [0, 1]."""
-    return dm_pix.psnr(to_unit(a), to_unit(b))
+    """PSNR in dB, [B], dynamic range 1 after mapping [-1, 1] -> [0, 1]; capped at MAX_PSNR."""
+    mse = jnp.mean(jnp.square(to_unit(a) - to_unit(b)), axis=(1, 2, 3))
+    return _mse_to_psnr(mse)
+
+
+def _mse_to_psnr(mse):
+    return jnp.minimum(-10.0 * jnp.log10(jnp.maximum(mse, 1e-30)), MAX_PSNR)
 
 
 def ssim(a, b):
@@ -36,9 +42,8 @@ def _masked_mean(values, mask, eps: float = 1e-8):
 
 
 def masked_psnr(a, b, mask):
-    """PSNR over the masked pixels only, [B] dB (an empty mask gives +inf-free 100 dB cap)."""
-    mse = _masked_mean(jnp.square(to_unit(a) - to_unit(b)), mask)
-    return jnp.minimum(-10.0 * jnp.log10(jnp.maximum(mse, 1e-10)), 100.0)
+    """PSNR over the masked pixels only, [B] dB, capped at MAX_PSNR (also for an empty mask)."""
+    return _mse_to_psnr(_masked_mean(jnp.square(to_unit(a) - to_unit(b)), mask))
 
 
 def masked_ssim(a, b, mask):

@@ -44,6 +44,21 @@ GEN = STAGES  # ("pan", "trn", "ftn")
 DISC = {"d_pan": "pan", "d_final": "final"}  # state key -> build_discriminators key
 # Trace counts per (kind, stage): a trace is a compilation; tests bound them.
 TRACES: collections.Counter = collections.Counter()
+# Compiled steps by (kind, stage, parallel mode, devices, config JSON): a second run in the same
+# process (resume, tests) reuses them instead of compiling again.
+_COMPILED: dict[tuple, Any] = {}
+
+
+def compiled(kind: str, stage: int, par: parallel.DataParallel, config, vgg=None):
+    """The data-parallel train step of `stage` (kind "train") or the eval step (kind "eval")."""
+    key = (kind, stage, par.mode, tuple(d.id for d in par.devices), config.to_json_best_effort())
+    if key not in _COMPILED:
+        if kind == "train":
+            fn = functools.partial(train_step, config=config, stage=stage, vgg=vgg)
+            _COMPILED[key] = par.compile(fn)
+        else:
+            _COMPILED[key] = par.compile(functools.partial(eval_step, config=config), donate_state=False)
+    return _COMPILED[key]
 
 
 def stage_groups(stage: int, freeze_earlier: bool) -> tuple[tuple[str, ...], tuple[str, ...], str]:
@@ -299,8 +314,11 @@ def _compile_counts() -> dict[str, int]:
     return {f"{kind}{stage or ''}": n for (kind, stage), n in TRACES.items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps: int | None = None) -> dict:
     """Trains per config.schedule in `workdir`, resuming from its latest checkpoint; returns the last eval.
+
+    max_steps: stop (with a checkpoint) after this many steps of this invocation, e.g. to fit a job
+    into a time slot; rerunning continues exactly where it stopped.
 
     Writes workdir/config.json, checkpoints/<step>/, TensorBoard events, images/step_*.png and
     eval/step_*.json (process 0 only, except checkpoints, which every process takes part in).
@@ -335,8 +353,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         from m2e_jax.models.vgg import load_vgg
 
         vgg = load_vgg(config.loss.vgg)
-    steps: dict[int, Any] = {}
-    eval_fn = par.compile(functools.partial(eval_step, config=config), donate_state=False)
+    eval_fn = compiled("eval", 0, par, config)
+    end = total if max_steps is None else min(total, start + max_steps)
     n_img = min(config.num_image_examples, len(test_source))
     forward = make_forward(config)
     image_examples = (input_pipeline.stack_examples([test_source[i] for i in range(n_img)])
@@ -363,12 +381,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     try:
         with checkpointing.PreemptionFlag() as preempted:
-            for step, batch in data.iterate(start, total, put=par.put_batch, prefetch=config.prefetch):
+            for step, batch in data.iterate(start, end, put=par.put_batch, prefetch=config.prefetch):
                 stage = schedule.plan(step, config.schedule).stage
-                if stage not in steps:
-                    steps[stage] = par.compile(functools.partial(train_step, config=config, stage=stage,
-                                                                 vgg=vgg))
-                state, metrics = steps[stage](state, batch)
+                state, metrics = compiled("train", stage, par, config, vgg)(state, batch)
                 check_pending()
                 pending = (step, metrics)
                 done = step + 1
@@ -380,7 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     host = par.get_state(metrics)
                     writer.write_scalars(done, {**{f"train/{k}": float(v) for k, v in host.items()},
                                                 "train/stage": stage})
-                stop = preempted.is_set() or ckpt.reached_preemption(done)
+                stop = preempted.is_set() or ckpt.reached_preemption(done) or (done == end and not last)
                 if done % config.checkpoint_every == 0 or last or stop:
                     save(done)
                 if done % config.eval_every == 0 or last:
@@ -399,7 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                              {k: state["params"][k] for k in GEN})
                     _write_images(workdir, done, image_grid(forward, host_gen, image_examples), writer)
                 if stop:
-                    logging.warning("Preempted: saved step %d, exiting", done)
+                    logging.warning("Stopping early (SIGTERM, preemption or max_steps): saved step %d", done)
                     break
             check_pending()
     finally:

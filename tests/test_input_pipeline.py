@@ -1,0 +1,130 @@
+"""Input pipeline and schedule: deterministic, resumable order; stream separation; host split."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import synthetic
+from m2e_jax import data_schema, input_pipeline, schedule
+
+H = W = 8
+
+
+def fake_source(num: int, paired: np.ndarray) -> input_pipeline.ArraySource:
+    """Examples whose model_image[0, 0, 0] holds their index (so batches can be traced back)."""
+    arrays = {k: np.zeros((num, *shape), dtype) for k, (shape, dtype) in data_schema.spec(H, W).items()}
+    arrays["model_image"][:, 0, 0, 0] = np.arange(num)
+    arrays["person_image"][:, 0, 0, 0] = np.arange(num)
+    arrays["target_image"][:, 0, 0, 0] = np.arange(num) + 1
+    arrays["has_target"][:] = 1
+    arrays["paired"][:] = paired
+    return input_pipeline.ArraySource(arrays)
+
+
+def config(batch=4, pan=3, trn=0, ftn=0, joint=6, p=1, u=1, seed=0):
+    c = synthetic.get_config("test")
+    c.seed, c.batch_size = seed, batch
+    c.schedule.update(pan_steps=pan, trn_steps=trn, ftn_steps=ftn, joint_steps=joint,
+                      paired_per_cycle=p, unpaired_per_cycle=u)
+    return c
+
+
+def ids(batch, key="model_image"):
+    return batch[key][:, 0, 0, 0].astype(int).tolist()
+
+
+def test_schedule_stages_and_alternation():
+    s = ml_collections.ConfigDict(dict(pan_steps=2, trn_steps=1, ftn_steps=0, joint_steps=5,
+                                       paired_per_cycle=1, unpaired_per_cycle=1))
+    plans = [schedule.plan(i, s) for i in range(9)]
+    assert [p.stage for p in plans] == [1, 1, 2, 4, 4, 4, 4, 4, 4]  # empty stage 3 skipped; past end: last
+    assert [p.paired for p in plans[3:8]] == [True, False, True, False, True]
+    paired_pos = [p.position for p in plans if p.paired]
+    unpaired_pos = [p.position for p in plans if not p.paired]
+    assert paired_pos == list(range(len(paired_pos)))  # each stream is consumed without gaps
+    assert unpaired_pos == list(range(len(unpaired_pos)))
+    s.update(paired_per_cycle=2, unpaired_per_cycle=1)
+    assert [schedule.plan(i, s).paired for i in range(3, 9)] == [True, True, False] * 2
+
+
+def test_batches_are_a_pure_function_of_the_step():
+    paired = np.array([1, 0] * 10)
+    a = input_pipeline.TrainData(fake_source(20, paired), config())
+    b = input_pipeline.TrainData(fake_source(20, paired), config())
+    run = [ids(a.batch(s)) for s in range(9)]
+    resumed = [ids(b.batch(s)) for s in range(5, 9)]  # "resume" at step 5 with a fresh object
+    assert run[5:] == resumed
+    streamed = [ids(batch) for _, batch in a.iterate(5, 9, prefetch=2)]
+    assert streamed == run[5:]
+    other_seed = input_pipeline.TrainData(fake_source(20, paired), config(seed=1))
+    assert [ids(other_seed.batch(s)) for s in range(9)] != run
+
+
+def test_streams_are_separated_and_epochs_cover_every_example():
+    paired = np.array([1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 1])  # 7 paired, 5 unpaired
+    data = input_pipeline.TrainData(fake_source(12, paired), config(batch=7, pan=4, joint=0))
+    for step in range(4):
+        got = ids(data.batch(step))
+        assert all(paired[i] for i in got)
+        assert sorted(got) == sorted(np.flatnonzero(paired).tolist())  # batch == epoch here
+    data = input_pipeline.TrainData(fake_source(12, paired), config(batch=5, pan=0, joint=8))
+    unpaired_batches = [ids(data.batch(s)) for s in range(8) if not schedule.plan(s, data.sched).paired]
+    for got in unpaired_batches:
+        assert sorted(got) == np.flatnonzero(paired == 0).tolist()
+    assert len({tuple(b) for b in unpaired_batches}) > 1  # reshuffled each epoch
+
+
+def test_process_slices_tile_the_global_batch():
+    paired = np.ones(16, np.int32)
+    whole = input_pipeline.TrainData(fake_source(16, paired), config(batch=8))
+    parts = [input_pipeline.TrainData(fake_source(16, paired), config(batch=8), i, 2) for i in range(2)]
+    for step in range(4):
+        assert ids(parts[0].batch(step)) + ids(parts[1].batch(step)) == ids(whole.batch(step))
+    with pytest.raises(ValueError, match="batch_size=8 not divisible by 3"):
+        input_pipeline.TrainData(fake_source(16, paired), config(batch=8), 0, 3)
+
+
+def test_unpaired_stream_from_pairs_when_the_data_has_none():
+    data = input_pipeline.TrainData(fake_source(6, np.ones(6, np.int32)), config(batch=6, pan=0, joint=4))
+    batch = data.batch(1)  # joint stage, second step: unpaired
+    assert not schedule.plan(1, data.sched).paired
+    assert np.all(batch["paired"] == 0) and np.all(batch["has_target"] == 0)
+    assert np.all(batch["target_image"] == 0)
+    model, person = ids(batch, "model_image"), ids(batch, "person_image")
+    assert all(m != p for m, p in zip(model, person))
+    assert sorted(model) == list(range(6)) and sorted(person) == list(range(6))
+
+
+def test_no_pairs_is_an_error():
+    with pytest.raises(ValueError, match="no paired examples"):
+        input_pipeline.TrainData(fake_source(4, np.zeros(4, np.int32)), config())
+
+
+def test_eval_batches_pad_with_zero_weight():
+    src = fake_source(5, np.ones(5, np.int32))
+    got = list(input_pipeline.eval_batches(src, 4, 0))
+    assert [ids(b) for b, _ in got] == [[0, 1, 2, 3], [4, 0, 0, 0]]
+    assert got[1][1].tolist() == [1, 0, 0, 0]
+    assert [ids(b) for b, _ in input_pipeline.eval_batches(src, 2, 3)] == [[0, 1], [2, 0]]
+    halves = [list(input_pipeline.eval_batches(src, 4, 0, i, 2)) for i in range(2)]
+    assert ids(halves[0][0][0]) + ids(halves[1][0][0]) == [0, 1, 2, 3]
+
+
+def test_synthetic_source_is_rendered_once_and_cached(tmp_path):
+    c = synthetic.get_config("test")
+    c.dataset.update(data_dir=str(tmp_path), num_test=3)
+    first = input_pipeline.open_source(c, "test")
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1 and len(first) == 3
+    for i in range(3):
+        data_schema.validate_example(first[i], c.model.height, c.model.width, f"example {i}")
+    stamp = files[0].stat().st_mtime_ns
+    again = input_pipeline.open_source(c, "test")
+    assert files[0].stat().st_mtime_ns == stamp  # reused, not re-rendered
+    for k in data_schema.KEYS:
+        np.testing.assert_array_equal(again.arrays[k], first.arrays[k])
+    from m2e_jax.synthetic import dataset
+
+    fresh = dataset.make_examples(c.seed, "test", 3, c.model.height, c.model.width,
+                                  paired_fraction=c.dataset.paired_fraction)
+    np.testing.assert_array_equal(again.arrays["person_image"], np.stack([e["person_image"] for e in fresh]))
