@@ -115,8 +115,8 @@ def _splat(image: jax.Array, iuv: jax.Array, tile_size: int) -> jax.Array:
 
 
 def _materialise(x: jax.Array) -> jax.Array:
-    """Stops XLA from fusing `x`'s producers into its consumers. Without it the CPU backend fuses the
-    whole fill chain into the gather's operand and recomputes it per gathered row (measured 4-5x slower)."""
+    """Stops XLA from fusing `x`'s producers into its consumers. Without it the CPU backend fuses whole
+    chains of shifts (splat -> fill -> gather table) and recomputes them per tap (measured 2-5x slower)."""
     return jax.lax.optimization_barrier(x)
 
 
@@ -152,22 +152,22 @@ def _to_planes(image, iuv, tile_size: int, fill_iters: int) -> jax.Array:
     covered = weight > WEIGHT_EPS
     planes = jnp.concatenate([_safe_div(sums[:, :, :-1], weight, covered), covered.astype(jnp.float32)],
                              axis=2)
-    return _fill_holes(planes, fill_iters)
+    return _fill_holes(_materialise(planes), fill_iters)
 
 
 def _gather(planes: jax.Array, iuv: jax.Array, tile_size: int):
     """One example: atlas planes `[24, C + 1, T, T]`, iuv `[H, W, 3]` -> image `[H, W, C]`, valid.
 
-    Mirror of `_splat`: a dense cell table holds each cell's 4 corners, so every pixel gathers one row.
+    Gathers the 4 corner rows of each pixel's cell (one row per corner measured 2x faster on CPU
+    than one wide row per cell built from a dense 4-corner table).
     """
     h, w = iuv.shape[:2]
     k = planes.shape[1]
-    right = _shift(planes, -1, -1)
-    corners = jnp.stack([planes, right, _shift(planes, -2, -1), _shift(right, -2, -1)])  # [4, 24, K, T, T]
-    table = _materialise(jnp.moveaxis(corners, (0, 2), (3, 4)).reshape(-1, 4 * k))
+    table = _materialise(jnp.moveaxis(planes, 1, -1).reshape(-1, k))
     cell, weight = _cells(iuv, tile_size)
-    rows = table.at[cell].get(mode="promise_in_bounds").reshape(-1, 4, k)
-    acc = (weight[:, :, None] * rows).sum(axis=1)
+    index = jnp.stack([cell, cell + 1, cell + tile_size, cell + tile_size + 1])
+    rows = table.at[index.reshape(-1)].get(mode="promise_in_bounds").reshape(4, -1, k)
+    acc = jnp.einsum("nk,knc->nc", weight, rows, precision=jax.lax.Precision.HIGHEST)
     num, den = acc[:, :-1], acc[:, -1:]
     valid = den > WEIGHT_EPS
     return _safe_div(num, den, valid).reshape(h, w, k - 1), valid.astype(jnp.float32).reshape(h, w, 1)
