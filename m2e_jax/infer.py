@@ -1,0 +1,446 @@
+"""Try-on for users: a trained checkpoint + a model photo + a person photo -> the person in the garment.
+
+    python -m m2e_jax.infer --workdir runs/synthetic --model_image m.jpg --person_image p.jpg \
+        --output out.png [--model_iuv m_IUV.png|dump.pkl] [--person_iuv ...] [--save_stages]
+    python -m m2e_jax.infer --workdir runs/synthetic --pairs pairs.csv --output_dir out/
+
+DensePose for each photo: `NAME_IUV.png` beside it (Detectron, OpenCV channel order; `NAME_INDS.png`
+picks one person) unless `--*_iuv` names a PNG or a detectron2 `apply_net.py dump` file. An optional
+`NAME_parse.png` (0 other, 1 upper, 2 lower garment) beside a photo is used as its garment mask, as
+in training. The config saved with the checkpoint rebuilds the networks; only the generator
+parameters (the EMA copy when training kept one) are read from it.
+
+Photos of any size are letterboxed to the network's size (preprocess.fit), and the result is pasted
+back into the full-resolution person photo (preprocess.paste_back): outside the garment region the
+person's own pixels are kept. One compilation per batch size; the last batch is padded, so a photo
+gets the same result alone or in a batch. Errors in the inputs are one line on stderr and exit code
+1; outputs are written to temporary names and renamed at the end, so nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from data_prep import validate
+from data_prep.catalog import ImageRef, IuvRef
+from data_prep.readers import densepose_files, detectron2_dump, images, iuv_png
+from m2e_jax import data_schema, densepose, preprocess
+from m2e_jax.models import tryon as tryon_lib
+
+GENERATORS = tryon_lib.STAGES  # ("pan", "trn", "ftn")
+STAGE_FILES = {"warped": "warp", "aligned": "pan", "refined": "trn", "output": "ftn"}
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class InferError(Exception):
+    """A problem with the user's inputs or checkpoint; the message is one line naming the file."""
+
+
+# ---------------------------------------------------------------- checkpoint and config
+
+def find_checkpoint(workdir: str | None = None, checkpoint: str | None = None,
+                    step: int | None = None) -> str:
+    """The step directory to restore: `checkpoint` itself (a `.../checkpoints/<step>` folder, or a
+    checkpoints folder whose latest step is used), or `workdir/checkpoints/<step or latest>`."""
+    if (workdir is None) == (checkpoint is None):
+        raise InferError("give exactly one of --workdir and --checkpoint")
+    path = checkpoint if checkpoint is not None else os.path.join(workdir, "checkpoints")
+    flag = "--checkpoint" if checkpoint is not None else "--workdir"
+    if not os.path.isdir(path):
+        raise InferError(f"{flag} {path}: no such checkpoint directory")
+    if _is_step_dir(path):
+        return path
+    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit() and _is_step_dir(os.path.join(path, d)))
+    if not steps:
+        raise InferError(f"{flag} {path}: no checkpoint found (expected <step>/state written by training)")
+    if step is not None:
+        if step not in steps:
+            raise InferError(f"{flag} {path}: no checkpoint at step {step} (have {steps})")
+        return os.path.join(path, str(step))
+    return os.path.join(path, str(steps[-1]))
+
+
+def _is_step_dir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "state"))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`configs/NAME.py[:ARG]` -> its get_config(ARG) (as `--config` of the training command)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise InferError(f"--config {path}: file not found")
+    if _ROOT not in sys.path:  # configs/*.py import `configs.default`
+        sys.path.insert(0, _ROOT)
+    module_spec = importlib.util.spec_from_file_location("_m2e_infer_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        return module.get_config(arg or None)
+    except Exception as e:  # a user file: report, do not trace back
+        raise InferError(f"--config {spec}: {type(e).__name__}: {e}") from None
+
+
+def saved_config(step_dir: str) -> ml_collections.ConfigDict:
+    """The resolved config saved beside the checkpoint (else the workdir's config.json)."""
+    candidates = [os.path.join(step_dir, "config", "metadata"),
+                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(step_dir))), "config.json")]
+    for path in candidates:
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    return ml_collections.ConfigDict(json.load(f))
+            except (OSError, ValueError) as e:
+                raise InferError(f"{path}: unreadable saved config ({e})") from None
+    raise InferError(f"{step_dir}: no config saved with this checkpoint; pass --config configs/NAME.py")
+
+
+def _checkpoint_tree(state_dir: str) -> dict:
+    import orbax.checkpoint as ocp
+
+    try:
+        meta = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
+    except Exception as e:  # orbax raises many types for unreadable folders
+        raise InferError(f"{state_dir}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    return dict(meta.tree if hasattr(meta, "tree") else meta)
+
+
+def generator_shapes(model_cfg) -> dict:
+    """ShapeDtypeStructs of the generator parameters `{"pan", "trn", "ftn"}` for `model_cfg`."""
+    net = tryon_lib.make_tryon(model_cfg)
+    inputs = tryon_lib.dummy_inputs(model_cfg)
+    return jax.eval_shape(net.init, jax.random.key(0), inputs)["params"]
+
+
+def _first_mismatch(want: dict, have: Any, where: str) -> str | None:
+    """A one-line description of the first difference between two parameter trees, else None."""
+    flat_want = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(want)}
+    flat_have = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(have)}
+    missing = sorted(set(flat_want) - set(flat_have))
+    if missing:
+        return f"{where}{missing[0]} is missing from the checkpoint ({len(missing)} parameters missing)"
+    extra = sorted(set(flat_have) - set(flat_want))
+    if extra:
+        return f"{where}{extra[0]} is in the checkpoint but not in the config's networks"
+    for key, x in flat_want.items():
+        if tuple(flat_have[key].shape) != tuple(x.shape):
+            return (f"{where}{key} has shape {tuple(flat_have[key].shape)} in the checkpoint but "
+                    f"{tuple(x.shape)} for the config")
+    return None
+
+
+def load_generator(step_dir: str, config: ml_collections.ConfigDict | None = None
+                   ) -> tuple[ml_collections.ConfigDict, dict]:
+    """(config, generator params `{"pan", "trn", "ftn"}` as host numpy) from a checkpoint step folder.
+
+    Only the generator subtrees are read (orbax partial restore); the EMA copy when the checkpoint
+    has one. `config` overrides the saved one; a checkpoint whose parameters do not fit the config's
+    networks is refused with the first differing parameter named.
+    """
+    import orbax.checkpoint as ocp
+
+    config = config if config is not None else saved_config(step_dir)
+    state_dir = os.path.join(step_dir, "state")
+    tree = _checkpoint_tree(state_dir)
+    group = "ema" if "ema" in tree else "params"
+    if group not in tree or not all(k in tree[group] for k in GENERATORS):
+        raise InferError(f"{state_dir}: not a try-on training checkpoint (no {group}.pan/trn/ftn)")
+    want = generator_shapes(config.model)
+    problem = _first_mismatch(want, {k: tree[group][k] for k in GENERATORS}, f"{group}")
+    if problem:
+        raise InferError(f"{step_dir}: checkpoint from another config: {problem}")
+    item = {group: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), want)}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    try:
+        args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+        restored = ocp.PyTreeCheckpointer().restore(state_dir, args=args)
+    except Exception as e:
+        raise InferError(f"{state_dir}: cannot restore the generators ({type(e).__name__}: {e})") from None
+    return config, jax.tree.map(np.asarray, restored[group])
+
+
+# ---------------------------------------------------------------- photos
+
+def photo_ref(image: str, iuv: str | None = None, parse: str | None = None, role: str = "photo") -> ImageRef:
+    """An ImageRef for data_prep's loader: DensePose from `iuv` (an `_IUV.png` or a dump file) or
+    `NAME_IUV.png` beside the photo; parsing from `parse` or `NAME_parse.png` beside it if present."""
+    stem = os.path.splitext(image)[0]
+    if iuv is None:
+        iuv = stem + "_IUV.png"
+        if not os.path.isfile(iuv):
+            raise InferError(f"{image}: no DensePose output beside the {role} photo ({iuv}); "
+                             f"pass --{role}_iuv")
+    if not os.path.isfile(iuv):
+        raise InferError(f"--{role}_iuv {iuv}: file not found")
+    if iuv.lower().endswith(".png"):
+        ref = IuvRef(png=iuv, inds=iuv_png.inds_path_for(iuv))
+    else:
+        try:
+            index = densepose_files.DumpIndex(iuv)
+        except detectron2_dump.DumpError as e:
+            raise InferError(str(e)) from None
+        ref = index.ref(os.path.basename(image))
+        if ref is None:
+            why = "twice" if densepose_files.stem(image) in index.ambiguous else "no entry"
+            raise InferError(f"{iuv}: {why} for {os.path.basename(image)} in this dump")
+    if parse is None and os.path.isfile(stem + "_parse.png"):
+        parse = stem + "_parse.png"
+    return ImageRef(name=os.path.basename(stem), image=image, item="", iuv=ref, parse=parse)
+
+
+def read_photo(ref: ImageRef, select: str = "largest") -> validate.Photo:
+    """Decodes and checks a photo, its DensePose (same size, a person present) and parsing map."""
+    try:
+        photo = validate.load_photo(ref, select)
+        validate.check_person(photo.iuv, ref.iuv.describe())
+    except validate.RecordError as e:
+        raise InferError(str(e)) from None
+    return photo
+
+
+def _mask(parse: np.ndarray | None, kind: int, shape: tuple[int, int]) -> np.ndarray:
+    if parse is None:
+        return np.zeros(shape + (1,), np.uint8)
+    return (parse == kind + 1).astype(np.uint8)[..., None]
+
+
+def make_example(model: preprocess.Fitted, person: preprocess.Fitted, garment_kind: int) -> dict:
+    """A data_schema example (no target) from two photos at network size."""
+    ex = data_schema.empty_example(*person.image.shape[:2])
+    ex.update(model_image=model.image, model_iuv=model.iuv, person_image=person.image, person_iuv=person.iuv,
+              model_mask=_mask(model.parse, garment_kind, model.image.shape[:2]),
+              person_mask=_mask(person.parse, garment_kind, person.image.shape[:2]),
+              garment_kind=np.int32(garment_kind))
+    return ex
+
+
+@dataclasses.dataclass
+class Job:
+    """One try-on to run: the two photos, where to write, and the person's full-resolution photo."""
+
+    model: ImageRef
+    person: ImageRef
+    output: str
+
+
+# ---------------------------------------------------------------- the network
+
+class TryOn:
+    """Restored generators + one jitted forward per batch size. `run(examples) -> outputs`."""
+
+    def __init__(self, config: ml_collections.ConfigDict, params: dict):
+        self.config = config
+        self.model_cfg = ml_collections.FrozenConfigDict(config.model)
+        self.height, self.width = int(config.model.height), int(config.model.width)
+        self.params = jax.device_put(params)
+        model_cfg = self.model_cfg
+        self._forward = jax.jit(lambda p, b: tryon_lib.tryon_forward(
+            p, tryon_lib.prepare_batch(b, model_cfg), model_cfg, "ftn"))
+
+    def run(self, examples: Sequence[dict], batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
+        """Network outputs (warped, aligned, refined, output, soft_region; float numpy, network size)
+        per example; batches of `batch_size` (default: all), the last padded with empty examples."""
+        n = len(examples)
+        bs = batch_size or n
+        keys = ("warped", "aligned", "refined", "output", "soft_region")
+        results: list[dict[str, np.ndarray]] = []
+        for start in range(0, n, bs):
+            chunk = list(examples[start: start + bs])
+            chunk += [data_schema.empty_example(self.height, self.width)] * (bs - len(chunk))
+            batch = {k: np.stack([np.asarray(ex[k]) for ex in chunk]) for k in data_schema.KEYS}
+            out = jax.device_get(self._forward(self.params, batch))
+            results += [{k: np.asarray(out[k][i]) for k in keys} for i in range(min(bs, n - start))]
+        return results
+
+
+def _tmp_name(path: str) -> str:
+    d, base = os.path.split(os.path.abspath(path))
+    root, ext = os.path.splitext(base)
+    return os.path.join(d, f".{root}.tmp-{os.getpid()}{ext}")
+
+
+def _write_atomic(files: dict[str, np.ndarray]) -> None:
+    """Writes every uint8 image to a temporary name first, then renames all into place."""
+    tmps = {}
+    try:
+        for path, image in files.items():
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            tmps[path] = _tmp_name(path)
+            Image.fromarray(image).save(tmps[path])
+    except (OSError, ValueError) as e:
+        for t in tmps.values():
+            if os.path.exists(t):
+                os.remove(t)
+        raise InferError(f"{path}: cannot write ({e})") from None
+    for path, tmp in tmps.items():
+        os.replace(tmp, path)
+
+
+def stage_files(output: str) -> dict[str, str]:
+    """--save_stages file names beside `output`: out_warp.png, out_pan.png, ..., out_stages.png."""
+    root, ext = os.path.splitext(output)
+    names = {key: f"{root}_{name}{ext}" for key, name in STAGE_FILES.items()}
+    names["stages"] = f"{root}_stages{ext}"
+    return names
+
+
+def result_images(job_photos: tuple[validate.Photo, validate.Photo], fitted: tuple[preprocess.Fitted, ...],
+                  out: dict[str, np.ndarray], output: str, save_stages: bool) -> dict[str, np.ndarray]:
+    """{path: uint8 image}: the full-resolution try-on and, if asked, the network-size stages."""
+    _, person = job_photos
+    m_fit, p_fit = fitted
+    files = {output: preprocess.paste_back(person.image, out["output"], preprocess.to_float(p_fit.image),
+                                           out["soft_region"], p_fit.box)}
+    if save_stages:
+        names = stage_files(output)
+        stages = {key: preprocess.to_uint8(out[key]) for key in STAGE_FILES}
+        files.update({names[key]: img for key, img in stages.items()})
+        files[names["stages"]] = np.concatenate([m_fit.image, p_fit.image] + list(stages.values()), axis=1)
+    return files
+
+
+def run_jobs(net: TryOn, jobs: Sequence[Job], garment_kind: int, batch_size: int = 8, select: str = "largest",
+             save_stages: bool = False, progress: bool = False) -> None:
+    """Checks every job's inputs first (one bad file stops the run before anything is written), then
+    runs them in batches of `batch_size` and writes each result atomically."""
+    for job in jobs:  # validation pass: decode, check, discard
+        read_photo(job.model, select), read_photo(job.person, select)
+    from tqdm import tqdm
+
+    batches = range(0, len(jobs), batch_size)
+    for start in tqdm(batches, desc="try-on", unit="batch", disable=not progress):
+        chunk = jobs[start: start + batch_size]
+        photos = [(read_photo(j.model, select), read_photo(j.person, select)) for j in chunk]
+        fitted = [tuple(preprocess.fit(p.image, p.iuv, net.height, net.width, p.parse, where=ref.image)
+                        for p, ref in zip(pair, (j.model, j.person))) for pair, j in zip(photos, chunk)]
+        outs = net.run([make_example(m, p, garment_kind) for m, p in fitted], batch_size)
+        for job, pair, fit, out in zip(chunk, photos, fitted, outs):
+            _write_atomic(result_images(pair, fit, out, job.output, save_stages))
+
+
+# ---------------------------------------------------------------- pairs files
+
+def _resolve(name: str, bases: Sequence[str], where: str) -> str:
+    for base in bases:
+        for cand in (name, name + ".png", name + ".jpg", name + ".jpeg"):
+            for folder in (base, os.path.join(base, "images")):
+                path = os.path.join(folder, cand)
+                if os.path.isfile(path):
+                    return path
+    raise InferError(f"{where}: photo {name!r} not found under {', '.join(bases)}")
+
+
+def read_pairs(path: str, output_dir: str, image_dir: str | None = None) -> list[Job]:
+    """Jobs from a CSV with header `model,person` (or `source,target`, as pairs.csv); names or paths
+    relative to `image_dir` (default: the CSV's folder, also its images/ subfolder)."""
+    if not os.path.isfile(path):
+        raise InferError(f"--pairs {path}: file not found")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise InferError(f"--pairs {path}: empty file")
+    header = [h.strip().lower() for h in rows[0]]
+    cols = next(((header.index(a), header.index(b)) for a, b in (("model", "person"), ("source", "target"))
+                 if a in header and b in header), None)
+    if cols is None:
+        raise InferError(f"--pairs {path}: header must name columns model,person (or source,target), "
+                         f"got {rows[0]}")
+    bases = [image_dir] if image_dir else [os.path.dirname(os.path.abspath(path))]
+    jobs = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) <= max(cols):
+            raise InferError(f"{path}:{line}: expected {len(header)} columns, got {len(row)}")
+        m, p = (_resolve(row[c].strip(), bases, f"{path}:{line}") for c in cols)
+        out = os.path.join(output_dir, f"{_stem(m)}__{_stem(p)}.png")
+        jobs.append(Job(photo_ref(m, role="model"), photo_ref(p, role="person"), out))
+    if not jobs:
+        raise InferError(f"--pairs {path}: no pairs listed")
+    return jobs
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+# ---------------------------------------------------------------- command line
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m m2e_jax.infer", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="training workdir (its latest checkpoint, or --step)")
+    src.add_argument("--checkpoint", help="a checkpoint folder: WORKDIR/checkpoints[/<step>]")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--config", default=None,
+                   help="configs/NAME.py[:ARG] instead of the config saved with the checkpoint")
+    p.add_argument("--model_image", help="photo of the model wearing the garment")
+    p.add_argument("--person_image", help="photo of the person to dress")
+    p.add_argument("--model_iuv", help="model's DensePose: NAME_IUV.png or a detectron2 dump")
+    p.add_argument("--person_iuv", help="person's DensePose: NAME_IUV.png or a detectron2 dump")
+    p.add_argument("--model_parse", help="optional parsing PNG (0 other, 1 upper, 2 lower)")
+    p.add_argument("--person_parse", help="optional parsing PNG (0 other, 1 upper, 2 lower)")
+    p.add_argument("--output", help="output PNG (single pair)")
+    p.add_argument("--pairs", help="CSV of pairs (header model,person or source,target)")
+    p.add_argument("--image_dir", help="folder the names in --pairs are relative to")
+    p.add_argument("--output_dir", help="output folder (with --pairs)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--garment_kind", choices=densepose.GARMENT_KINDS, default=None,
+                   help="garment to transfer (default: the config's model.garment_kind)")
+    p.add_argument("--select", choices=("largest", "central", "score"), default="largest",
+                   help="which person to use when DensePose found several")
+    p.add_argument("--save_stages", action="store_true",
+                   help="also write the warp, PAN, TRN, FTN outputs and a side-by-side PNG")
+    return p
+
+
+def _jobs_from_args(args) -> list[Job]:
+    if args.pairs:
+        if args.output_dir is None:
+            raise InferError("--pairs needs --output_dir")
+        return read_pairs(args.pairs, args.output_dir, args.image_dir)
+    missing = [f"--{k}" for k in ("model_image", "person_image", "output") if getattr(args, k) is None]
+    if missing:
+        raise InferError(f"missing {', '.join(missing)} (or give --pairs and --output_dir)")
+    for flag in ("model_image", "person_image"):
+        if not os.path.isfile(getattr(args, flag)):
+            raise InferError(f"--{flag} {getattr(args, flag)}: file not found")
+    return [Job(photo_ref(args.model_image, args.model_iuv, args.model_parse, "model"),
+                photo_ref(args.person_image, args.person_iuv, args.person_parse, "person"), args.output)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's info/warnings are not for users
+    try:
+        if args.batch_size < 1:
+            raise InferError(f"--batch_size must be >= 1, got {args.batch_size}")
+        jobs = _jobs_from_args(args)
+        step_dir = find_checkpoint(args.workdir, args.checkpoint, args.step)
+        override = load_config_file(args.config) if args.config else None
+        config, params = load_generator(step_dir, override)
+        kind = densepose.GARMENT_KINDS.index(args.garment_kind or config.model.garment_kind)
+        batch_size = 1 if len(jobs) == 1 else args.batch_size
+        run_jobs(TryOn(config, params), jobs, kind, batch_size, args.select, args.save_stages,
+                 progress=len(jobs) > 1)
+    except (InferError, images.ReadError, detectron2_dump.DumpError) as e:
+        print(f"m2e_jax.infer: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

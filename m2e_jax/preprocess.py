@@ -1,0 +1,97 @@
+"""Photos of any size <-> the network's fixed size, and pasting a try-on back into the full photo.
+
+`fit` letterboxes a photo and its DensePose map to `height x width` with the aspect ratio kept
+(data_prep.transform: bilinear for the photo, nearest for IUV and parsing, exactly what the
+dataset builder does, so the network sees what it was trained on). `unfit` undoes it: crop the
+content area, resize to the photo's size. `paste_back` merges the network-size try-on into the
+full-resolution person photo: where the feathered garment region R~ is zero the original pixels
+are kept bit for bit; inside it the network's output; in between, the network's change added to
+the full-resolution photo, so no seam and no blur outside the garment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from data_prep import transform
+from data_prep.transform import Letterbox
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """A photo at network size: image uint8 `[H, W, 3]`, iuv uint8 `[H, W, 3]`, parse uint8 `[H, W]`
+    or None, and the Letterbox mapping it back to the photo's own size."""
+
+    image: np.ndarray
+    iuv: np.ndarray
+    parse: np.ndarray | None
+    box: Letterbox
+
+
+def fit(image: np.ndarray, iuv: np.ndarray, height: int, width: int,
+        parse: np.ndarray | None = None, where: str = "photo") -> Fitted:
+    """Letterboxes uint8 image `[h, w, 3]`, IUV `[h, w, 3]` (and parse `[h, w]`) to height x width."""
+    image, iuv = np.asarray(image), np.asarray(iuv)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{where}: expected a uint8 [H, W, 3] photo, got {image.dtype} {image.shape}")
+    if iuv.shape != image.shape:
+        raise ValueError(f"{where}: IUV is {iuv.shape[0]}x{iuv.shape[1]} but the photo is "
+                         f"{image.shape[0]}x{image.shape[1]}")
+    if parse is not None and np.shape(parse) != image.shape[:2]:
+        raise ValueError(f"{where}: parsing map is {np.shape(parse)[0]}x{np.shape(parse)[1]} but the "
+                         f"photo is {image.shape[0]}x{image.shape[1]}")
+    box = transform.letterbox(image.shape[0], image.shape[1], height, width)
+    return Fitted(transform.resize_image(image, box), transform.resize_labels(iuv, box),
+                  None if parse is None else transform.resize_labels(np.asarray(parse, np.uint8), box), box)
+
+
+def _resize_float(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """float `[H, W, C]` -> `[h, w, C]` bilinear (PIL mode "F" per channel: no compile per size)."""
+    if x.shape[:2] == (h, w):
+        return x.astype(np.float32)
+    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c], np.float32), "F")
+                        .resize((w, h), Image.Resampling.BILINEAR)) for c in range(x.shape[-1])]
+    return np.stack(chans, axis=-1)
+
+
+def unfit(x: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Network-size float `[H, W, C]` -> the photo's size `[h, w, C]` float32 (crop, bilinear resize)."""
+    x = np.asarray(x, np.float32)
+    if x.shape[:2] != (box.height, box.width):
+        raise ValueError(f"unfit: array is {x.shape[0]}x{x.shape[1]}, letterbox is for "
+                         f"{box.height}x{box.width}")
+    content = x[box.top: box.top + box.new_h, box.left: box.left + box.new_w]
+    return _resize_float(content, box.h, box.w)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[-1, 1] float -> uint8 0..255 (rounded, clipped)."""
+    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 0..255 -> float32 [-1, 1] (the networks' range; inverse of `to_uint8` on uint8 values)."""
+    return np.asarray(x, np.float32) / 127.5 - 1.0
+
+
+def paste_back(person: np.ndarray, output: np.ndarray, person_net: np.ndarray, soft_region: np.ndarray,
+               box: Letterbox) -> np.ndarray:
+    """The try-on at the person photo's full resolution, uint8 `[h, w, 3]`.
+
+    Args:
+      person: the original photo, uint8 `[h, w, 3]`.
+      output: the network's try-on P', float `[H, W, 3]` in [-1, 1] (network size).
+      person_net: the letterboxed photo the network saw, float `[H, W, 3]` in [-1, 1].
+      soft_region: R~, float `[H, W, 1]` in [0, 1]; P' equals person_net where it is 0.
+      box: the person photo's Letterbox.
+    Result = unfit(P') + (1 - R~) * (P - unfit(person_net)): inside R~ the network's pixels, outside
+    P's own full-resolution pixels, exact where the resized R~ is 0. At the network's own size
+    (no scaling) this is P' itself.
+    """
+    r = unfit(soft_region, box)
+    full = to_float(person)
+    merged = unfit(output, box) + (1.0 - r) * (full - unfit(person_net, box))
+    return np.where(r > 0, to_uint8(merged), person).astype(np.uint8)
