@@ -238,6 +238,20 @@ class Job:
 
 # ---------------------------------------------------------------- the network
 
+_FORWARDS: dict[str, Any] = {}
+
+
+def forward_fn(model_cfg) -> Any:
+    """Jitted (generator params, data_schema uint8 batch) -> TryOnNet outputs; one per model config,
+    so every TryOn of a process shares its compilations (one per batch size)."""
+    key = model_cfg.to_json_best_effort(sort_keys=True)
+    if key not in _FORWARDS:
+        cfg = ml_collections.FrozenConfigDict(model_cfg)
+        _FORWARDS[key] = jax.jit(lambda p, b: tryon_lib.tryon_forward(
+            p, tryon_lib.prepare_batch(b, cfg), cfg, "ftn"))
+    return _FORWARDS[key]
+
+
 class TryOn:
     """Restored generators + one jitted forward per batch size. `run(examples) -> outputs`."""
 
@@ -246,9 +260,7 @@ class TryOn:
         self.model_cfg = ml_collections.FrozenConfigDict(config.model)
         self.height, self.width = int(config.model.height), int(config.model.width)
         self.params = jax.device_put(params)
-        model_cfg = self.model_cfg
-        self._forward = jax.jit(lambda p, b: tryon_lib.tryon_forward(
-            p, tryon_lib.prepare_batch(b, model_cfg), model_cfg, "ftn"))
+        self._forward = forward_fn(self.model_cfg)
 
     def run(self, examples: Sequence[dict], batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
         """Network outputs (warped, aligned, refined, output, soft_region; float numpy, network size)

@@ -1,0 +1,193 @@
+"""The infer command: restore in a fresh process on files in the real DensePose formats, agreement
+with the in-process model, batch == single, full-resolution paste-back, and one-line errors."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import synthetic
+from data_prep import fixtures
+from data_prep.readers import images
+from m2e_jax import checkpointing, densepose, infer, input_pipeline
+from m2e_jax.models import tryon
+from m2e_jax.synthetic import dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEP = 3
+
+
+def random_params(shapes, seed: int):
+    """He-initialised kernels, perturbed norm scales and biases: weights no fresh init reproduces."""
+    rng = np.random.default_rng(seed)
+
+    def one(path, s):
+        name = jax.tree_util.keystr(path)
+        if len(s.shape) >= 2:
+            return (rng.normal(size=s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1]))).astype(s.dtype)
+        base = 1.0 if "scale" in name else 0.0
+        return (base + 0.1 * rng.normal(size=s.shape)).astype(s.dtype)
+
+    return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A workdir with a checkpoint in the trainer's layout, and synthetic photo folders on disk."""
+    root = tmp_path_factory.mktemp("infer")
+    cfg = synthetic.get_config("test")
+    cfg.dataset.data_dir = str(root / "data")
+    params = random_params(infer.generator_shapes(cfg.model), seed=1)
+    # Other subtrees (optimizer state) sit beside the generators, as in train.py's state.
+    opt = {"pan": jax.tree.map(np.zeros_like, params["pan"])}
+    state = {"step": np.int32(STEP), "params": params, "opt": opt}
+    with checkpointing.Checkpointer(str(root / "work" / "checkpoints"), async_save=False) as ck:
+        ck.save(STEP, state, cfg)
+    dataset.write_dataset(root / "syn", 0, 32, 32, 0, 4)
+    dataset.write_dataset(root / "syn_big", 0, 64, 48, 0, 2)
+    examples = dataset.make_examples(0, "test", 4, 32, 32)
+    forward = jax.jit(lambda p, b: tryon.tryon_forward(p, tryon.prepare_batch(b, cfg.model), cfg.model))
+    # The in-process model, one example at a time, on the arrays the files were written from.
+    ref = {}
+    for ex in examples:
+        batch = input_pipeline.stack_examples([{k: v for k, v in ex.items()}])
+        out = jax.device_get(forward(params, batch))
+        ref[(ex["model_id"], ex["person_id"])] = {k: np.asarray(v[0]) for k, v in out.items()}
+    return {"root": root, "workdir": str(root / "work"), "cfg": cfg, "examples": examples, "ref": ref,
+            "images": root / "syn" / "test" / "images"}
+
+
+def u8(x):
+    return np.clip(np.round((np.asarray(x) + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def assert_close_u8(got, want):
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
+def run_cli(*args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, "-m", "m2e_jax.infer", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_batch_cli_in_fresh_process_equals_in_process_model(world, tmp_path):
+    out_dir = tmp_path / "out"
+    triplets = world["root"] / "syn" / "test" / "triplets.csv"
+    # 3 pairs in batches of 2: the last batch is padded; each result must equal the model run alone.
+    r = run_cli("--workdir", world["workdir"], "--pairs", str(triplets), "--output_dir", str(out_dir),
+                "--batch_size", "2")
+    assert r.returncode == 0, r.stderr
+    unpaired = [ex for ex in world["examples"] if not ex["paired"]]
+    assert len(unpaired) == 3
+    for ex in unpaired:
+        got = images.read_rgb(out_dir / f"{ex['model_id']}__{ex['person_id']}.png")
+        assert_close_u8(got, u8(world["ref"][(ex["model_id"], ex["person_id"])]["output"]))
+    assert sorted(os.listdir(out_dir)) == sorted(f"{e['model_id']}__{e['person_id']}.png" for e in unpaired)
+
+
+def test_single_cli_with_dump_and_stages(world, tmp_path):
+    ex = next(e for e in world["examples"] if not e["paired"])
+    d = world["images"]
+    person = d / f"{ex['person_id']}.png"
+    iuv = ex["person_iuv"]
+    dump = tmp_path / "results.pkl"
+    fixtures.write_torch_dump(dump, [{"file_name": f"photos/{person.name}", "scores": [0.9],
+                                      "boxes": [[0, 0, 32, 32]],
+                                      "results": [(iuv[..., 0], np.moveaxis(iuv[..., 1:], -1, 0) / 255.0)]}])
+    out = tmp_path / "res" / "tryon.png"
+    r = run_cli("--checkpoint", os.path.join(world["workdir"], "checkpoints"), "--model_image",
+                str(d / f"{ex['model_id']}.png"), "--person_image", str(person), "--person_iuv", str(dump),
+                "--output", str(out), "--save_stages")
+    assert r.returncode == 0, r.stderr
+    ref = world["ref"][(ex["model_id"], ex["person_id"])]
+    got = images.read_rgb(out)
+    assert_close_u8(got, u8(ref["output"]))
+    names = infer.stage_files(str(out))
+    np.testing.assert_array_equal(images.read_rgb(names["output"]), got)  # network size == photo size
+    for key in ("warped", "aligned", "refined"):
+        assert_close_u8(images.read_rgb(names[key]), u8(ref[key]))
+    sheet = images.read_rgb(names["stages"])
+    assert sheet.shape == (32, 6 * 32, 3)
+    np.testing.assert_array_equal(sheet[:, 32:64], ex["person_image"])
+    assert not glob.glob(str(out.parent / ".*tmp*"))
+
+
+def test_any_photo_size_keeps_the_person_outside_the_garment(world, tmp_path, capsys):
+    d = world["root"] / "syn_big" / "test" / "images"
+    rows = (world["root"] / "syn_big" / "test" / "triplets.csv").read_text().splitlines()[1:]
+    model, person, _ = rows[0].split(",")
+    out = tmp_path / "big.png"
+    rc = infer.main(["--workdir", world["workdir"], "--model_image", str(d / f"{model}.png"),
+                     "--person_image", str(d / f"{person}.png"), "--output", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    p = images.read_rgb(d / f"{person}.png")
+    got = images.read_rgb(out)
+    assert got.shape == p.shape == (64, 48, 3)
+    changed = np.any(got != p, axis=-1)
+    # Changes stay inside the upper-garment parts grown by the network's dilations (2 + 3 + 2 px at
+    # 32x32 is 14 px at 64x48, +1 for bilinear upsampling, +1 for the nearest-neighbour IUV
+    # downsampling): face, legs, background untouched at full resolution.
+    iuv = images.read_iuv_rgb_png(d / f"{person}_IUV.png")
+    parse = images.read_labels(d / f"{person}_parse.png")
+    allowed = densepose.garment_region(iuv[None], "upper", 16, (parse == 1)[None, ..., None])[0, ..., 0] > 0
+    assert changed.sum() > 20 and not np.any(changed & ~allowed)
+    assert np.mean(~allowed) > 0.2
+
+
+def _bad_inputs(world, tmp_path):
+    d = world["images"]
+    ex = world["examples"][0]
+    m, p = str(d / f"{ex['model_id']}.png"), str(d / f"{ex['person_id']}.png")
+    small = tmp_path / "small_IUV.png"
+    fixtures.write_iuv_png(small, ex["person_iuv"][:, :30])
+    empty = tmp_path / "empty_IUV.png"
+    fixtures.write_iuv_png(empty, np.zeros_like(ex["person_iuv"]))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    fixtures.write_iuv_png(tmp_path / "broken_IUV.png", ex["person_iuv"])
+    wd, nowhere = world["workdir"], str(tmp_path / "nowhere")
+    return {
+        "missing checkpoint": (["--workdir", nowhere, "--model_image", m, "--person_image", p],
+                               "no such checkpoint directory"),
+        "other config": (["--workdir", wd, "--config", os.path.join(ROOT, "configs", "synthetic.py"),
+                          "--model_image", m, "--person_image", p],
+                         r"checkpoint from another config: params\['pan'\]\[.*(missing|has shape)"),
+        "iuv size": (["--workdir", wd, "--model_image", m, "--person_image", p, "--person_iuv", str(small)],
+                     "small_IUV.png: IUV is 32x30 but the photo is 32x32"),
+        "no person": (["--workdir", wd, "--model_image", m, "--person_image", p, "--person_iuv", str(empty)],
+                      "empty_IUV.png: no person found"),
+        "unreadable": (["--workdir", wd, "--model_image", str(broken), "--person_image", p],
+                       "broken.png: unreadable image"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "other config", "iuv size", "no person"])
+def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, capsys, case):
+    import re
+
+    argv, pattern = _bad_inputs(world, tmp_path)[case]
+    out = tmp_path / "out" / "o.png"
+    capsys.readouterr()
+    rc = infer.main(argv + ["--output", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert err.startswith("m2e_jax.infer: error: ") and "\n" not in err, err
+    assert re.search(pattern, err), err
+    assert not out.parent.exists() or not os.listdir(out.parent)
+
+
+def test_unreadable_image_in_a_fresh_process(world, tmp_path):
+    argv, pattern = _bad_inputs(world, tmp_path)["unreadable"]
+    out = tmp_path / "o.png"
+    r = run_cli(*argv, "--output", str(out))
+    assert r.returncode == 1
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and pattern in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
