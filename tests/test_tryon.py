@@ -62,17 +62,22 @@ def test_pipeline_outputs(setup):
 def test_stages_compose_from_separate_trees(setup):
     cfg, inputs, params, _, out = setup
     net = tryon.make_tryon(cfg)
-    only_pan = tryon.tryon_forward({"pan": params["pan"]}, inputs, cfg, upto="pan")
+    apply = jax.jit(net.apply, static_argnames="method")
+    pan_forward = jax.jit(lambda p, i: tryon.tryon_forward(p, i, cfg, upto="pan"))
+    only_pan = pan_forward({"pan": params["pan"]}, inputs)
     np.testing.assert_allclose(only_pan["aligned"], out["aligned"], atol=1e-5)
     assert "refined" not in only_pan
-    trn = net.apply({"params": {"trn": params["trn"]}}, inputs, out["aligned"], out["warped"],
+    trn = apply({"params": {"trn": params["trn"]}}, inputs, out["aligned"], out["warped"],
                     out["valid"], method=tryon.TryOnNet.run_trn)
     np.testing.assert_allclose(trn["refined"], out["refined"], atol=1e-5)
-    final = net.apply({"params": {"ftn": params["ftn"]}}, inputs, out["refined"],
+    final = apply({"params": {"ftn": params["ftn"]}}, inputs, out["refined"],
                       method=tryon.TryOnNet.run_ftn)
     np.testing.assert_allclose(final, out["output"], atol=1e-5)
     with pytest.raises(ValueError, match="no parameters for"):
         tryon.tryon_forward({"pan": params["pan"]}, inputs, cfg, upto="trn")
+    # 36 is divisible by the generators' 4 but not by a 3-layer PatchGAN's 8.
+    with pytest.raises(ValueError, match="36x32 must be divisible by 8"):
+        tryon.check_image_size(tiny_model_config(d_layers=3), 36, 32)
 
 
 def test_gradients_reach_every_parameter(setup):

@@ -153,3 +153,17 @@ def test_bad_vgg_specs(tmp_path):
     state["features.5.weight"] = state["features.5.weight"][:10]
     with pytest.raises(ValueError, match="features.5.weight has shape"):
         vgg_lib.convert_torch_vgg19(state)
+
+
+def test_generator_loss_uses_perceptual_terms(vgg16, images):
+    from m2e_jax.models.defaults import loss_config
+
+    x, noise = images
+    y = jnp.clip(x + 0.3 * noise, -1, 1)
+    cfg = loss_config()
+    out = {"aligned": x}
+    total, terms = jax.jit(lambda o, i: losses.generator_loss(o, i, cfg, vgg16))(out, {"target_image": y})
+    perc = losses.vgg_perceptual(vgg16, x, y, cfg.vgg16_layer_weights)
+    np.testing.assert_allclose(terms["perceptual_aligned"], perc, rtol=1e-5)
+    np.testing.assert_allclose(total, cfg.l1_weight * losses.l1_loss(x, y) + cfg.perceptual_weight * perc,
+                               rtol=1e-5)

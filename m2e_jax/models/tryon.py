@@ -77,6 +77,15 @@ def prepare_batch(batch: dict[str, Any], model_cfg: Any = None) -> dict[str, jax
     return out
 
 
+def check_image_size(model_cfg, height: int, width: int) -> None:
+    """ValueError unless H, W are divisible by the generators' and discriminators' total stride."""
+    factor = max(2 ** model_cfg.num_downsamples, 2 ** model_cfg.d_layers)
+    if height % factor or width % factor:
+        raise ValueError(f"image size {height}x{width} must be divisible by {factor} "
+                         f"(2**model.num_downsamples = {2 ** model_cfg.num_downsamples}, "
+                         f"2**model.d_layers = {2 ** model_cfg.d_layers}); resize or crop the images")
+
+
 def _frozen(cfg) -> ml_collections.FrozenConfigDict:
     return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
 
@@ -118,6 +127,7 @@ class TryOnNet(nn.Module):
     def __call__(self, inputs, upto: str = "ftn"):
         if upto not in STAGES:
             raise ValueError(f"TryOnNet: upto must be one of {STAGES}, got {upto!r}")
+        check_image_size(self.model_cfg, *inputs["person_image"].shape[1:3])
         warped, valid = self.warp(inputs)
         warped = warped.astype(jnp.float32)
         valid = valid.astype(jnp.float32)
