@@ -146,8 +146,14 @@ def generator_loss(out: dict, inputs: dict, loss_cfg, vgg=None, fake_logits: dic
         for name, image in stage_images:
             mask = inputs["region"] if name == "refined" else None
             terms[f"l1_{name}"] = l1_loss(image, target, mask)
-            if vgg is not None and loss_cfg.perceptual_weight:
-                terms[f"perceptual_{name}"] = vgg_perceptual(vgg, image, target, loss_cfg.vgg16_layer_weights)
+        if vgg is not None and loss_cfg.perceptual_weight and stage_images:
+            # One trunk pass over every stage and the target (the target's features once).
+            b = target.shape[0]
+            feats = vgg.features(jnp.concatenate([image for _, image in stage_images] + [target], axis=0))
+            target_feats = [f[-b:] for f in feats]
+            for n, (name, _) in enumerate(stage_images):
+                terms[f"perceptual_{name}"] = perceptual_loss(
+                    [f[n * b:(n + 1) * b] for f in feats], target_feats, loss_cfg.vgg16_layer_weights)
     elif "refined" in out:
         terms["consistency"] = consistency_loss(out["refined"], out["warped"], out["valid"], out["region"])
     if "alpha" in out:

@@ -52,11 +52,11 @@ def test_vgg16_matches_lpips_package(vgg16, images):
 
 def test_perceptual_zero_for_identical_and_monotone(vgg16, images):
     x, noise = images
-    loss = jax.jit(lambda a, b: losses.vgg_perceptual(vgg16, a, b, WEIGHTS))
-    assert float(loss(x, x)) == 0.0
-    values = [float(loss(x, jnp.clip(x + s * noise, -1, 1))) for s in (0.05, 0.2, 0.6)]
+    loss = jax.jit(lambda v, a, b: losses.vgg_perceptual(v, a, b, WEIGHTS))
+    assert float(loss(vgg16, x, x)) == 0.0
+    values = [float(loss(vgg16, x, jnp.clip(x + s * noise, -1, 1))) for s in (0.05, 0.2, 0.6)]
     assert 0 < values[0] < values[1] < values[2], values
-    grad = jax.jit(jax.grad(lambda a: losses.vgg_perceptual(vgg16, a, x, WEIGHTS)))(x + 0.1 * noise)
+    grad = jax.jit(jax.grad(lambda a, v: losses.vgg_perceptual(v, a, x, WEIGHTS)))(x + 0.1 * noise, vgg16)
     assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
 
 
@@ -161,9 +161,12 @@ def test_generator_loss_uses_perceptual_terms(vgg16, images):
     x, noise = images
     y = jnp.clip(x + 0.3 * noise, -1, 1)
     cfg = loss_config()
-    out = {"aligned": x}
-    total, terms = jax.jit(lambda o, i: losses.generator_loss(o, i, cfg, vgg16))(out, {"target_image": y})
-    perc = losses.vgg_perceptual(vgg16, x, y, cfg.vgg16_layer_weights)
-    np.testing.assert_allclose(terms["perceptual_aligned"], perc, rtol=1e-5)
-    np.testing.assert_allclose(total, cfg.l1_weight * losses.l1_loss(x, y) + cfg.perceptual_weight * perc,
-                               rtol=1e-5)
+    out = {"aligned": x, "output": y[::-1]}
+    # The Vgg pytree goes in as an argument (its weights are leaves, not compiled-in constants).
+    gen_loss = jax.jit(lambda v, o, i: losses.generator_loss(o, i, cfg, v))
+    total, terms = gen_loss(vgg16, out, {"target_image": y})
+    perc = [losses.vgg_perceptual(vgg16, out[k], y, cfg.vgg16_layer_weights) for k in ("aligned", "output")]
+    np.testing.assert_allclose(terms["perceptual_aligned"], perc[0], rtol=1e-5)
+    np.testing.assert_allclose(terms["perceptual_output"], perc[1], rtol=1e-5)
+    l1 = losses.l1_loss(x, y) + losses.l1_loss(y[::-1], y)
+    np.testing.assert_allclose(total, cfg.l1_weight * l1 + cfg.perceptual_weight * sum(perc), rtol=1e-5)

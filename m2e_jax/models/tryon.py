@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from m2e_jax import densepose
+from m2e_jax.models.defaults import model_config
 from m2e_jax.models.discriminators import PatchDiscriminator
 from m2e_jax.models.ftn import FTN
 from m2e_jax.models.pan import PAN
@@ -49,8 +50,6 @@ def prepare_batch(batch: dict[str, Any], model_cfg: Any = None) -> dict[str, jax
     each example's garment_kind, dilated by model.garment_dilation, joined with person_mask) and
     soft_region R~ `[B, H, W, 1]` float. `model_cfg` (config.model) defaults to defaults.model_config().
     """
-    from m2e_jax.models.defaults import model_config
-
     cfg = model_cfg if model_cfg is not None else model_config()
     missing = [k for k in ("model_image", "model_iuv", "person_image", "person_iuv") if k not in batch]
     if missing:

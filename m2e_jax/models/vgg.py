@@ -10,14 +10,16 @@
   relu3_1, relu4_1, relu5_1 (the paper-era perceptual loss), inputs in [-1, 1] mapped to [0, 1]
   and normalised with torchvision's ImageNet mean/std.
 
-`load_vgg(spec) -> Vgg`; `vgg.features(x)` is a pure function of the (closed-over, constant)
-weights, differentiable in x.
+`load_vgg(spec) -> Vgg`; `vgg.features(x)` is differentiable in x. `Vgg` is a pytree whose only
+leaves are the weights: pass it as an argument of a jitted step (not a closure) so its ~59 MB of
+weights stay device buffers instead of being embedded in the compiled program as constants.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import pickle
 import re
@@ -74,6 +76,8 @@ class VggTrunk(nn.Module):
         return feats
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
+                   meta_fields=["trunk", "shift", "scale", "layer_names"])
 @dataclasses.dataclass(frozen=True)
 class Vgg:
     """A VGG trunk with its weights and input normalisation. `features(x)` for x in [-1, 1]."""
