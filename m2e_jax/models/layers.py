@@ -229,7 +229,7 @@ class ResnetGenerator(nn.Module):
     def __call__(self, x):
         check_choice("model.norm", self.norm, NORMS)
         check_choice("model.upsample", self.upsample, UPSAMPLES)
-        check_divisible(x.shape[1], x.shape[2], 2 ** self.num_downsamples, f"{self.name or 'generator'}")
+        check_divisible(x.shape[1], x.shape[2], 2 ** self.num_downsamples, "generator")
         x = x.astype(self.dtype)
         x = ConvNormAct(self.base_channels, 7, self.norm, True, self.fast, self.dtype)(x)
         for level in range(1, self.num_downsamples + 1):
