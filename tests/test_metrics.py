@@ -121,7 +121,7 @@ def test_masked_lpips_sees_only_the_mask(images):
 
 def test_lpips_rejects_unknown_net():
     with pytest.raises(ValueError, match="lpips net"):
-        metrics.lpips_fn("resnet")
+        metrics.lpips_params("resnet")
 
 
 # ---------------------------------------------------------------- FID / IS
