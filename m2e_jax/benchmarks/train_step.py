@@ -86,12 +86,17 @@ def load_vgg_if_needed(config):
     return load_vgg(config.loss.vgg)
 
 
-def bench_one(config, stage: int, repeats: int, peak: float | None, vgg=None) -> dict:
-    """Compiles and times one train step configuration on one device; returns a table row."""
+def bench_one(config, stage: int, repeats: int, peak: float | None, vgg=None, num_devices: int = 1) -> dict:
+    """Compiles and times one train step configuration; returns a table row.
+
+    Runs data-parallel over the first `num_devices` devices (config.batch_size is the global batch).
+    """
     from m2e_jax import parallel, train
 
+    if num_devices > jax.device_count():
+        raise ValueError(f"num_devices={num_devices} but JAX sees {jax.device_count()} devices")
     dev = jax.devices()[0]
-    par = parallel.DataParallel(config.parallel, devices=[dev])
+    par = parallel.DataParallel(config.parallel, devices=jax.devices()[:num_devices])
     h, w, b = config.model.height, config.model.width, config.batch_size
     step_fn = par.compile(functools.partial(train.train_step, config=config, stage=stage, vgg=vgg))
     state = par.put_state(train.init_state(config))
@@ -109,6 +114,7 @@ def bench_one(config, stage: int, repeats: int, peak: float | None, vgg=None) ->
     tflops = flops / (ms / 1e3) / 1e12 if flops else None
     peak_t = common.peak_tflops(dev, config.model.dtype, peak)
     return {"size": f"{h}x{w}", "dtype": config.model.dtype, "batch": b, "stage": stage,
+            "devices": num_devices,
             "compile_s": compile_s, "ms_per_step": ms, "images_per_s": b / (ms / 1e3),
             "gflops_per_step": flops / 1e9 if flops else None, "tflops_per_s": tflops,
             "peak_tflops": peak_t, "mfu": tflops / peak_t if tflops and peak_t else None,
