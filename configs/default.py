@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 16        # global, over all devices and hosts
     c.eval_batch_size = 16
     c.optim = ml_collections.ConfigDict(dict(
-        g_lr=2e-4, d_lr=2e-4, b1=0.5, b2=0.999,
+        g_lr=2e-4, d_lr=2e-4, b1=0.5, b2=0.999, eps=1e-8,
         decay_start=0.5,  # fraction of the total steps after which the lr decays linearly to 0
     ))
     # Stage lengths in steps: 1 PAN alone, 2 + TRN, 3 + FTN (paired only), 4 all three end to end

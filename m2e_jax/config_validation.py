@@ -67,7 +67,7 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
               f"config.dataset.paired_fraction: must lie in [0, 1], got {d.paired_fraction!r}")
     check(config.parallel in PARALLEL,
           f"config.parallel: unknown mode {config.parallel!r}; expected one of {PARALLEL}")
-    for name in ("g_lr", "d_lr"):
+    for name in ("g_lr", "d_lr", "eps"):
         positive(f"optim.{name}", o[name])
     for name in ("b1", "b2"):
         check(0.0 <= o[name] < 1.0, f"config.optim.{name}: must lie in [0, 1), got {o[name]!r}")

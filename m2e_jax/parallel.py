@@ -95,7 +95,9 @@ class DataParallel:
         donate = (0,) if donate_state else ()
         if self.mode == "pmap":
             return jax.pmap(fn, axis_name=AXIS, devices=self.local_devices, donate_argnums=donate)
-        sharded = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+        # check_vma=False gives pmap's semantics: with it on, the gradient of a replicated input is
+        # already summed over devices by autodiff, and the step's own pmean would not average.
+        sharded = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)
         return jax.jit(sharded, donate_argnums=donate)
 
     def put_state(self, tree: Any) -> Any:
@@ -127,5 +129,9 @@ class DataParallel:
                     raise ValueError(f"per-process batch {x.shape[0]} not divisible by {n} local devices")
                 return jax.device_put(x.reshape(n, x.shape[0] // n, *x.shape[1:]), self._local_stacked)
             return {k: stack(np.asarray(v)) for k, v in local_batch.items()}
+        n = len(self.local_devices)
+        bad = [k for k, v in local_batch.items() if np.shape(v)[0] % n]
+        if bad:
+            raise ValueError(f"per-process batch of {bad} not divisible by {n} local devices")
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
                 for k, v in local_batch.items()}

@@ -81,11 +81,18 @@ def learning_rate(step, base: float, total: int, decay_start: float):
 
 
 def _adam(config) -> optax.GradientTransformation:
-    return optax.scale_by_adam(b1=config.optim.b1, b2=config.optim.b2)
+    return optax.scale_by_adam(b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps)
 
 
 def init_state(config: ml_collections.ConfigDict) -> dict:
-    """Fresh training state from config.seed, as host numpy arrays."""
+    """Fresh training state from config.seed, as host numpy arrays (a new copy each call)."""
+    return jax.tree.map(np.copy, _init_state_cached(config.to_json_best_effort()))
+
+
+@functools.lru_cache(maxsize=4)
+def _init_state_cached(config_json: str) -> dict:
+    # Initialisation compiles the networks once more; restarts in one process reuse the result.
+    config = ml_collections.ConfigDict(json.loads(config_json))
     rng_g, rng_d = jax.random.split(jax.random.key(config.seed))
     params = dict(init_params(config.model, rng_g))
     inputs = dummy_inputs(config.model)
