@@ -1,5 +1,10 @@
 """Data parallelism: pmap and jit + shard_map run one per-device step to the same numbers."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,3 +78,63 @@ def test_no_distributed_init_without_config_or_launcher(monkeypatch):
     for k in parallel._CLUSTER_ENV:
         monkeypatch.delenv(k, raising=False)
     assert parallel.initialize_distributed(None) is False
+
+
+WORKER = """
+import sys
+from configs import synthetic
+from m2e_jax import train
+c = synthetic.get_config("test")
+c.dataset.data_dir = sys.argv[1]
+c.schedule.update(pan_steps=3, trn_steps=0, ftn_steps=0, joint_steps=0)
+c.eval_every = c.image_every = c.checkpoint_every = 3
+c.optim.eps = 1e-3
+c.distributed.update(enabled=True, coordinator_address=sys.argv[3], num_processes=2,
+                     process_id=int(sys.argv[4]), cpu_collectives=True)
+train.train_and_evaluate(c, sys.argv[2])
+import jax
+print("processes", jax.process_count(), "devices", jax.device_count())
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_in_lock_step_like_one(tmp_path):
+    """2 processes x 2 CPU devices (gloo collectives) == 1 process x 4 devices, same global batch."""
+    import portpicker
+
+    from configs import synthetic
+    from m2e_jax import checkpointing, train
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = str(tmp_path / "data")
+    config = synthetic.get_config("test")
+    config.dataset.data_dir = data
+    config.schedule.update(pan_steps=3, trn_steps=0, ftn_steps=0, joint_steps=0)
+    config.eval_every = config.image_every = config.checkpoint_every = 3
+    config.optim.eps = 1e-3  # zero-gradient parameters then stay put (see test_train.tiny_config)
+    one = train.train_and_evaluate(config, str(tmp_path / "one"))  # also renders the shared data
+
+    address = f"127.0.0.1:{portpicker.pick_unused_port()}"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=root)
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, data, str(tmp_path / "two"), address, str(i)],
+                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    assert all("processes 2 devices 4" in out for out in outs)
+
+    def params(workdir):
+        with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")) as ck:
+            return ck.restore(3, train.init_state(config))
+
+    a, b = params(str(tmp_path / "one")), params(str(tmp_path / "two"))
+    init = train.init_state(config)
+    for x, y, z in zip(*(jax.tree.leaves(t["params"]) for t in (a, b, init))):
+        np.testing.assert_allclose(x - z, y - z, rtol=2e-2, atol=1e-4)  # updates, as in test_train
+    with open(tmp_path / "two" / "eval" / "step_0000003.json") as f:
+        two = json.load(f)["metrics"]
+    for subset in one:
+        for k, v in one[subset]["tryon"].items():
+            np.testing.assert_allclose(two[subset]["tryon"][k], v, rtol=1e-3)
