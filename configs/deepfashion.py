@@ -24,7 +24,7 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = default.get_config()
-    c.dataset.update(name="deepfashion", source="tfds", tfds_config="deepfashion")
+    c.dataset.update(name="deepfashion", source="tfds")
     c.model.update(height=256, width=192)
     c.batch_size = 16
     if arg in ("local", "test"):

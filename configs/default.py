@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="deepfashion",       # synthetic | deepfashion | mvc | folder
         source="tfds",            # tfds (data_prep's array_record source) | synthetic_memory
         data_dir="data",          # TFDS data_dir, or where the synthetic .npz cache lives
-        tfds_config="deepfashion",  # builder config name passed to data_prep.m2e_dataset.load_source
+        tfds_config="",           # data_prep builder config; "" means "<name>_<height>x<width>"
         train_split="train", test_split="test",
         num_train=0, num_test=0,  # synthetic_memory only: examples to render
         paired_fraction=0.5,      # synthetic_memory only

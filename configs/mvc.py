@@ -8,7 +8,7 @@ from configs.deepfashion import shrink_for_smoke
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = default.get_config()
-    c.dataset.update(name="mvc", source="tfds", tfds_config="mvc")
+    c.dataset.update(name="mvc", source="tfds")
     c.model.update(height=256, width=256)
     c.batch_size = 16
     if arg in ("local", "test"):

@@ -17,7 +17,7 @@ from configs.deepfashion import shrink_for_smoke
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = default.get_config()
-    c.dataset.update(name="deepfashion", source="tfds", tfds_config="deepfashion")
+    c.dataset.update(name="deepfashion", source="tfds")
     c.model.update(height=256, width=192, dtype="bfloat16")
     c.distributed.enabled = True
     c.parallel = "shard_map"

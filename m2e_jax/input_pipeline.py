@@ -2,7 +2,8 @@
 
 Sources (config.dataset.source):
   "tfds"              data_prep.m2e_dataset.load_source(data_dir, tfds_config, split): the
-                      array_record TFDS data source (`__len__`, `__getitem__` -> data_schema dict).
+                      array_record TFDS data source (`__len__`, `__getitem__` -> data_schema dict);
+                      tfds_config "" means "<dataset.name>_<height>x<width>" (data_prep's names).
   "synthetic_memory"  synthetic.dataset.make_examples(...) rendered once and cached as an .npz in
                       dataset.data_dir; later runs (and other processes) reuse the file.
 
@@ -92,7 +93,8 @@ def open_source(config: Any, split: str):
     if d.source == "tfds":
         from data_prep import m2e_dataset  # local: only the tfds path needs data_prep.
 
-        return m2e_dataset.load_source(d.data_dir, d.tfds_config, split)
+        name = d.tfds_config or f"{d.name}_{config.model.height}x{config.model.width}"
+        return m2e_dataset.load_source(d.data_dir, name, split)
     raise ValueError(f"config.dataset.source: unknown source {d.source!r}")
 
 

@@ -128,3 +128,19 @@ def test_synthetic_source_is_rendered_once_and_cached(tmp_path):
     fresh = dataset.make_examples(c.seed, "test", 3, c.model.height, c.model.width,
                                   paired_fraction=c.dataset.paired_fraction)
     np.testing.assert_array_equal(again.arrays["person_image"], np.stack([e["person_image"] for e in fresh]))
+
+
+def test_tfds_source_built_by_data_prep(tmp_path):
+    """The array_record path: data_prep builds a tiny synthetic config, the pipeline batches it."""
+    from data_prep import build
+
+    build.build("synthetic", tmp_path / "manual", tmp_path / "tfds", 32, 32, synthetic_counts=(6, 2))
+    c = synthetic.get_config("test")
+    c.dataset.update(source="tfds", data_dir=str(tmp_path / "tfds"))
+    src = input_pipeline.open_source(c, "train")
+    data_schema.validate_example(src[0], 32, 32, "tfds record 0")
+    data = input_pipeline.TrainData(src, c)
+    flags = input_pipeline.paired_flags(src)
+    assert len(data.paired_idx) == int(flags.sum()) > 0
+    batch = data.batch(0)
+    assert np.all(batch["paired"] == 1) and batch["model_image"].shape == (c.batch_size, 32, 32, 3)

@@ -60,6 +60,7 @@ def test_learning_rate_schedule():
     np.testing.assert_allclose(lr, [1.0, 1.0, 1.0, 0.5, 0.0], atol=1e-6)
 
 
+@pytest.mark.slow  # ~47 s measured with the 2 cores shared by ~8 busy processes
 def test_paired_loss_decreases_on_a_fixed_batch(fixed_batch, data_dir):
     config = tiny_config(data_dir)
     par = parallel.DataParallel("shard_map", devices=jax.devices()[:1])
