@@ -151,3 +151,18 @@ def test_loop_resume_reproduces_the_uninterrupted_run(tmp_path, data_dir):
         assert json.load(f)["metrics"] == resumed
     assert os.path.exists(tmp_path / "b/images" / f"step_{total:07d}.png")
     assert os.path.exists(tmp_path / "a/config.json")
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_keeps_float32_params_and_ema(fixed_batch, data_dir):
+    config = tiny_config(data_dir)
+    config.model.dtype = "bfloat16"
+    config.ema_decay = 0.75
+    par = parallel.DataParallel("shard_map", devices=jax.devices()[:1])
+    init = train.init_state(config)
+    final, history = run_steps(config, par, fixed_batch, stage=1, steps=1)
+    assert history[0]["finite"] == 1.0 and np.isfinite(history[0]["pan_l1"])
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(final["params"]))
+    gens = {k: final["params"][k] for k in train.GEN}
+    for e, p, i in zip(*(jax.tree.leaves(t) for t in (final["ema"], gens, init["ema"]))):
+        np.testing.assert_allclose(e, 0.75 * i + 0.25 * p, rtol=1e-5, atol=1e-7)
