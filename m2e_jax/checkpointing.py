@@ -14,9 +14,11 @@ stops at the same step.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import jax
@@ -24,6 +26,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+# Written by orbax only after every item of a step is on disk (atomicity.COMMIT_SUCCESS_FILE), then
+# the step's items.
+COMPLETE_MARKERS = ("commit_success.txt", "state", "config")
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
     """The resolved config as JSON-safe data (tuples become lists)."""
@@ -50,7 +55,37 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        """The newest complete step (None if there is none); incomplete step folders are skipped.
+
+        orbax lists any folder named like a step, and a partial copy of a workdir (rsync cut short,
+        a quota hit mid-copy) leaves such folders without their files: restoring one would crash or
+        read garbage, so the resume point is the newest folder holding a commit marker and its items.
+        """
+        moved = False
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            missing = self.missing_files(step)
+            if not missing:
+                break
+            path = os.path.join(self.directory, str(step))
+            aside = f"{path}.incomplete"
+            if os.path.exists(aside):
+                aside = f"{aside}.{time.time_ns()}"
+            logging.warning("checkpoint %s is incomplete (missing %s): moved aside to %s", path,
+                            ", ".join(missing), aside)
+            # Out of the way, not deleted: the resumed run saves this step number again.
+            if jax.process_index() == 0 and os.path.isdir(path):
+                os.rename(path, aside)
+            moved = True
+        else:
+            step = None
+        if moved:
+            self.manager.reload()
+        return step
+
+    def missing_files(self, step: int) -> list[str]:
+        """What a complete checkpoint of `step` has and this one lacks (empty when complete)."""
+        path = os.path.join(self.directory, str(step))
+        return [name for name in COMPLETE_MARKERS if not os.path.exists(os.path.join(path, name))]
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
