@@ -78,6 +78,7 @@ def test_paired_loss_decreases_on_a_fixed_batch(fixed_batch, data_dir):
     assert all(changed)
 
 
+@pytest.mark.slow  # compiles the stage-1 step unless the loss test ran first (~60 s on the shared CPU)
 def test_nan_guard_keeps_state_and_names_the_step(fixed_batch, data_dir):
     config = tiny_config(data_dir)
     par = parallel.DataParallel("shard_map", devices=jax.devices()[:1])
