@@ -104,6 +104,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
                                  ("model.garment_kind", m.garment_kind, GARMENT_KINDS),
                                  ("dataset.garment_kind", d.garment_kind, GARMENT_KINDS)):
         check(value in choices, f"config.{name}: unknown value {value!r}; expected one of {choices}")
+    # Spectral norm keeps power-iteration state in a batch_stats collection the train step does not carry.
+    check(not m.spectral_norm, "config.model.spectral_norm: not supported by the trainer yet (use False)")
     for name in ("adv_weight", "l1_weight", "perceptual_weight", "consistency_weight", "alpha_weight"):
         positive(f"loss.{name}", config.loss[name], allow_zero=True)
     return out
