@@ -1,7 +1,11 @@
 """Test-session setup shared by every test module.
 
-Four simulated CPU devices let the data-parallel tests run anywhere; single-device code is
-unaffected (it runs on device 0). The flag must be set before JAX initialises its backend.
+- Four simulated CPU devices let the data-parallel tests run anywhere; single-device code is
+  unaffected (it runs on device 0). The flag must be set before JAX initialises its backend.
+- A persistent XLA compilation cache: compile time dominates this suite on CPU, and many tests
+  (and the subprocesses of the CLI, kill/resume and multi-process tests, which inherit these
+  variables) compile the same programs. A cache hit returns the identical executable, so results
+  do not depend on it. M2E_TEST_COMPILATION_CACHE=0 turns it off.
 """
 
 import os
@@ -9,3 +13,9 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+if os.environ.get("M2E_TEST_COMPILATION_CACHE", "1") != "0":
+    _cache = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache",
+                          "jax_compilation_cache")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
