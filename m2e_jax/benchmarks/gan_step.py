@@ -92,7 +92,8 @@ def init_state(gen, disc, tx, batch: dict, seed: int = 0) -> dict:
     return {"g": g, "d": d, "opt_g": tx.init(g), "opt_d": tx.init(d)}
 
 
-def bench_variant(name: str, a: argparse.Namespace, repeats: int) -> dict:
+def bench_variant(name: str, a: argparse.Namespace, repeats: int) -> tuple[dict, object]:
+    """Compiles one variant; returns (its row with one timing, a function that times it again)."""
     upsample, fast = VARIANTS[name]
     gen, disc = build(upsample, fast, a.base_channels, a.blocks, a.d_channels, a.d_layers, a.dtype)
     tx = optax.adam(2e-4, b1=0.5, b2=0.999)
@@ -108,10 +109,11 @@ def bench_variant(name: str, a: argparse.Namespace, repeats: int) -> dict:
 
     ms = common.median_ms(call, repeats, warmup=1)
     n_g = sum(x.size for x in jax.tree.leaves(holder["state"]["g"]))
-    return {"framework": f"jax {jax.__version__}", "variant": name, "size": f"{a.height}x{a.width}",
+    row = {"framework": f"jax {jax.__version__}", "variant": name, "size": f"{a.height}x{a.width}",
             "batch": a.batch, "dtype": a.dtype, "compile_s": compile_s, "ms_per_step": ms,
             "images_per_s": a.batch / (ms / 1e3), "gflops_per_step": (f / 1e9 if (f := common.flops_of(exe))
                                                                      else None), "g_params": n_g}
+    return row, lambda: common.median_ms(call, repeats, warmup=0)
 
 
 def run_twin(python: str, a: argparse.Namespace, upsample: str, repeats: int) -> dict:
@@ -153,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=None, help="timed steps (default 5, quick 2)")
     ap.add_argument("--torch_python", default=None, help="a python with torch: also run the twin")
     ap.add_argument("--torch_threads", type=int, default=0, help="torch.set_num_threads for the twin")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate jax / torch this many times, keep the fastest (shared machines)")
     ap.add_argument("--quick", action="store_true", help="32x32, batch 2, width 8, 1 block")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -166,18 +170,32 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     info = common.machine_info()
     print(common.machine_line(info))
     t0 = time.perf_counter()
-    rows = [bench_variant(n, a, repeats) for n in names]
-    if a.torch_python:
-        for upsample in sorted({VARIANTS[n][0] for n in names}):
+    benched = [bench_variant(n, a, repeats) for n in names]
+    rows = [r for r, _ in benched]
+    twins: dict[str, dict] = {}
+    # On a shared machine other load inflates either side at random: alternate the frameworks for
+    # --rounds rounds and keep each one's fastest median (the least disturbed measurement).
+    for round_ in range(a.rounds):
+        if round_:
+            for r, again in benched:
+                r["ms_per_step"] = min(r["ms_per_step"], again())
+        for upsample in sorted({VARIANTS[n][0] for n in names}) if a.torch_python else ():
             twin = run_twin(a.torch_python, a, upsample, repeats)
-            twin["variant"] = upsample
-            twin["compile_s"] = twin.pop("first_step_s")
-            for r in rows:
-                if VARIANTS[r["variant"]][0] == upsample:
-                    r["torch_over_jax"] = twin["ms_per_step"] / r["ms_per_step"]
-            rows.append(twin)
+            old = twins.get(upsample)
+            if old is None or twin["ms_per_step"] < old["ms_per_step"]:
+                twins[upsample] = twin
+    for r in rows:
+        r["images_per_s"] = r["batch"] / (r["ms_per_step"] / 1e3)
+    for upsample, twin in sorted(twins.items()):
+        twin["variant"] = upsample
+        twin["compile_s"] = twin.pop("first_step_s")
+        for r in rows:
+            if VARIANTS[r["variant"]][0] == upsample:
+                r["torch_over_jax"] = twin["ms_per_step"] / r["ms_per_step"]
+        rows.append(twin)
     print(f"PAN (base {a.base_channels}, {a.blocks} blocks) + PatchGAN (d {a.d_channels} x {a.d_layers}) "
-          f"G + D step, median of {repeats} after warm-up, {time.perf_counter() - t0:.0f} s total")
+          f"G + D step, median of {repeats} after warm-up, best of {a.rounds} round(s), "
+          f"{time.perf_counter() - t0:.0f} s total")
     print(common.format_table(rows, COLUMNS))
     common.write_json(a.json, "gan_step", info, rows)
     return rows

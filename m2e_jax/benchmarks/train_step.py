@@ -4,8 +4,9 @@ Times `train.train_step` of the joint stage (PAN + TRN + FTN generators, both Pa
 discriminator updates, L1 + perceptual + adversarial + TRN losses, the UV warp, two Adam updates)
 on a paired batch, compiled by `parallel.DataParallel` on one device exactly as training does
 (donated state). Per (size, dtype, batch): compile seconds, median ms/step, images/s, XLA's FLOPs
-per step, achieved TFLOP/s, MFU against `--peak_tflops` (or the known table for GPUs/TPUs) and
-peak device memory where the backend reports it.
+per step, achieved TFLOP/s, MFU against `--peak_tflops` (or the known table for GPUs/TPUs), peak
+device memory where the backend reports it, and (JSON "g_total") the generator loss of every step
+run, from the same initial parameters for each dtype: the float32 / bfloat16 loss curves.
 
 Default grid on CPU is kept to a few minutes; `--full` runs 64x48, 128x96, 256x192 x float32,
 bfloat16 x batch 1, 2, 4, 8, 16, 32, 64 (for accelerators). Network widths default to the paper
@@ -104,13 +105,15 @@ def bench_one(config, stage: int, repeats: int, peak: float | None, vgg=None, nu
     exe, compile_s = common.compile_timed(step_fn, state, batch)
     flops = common.flops_of(exe)
     holder = {"state": state}
+    losses = []  # g_total of every step, fetched at the end: the loss curve on this fixed batch
 
     def call():
         holder["state"], metrics = exe(holder["state"], batch)
+        losses.append(metrics["g_total"])
         return metrics
 
     ms = common.median_ms(call, repeats, warmup=1)
-    loss = float(np.asarray(par.get_state(call())["g_total"]))
+    curve = [float(np.asarray(par.get_state(x))) for x in losses]
     tflops = flops / (ms / 1e3) / 1e12 if flops else None
     peak_t = common.peak_tflops(dev, config.model.dtype, peak)
     return {"size": f"{h}x{w}", "dtype": config.model.dtype, "batch": b, "stage": stage,
@@ -119,7 +122,7 @@ def bench_one(config, stage: int, repeats: int, peak: float | None, vgg=None, nu
             "gflops_per_step": flops / 1e9 if flops else None, "tflops_per_s": tflops,
             "peak_tflops": peak_t, "mfu": tflops / peak_t if tflops and peak_t else None,
             "peak_mem_mib": (m / 2**20 if (m := common.peak_memory_bytes(dev)) else None),
-            "g_total": loss}
+            "g_total": curve}
 
 
 COLUMNS = [("size", "size", "s"), ("dtype", "dtype", "s"), ("batch", "batch", "d"),

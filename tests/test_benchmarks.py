@@ -1,0 +1,118 @@
+"""Benchmarks: each script's main runs at the tiniest size (so none can rot), helpers compute the
+right numbers, and bfloat16 compute tracks float32 on a short training run. No timing is asserted."""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from m2e_jax.benchmarks import common, gan_step, inference, input_pipeline, scaling, train_step
+
+TINY = ["--base_channels", "8", "--blocks", "1", "--d_channels", "8"]
+
+
+def test_flops_of_a_matmul_is_two_mnk():
+    m, k, n = 16, 32, 8
+    exe = jax.jit(jnp.matmul).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
+    assert common.flops_of(exe) == pytest.approx(2 * m * k * n, rel=0.01)
+
+
+def test_peak_tflops_override_table_and_unknown():
+    class Dev:
+        def __init__(self, kind):
+            self.device_kind = kind
+
+    assert common.peak_tflops(Dev("NVIDIA H100 80GB HBM3"), "bfloat16") == 989.0
+    assert common.peak_tflops(Dev("NVIDIA A100-SXM4-40GB"), "float32") == 19.5
+    assert common.peak_tflops(Dev("cpu"), "float32") is None
+    assert common.peak_tflops(Dev("cpu"), "float32", override=1.5) == 1.5
+
+
+def test_parse_and_table_errors_name_the_flag():
+    assert common.parse_sizes("64x48,128X96") == [(64, 48), (128, 96)]
+    with pytest.raises(SystemExit, match="--sizes.*'64by48'"):
+        common.parse_sizes("64by48")
+    with pytest.raises(SystemExit, match="--batches"):
+        common.parse_ints("1,0", "--batches")
+    table = common.format_table([{"a": 1.234, "b": None}], [("a", "A", ".1f"), ("b", "B", ".1f")])
+    assert table.splitlines()[1].split() == ["1.2", "-"]
+
+
+@pytest.fixture(scope="module")
+def train_rows(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "train_step.json"
+    train_step.main(["--sizes", "32x32", "--batches", "2", "--dtypes", "float32,bfloat16", "--repeats", "3",
+                     "--json", str(path), "--widths", "demo", *TINY])
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow  # two joint-step compiles (~15 s each on an idle 2-core CPU)
+def test_train_step_main_writes_rows_with_flops(train_rows):
+    assert train_rows["benchmark"] == "train_step" and train_rows["machine"]["cpu_cores"] >= 1
+    rows = train_rows["rows"]
+    assert [(r["dtype"], r["batch"]) for r in rows] == [("float32", 2), ("bfloat16", 2)]
+    for r in rows:
+        assert r["ms_per_step"] > 0 and r["images_per_s"] == pytest.approx(2e3 / r["ms_per_step"])
+        assert r["gflops_per_step"] > 0  # XLA's cost analysis saw the convolutions
+        assert len(r["g_total"]) == 4 and np.all(np.isfinite(r["g_total"]))  # warm-up + 3 timed
+
+
+@pytest.mark.slow
+def test_bfloat16_loss_curve_tracks_float32(train_rows):
+    """Same initial parameters and batch: 4 joint steps in bf16 compute stay within 3% of float32."""
+    f32, bf16 = (np.array(r["g_total"]) for r in train_rows["rows"])
+    assert f32[-1] < f32[0]  # the run learns, so the curve is a real comparison
+    np.testing.assert_allclose(bf16, f32, rtol=0.03)
+    assert bf16[-1] < bf16[0]
+
+
+def test_gan_step_main_quick(tmp_path):
+    path = tmp_path / "gan.json"
+    (row,) = gan_step.main(["--quick", "--repeats", "1", "--rounds", "2", "--json", str(path)])
+    assert row["variant"] == "resize_conv" and row["ms_per_step"] > 0 and row["gflops_per_step"] > 0
+    assert row["images_per_s"] == pytest.approx(2e3 / row["ms_per_step"])
+    assert json.loads(path.read_text())["rows"][0]["g_params"] == row["g_params"] > 0
+
+
+def test_torch_twin_main_runs_when_torch_is_installed(tmp_path):
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(gan_step.TWIN.rsplit("/", 1)[0]))
+    import torch_twin
+
+    row = torch_twin.main(["--height", "16", "--width", "16", "--batch", "1", "--base_channels", "4",
+                           "--blocks", "1", "--d_channels", "4", "--d_layers", "2", "--repeats", "1"])
+    assert row["ms_per_step"] > 0 and row["g_params"] > 0
+
+
+def test_inference_main_quick(tmp_path):
+    path = tmp_path / "inf.json"
+    rows = inference.main(["--sizes", "32x32", "--batches", "2", "--repeats", "1", "--widths", "demo",
+                           "--base_channels", "8", "--blocks", "1", "--json", str(path)])
+    (r,) = rows
+    assert r["ms_per_tryon"] == pytest.approx(r["ms_per_batch"] / 2)
+    assert r["tryons_per_s"] == pytest.approx(2e3 / r["ms_per_batch"])
+    assert r["gflops_per_tryon"] > 0
+    assert json.loads(path.read_text())["rows"][0]["size"] == "32x32"
+
+
+def test_input_pipeline_main_quick(tmp_path):
+    path = tmp_path / "ip.json"
+    rows = input_pipeline.main(["--sizes", "32x32", "--num", "3", "--batch", "2", "--steps", "2",
+                                "--json", str(path)])
+    (r,) = rows
+    assert r["examples"] == 3 and r["size"] == "32x32"
+    assert min(r["read_per_s"], r["batch_examples_per_s"], r["iterate_examples_per_s"]) > 0
+    with pytest.raises(SystemExit, match="--num"):
+        input_pipeline.main(["--num", "1"])
+
+
+@pytest.mark.slow
+def test_scaling_main_two_simulated_devices(tmp_path):
+    """A subprocess with its own XLA_FLAGS: 2 simulated devices (tests have 4) share a batch of 2."""
+    out = scaling.main(["--devices", "2", "--size", "32x32", "--per_device_batch", "1", "--sizes", "",
+                        "--repeats", "1", "--widths", "demo", *TINY, "--json", str(tmp_path / "s.json")])
+    assert [(r["devices"], r["batch"]) for r in out["devices"]] == [(2, 2)]
+    assert np.isfinite(out["devices"][0]["g_total"]).all() and out["sizes"] == []
