@@ -27,7 +27,7 @@ from m2e_jax.benchmarks import common
 from m2e_jax.benchmarks.train_step import add_width_flags, bench_config, default_widths
 
 DEFAULT_DEVICES, QUICK_DEVICES = "1,2,4", "1,2"
-DEFAULT_SIZES, QUICK_SIZES = "32x24,64x48,128x96", "32x32,64x64"
+DEFAULT_SIZES, QUICK_SIZES = "64x48,128x96,256x192", "32x32,64x64"
 
 
 def _config(a: argparse.Namespace, h: int, w: int, batch: int):
