@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from m2e_jax import checkpointing, config_validation, input_pipeline, losses, parallel, schedule
@@ -50,15 +51,38 @@ _COMPILED: dict[tuple, Any] = {}
 
 
 def compiled(kind: str, stage: int, par: parallel.DataParallel, config, vgg=None):
-    """The data-parallel train step of `stage` (kind "train") or the eval step (kind "eval")."""
-    key = (kind, stage, par.mode, tuple(d.id for d in par.devices), config.to_json_best_effort())
+    """The data-parallel train step of `stage` (kind "train") or the eval step (kind "eval").
+
+    Both are called as fn(state, batch). The VGG (config.loss.vgg's, so part of the cache key through
+    the config) goes in as a device-resident argument of the step, not a closure constant.
+    """
+    key = (kind, stage, par.mode, tuple(d.id for d in par.devices), config.to_json_best_effort(),
+           vgg is None)
     if key not in _COMPILED:
-        if kind == "train":
-            fn = functools.partial(train_step, config=config, stage=stage, vgg=vgg)
-            _COMPILED[key] = par.compile(fn)
+        if kind == "train" and vgg is not None:
+            step = _compile_with_weights(par, functools.partial(train_step, config=config, stage=stage))
+            vgg_dev = par.put_state(vgg)
+            _COMPILED[key] = lambda state, batch: step(state, batch, vgg_dev)
+        elif kind == "train":
+            _COMPILED[key] = par.compile(functools.partial(train_step, config=config, stage=stage))
         else:
             _COMPILED[key] = par.compile(functools.partial(eval_step, config=config), donate_state=False)
     return _COMPILED[key]
+
+
+def _compile_with_weights(par: parallel.DataParallel, fn):
+    """par.compile for a per-device fn(state, batch, weights), weights replicated and not donated.
+
+    `weights` (the perceptual loss's VGG, a pytree) must be in `par.put_state`'s layout. Passed as an
+    argument it stays device buffers; closed over, its ~59 MB were embedded in the compiled program
+    as constants, which slowed compilation and doubled the memory.
+    """
+    if par.mode == "pmap":
+        return jax.pmap(fn, axis_name=AXIS, devices=par.local_devices, donate_argnums=(0,))
+    # check_vma=False for pmap's pmean semantics, as in parallel.DataParallel.compile.
+    sharded = jax.shard_map(fn, mesh=par.mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(),
+                            check_vma=False)
+    return jax.jit(sharded, donate_argnums=(0,))
 
 
 def stage_groups(stage: int, freeze_earlier: bool) -> tuple[tuple[str, ...], tuple[str, ...], str]:
@@ -157,6 +181,11 @@ def generator_terms(config, params: dict, out: dict, inputs: dict, paired, gens:
         recon("ftn", out["output"])
         terms["ftn_adv"] = w.adv_weight * losses.g_adv_loss(
             _disc(config, "d_final", params["d_final"], out["output"], iuv), w.gan)
+        if "ftn_mask" in out and w.get("ftn_mask_weight", 0.0) > 0:
+            # FTN's composition mask toward 1 inside R~: keeps T's pixels passing straight through.
+            mask = out["ftn_mask"]
+            terms["ftn_mask"] = w.ftn_mask_weight * losses.l1_loss(mask, jnp.ones_like(mask),
+                                                                   out["soft_region"])
     return terms
 
 
@@ -167,8 +196,11 @@ def _all_finite(terms: dict) -> jax.Array:
     return jnp.all(jnp.isfinite(flat))
 
 
-def train_step(state: dict, batch: dict, *, config, stage: int, vgg=None) -> tuple[dict, dict]:
+def train_step(state: dict, batch: dict, vgg=None, *, config, stage: int) -> tuple[dict, dict]:
     """One fused G + D update of `stage`, per device; gradients and metrics pmean'ed over AXIS.
+
+    vgg: models.vgg.Vgg for the perceptual terms (None when loss.perceptual_weight == 0); pass it as
+    an argument of the compiled step (see `compiled`), not through functools.partial.
 
     A step whose losses or gradients are not all finite leaves the parameters and optimizer states
     unchanged and reports metrics["finite"] = 0 (the loop then stops, naming the term).

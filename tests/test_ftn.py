@@ -1,40 +1,72 @@
-"""FTN: P' equals P exactly outside R~, stays in [-1, 1], gradients reach every parameter."""
+"""FTN: P' equals P exactly outside R~, stays in [-1, 1], gradients reach every parameter; the
+"composite" mode passes the pasted garment through its mask, "direct" paints from scratch."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m2e_jax.models.ftn import FTN
+from m2e_jax.models.ftn import FTN, input_composite
 from tests.model_fixtures import all_leaves_nonzero, random_inputs, tiny_model_config
 
 
 @pytest.fixture(scope="module")
-def setup():
-    cfg = tiny_model_config()
-    ftn = FTN.from_config(cfg)
-    inputs = random_inputs(cfg=cfg)
+def args():
+    inputs = random_inputs(cfg=tiny_model_config())
     refined = jax.random.uniform(jax.random.key(8), (2, 32, 32, 3), minval=-1, maxval=1)
-    args = (inputs["person_image"], refined, inputs["region"], inputs["soft_region"], inputs["person_iuv"])
+    return (inputs["person_image"], refined, inputs["region"], inputs["soft_region"], inputs["person_iuv"])
+
+
+@pytest.fixture(scope="module", params=["composite", "direct"])
+def setup(request, args):
+    ftn = FTN.from_config(tiny_model_config(ftn_mode=request.param))
+    assert ftn.mode == request.param
     params = jax.jit(ftn.init)(jax.random.key(0), *args)
-    return ftn, params, args
+    apply = jax.jit(lambda p, *a: ftn.apply(p, *a, with_mask=True))
+    return ftn, params, apply
 
 
-def test_person_kept_outside_soft_region(setup):
-    ftn, params, args = setup
-    person, _, region, soft, _ = args
-    out = jax.jit(ftn.apply)(params, *args)
+def test_person_kept_outside_soft_region(setup, args):
+    ftn, params, apply = setup
+    person, refined, region, soft, _ = args
+    out, mask = apply(params, *args)
     assert out.shape == (2, 32, 32, 3) and float(jnp.abs(out).max()) <= 1.0
     outside = np.asarray(soft[..., 0]) == 0
     assert outside.any() and (~outside).any()
     np.testing.assert_array_equal(np.asarray(out)[outside], np.asarray(person)[outside])
-    # R~ covers R_P, and inside R_P the output is generated, not P.
+    # R~ covers R_P, and inside R_P the output is not P.
     assert bool(jnp.all(soft >= region - 1e-6))
     inside = np.asarray(region[..., 0]) == 1
     assert np.abs(np.asarray(out)[inside] - np.asarray(person)[inside]).mean() > 1e-2
+    pasted = input_composite(person, refined, region)
+    gap = float(jnp.abs(out - pasted)[inside].mean())
+    if ftn.mode == "direct":
+        assert mask is None
+        assert gap > 0.2  # repainted from scratch: far from the pasted garment at initialisation
+    else:
+        # m ~ sigmoid(3) at initialisation: P' starts close to the pasted composite x.
+        assert 0.0 <= float(mask.min()) and float(mask.max()) <= 1.0
+        assert 0.85 < float(mask.mean()) < 0.99
+        assert gap < 0.1, gap
 
 
-def test_gradients_reach_every_parameter(setup):
-    ftn, params, args = setup
+def test_gradients_reach_every_parameter(setup, args):
+    ftn, params, _ = setup
     grads = jax.jit(jax.grad(lambda p: jnp.mean(ftn.apply(p, *args) ** 2)))(params)
     assert all_leaves_nonzero(grads) == []
+
+
+def test_composite_passes_texture_through_exactly(args):
+    """With the mask saturated at 1, P' = R~ * x + (1 - R~) * P: T's pixels are not re-synthesised."""
+    person, refined, region, soft, _ = args
+    ftn = FTN.from_config(tiny_model_config(ftn_mode="composite"), mask_offset=40.0)
+    params = jax.jit(ftn.init)(jax.random.key(1), *args)
+    out = jax.jit(ftn.apply)(params, *args)
+    expected = soft * input_composite(person, refined, region) + (1.0 - soft) * person
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_unknown_mode_is_rejected(args):
+    ftn = FTN.from_config(tiny_model_config(ftn_mode="paint"))
+    with pytest.raises(ValueError, match="model.ftn_mode"):
+        jax.eval_shape(ftn.init, jax.random.key(0), *args)

@@ -45,12 +45,13 @@ def test_pipeline_outputs(setup):
     cfg, inputs, params, _, out = setup
     assert set(params) == {"pan", "trn", "ftn"}
     expected = {"warped", "valid", "region", "soft_region", "aligned", "texture", "alpha", "refined",
-                "output"}
+                "output", "ftn_mask"}
     assert set(out) == expected
     for k in ("aligned", "texture", "refined", "output"):
         assert out[k].shape == (2, 32, 32, 3) and out[k].dtype == jnp.float32
         assert float(jnp.abs(out[k]).max()) <= 1.0
-    assert 0 <= float(out["alpha"].min()) and float(out["alpha"].max()) <= 1
+    for k in ("alpha", "ftn_mask"):
+        assert 0 <= float(out[k].min()) and float(out[k].max()) <= 1
     # The real UV warp ran: valid only on the person's body, warped zero elsewhere.
     body = densepose.split_iuv(inputs["person_iuv"])[0][..., None] > 0
     assert float(out["valid"].sum()) > 0 and not bool(jnp.any((out["valid"] > 0) & ~body))
@@ -72,7 +73,7 @@ def test_stages_compose_from_separate_trees(setup):
     np.testing.assert_allclose(trn["refined"], out["refined"], atol=1e-5)
     final = apply({"params": {"ftn": params["ftn"]}}, inputs, out["refined"],
                       method=tryon.TryOnNet.run_ftn)
-    np.testing.assert_allclose(final, out["output"], atol=1e-5)
+    np.testing.assert_allclose(final["output"], out["output"], atol=1e-5)
     with pytest.raises(ValueError, match="no parameters for"):
         tryon.tryon_forward({"pan": params["pan"]}, inputs, cfg, upto="trn")
     # 36 is divisible by the generators' 4 but not by a 3-layer PatchGAN's 8.

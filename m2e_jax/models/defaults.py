@@ -5,6 +5,9 @@ config.model:
   base_channels        64         generator width after the 7x7 input conv
   num_downsamples      2          stride-2 downsamples (width doubles each, capped at 8x)
   pan_blocks, trn_blocks, ftn_blocks   9, 3, 6   residual blocks per generator
+  ftn_mode             "composite" | "direct"   FTN edits the pasted composite through a mask, or
+                                    paints R~ from scratch (method.md's formula); see models/ftn.py
+  ftn_mask_offset      3.0        added to the mask logit: m ~ sigmoid(3) = 0.95 at initialisation
   norm                 "instance" | "group" | "none"
   upsample             "resize_conv" | "transpose" | "pixel_shuffle"
   iuv_encoding         "onehot" (27 channels) | "raw" (3 channels)
@@ -15,7 +18,8 @@ config.model:
   warp_tile, warp_fill_iters   32, 2   ops.uv_warp settings (atlas tile size, hole filling)
   d_channels, d_layers 64, 3  PatchGAN width and stride-2 layers (3 = 70x70 receptive field)
   spectral_norm        False  spectral norm in the discriminators (see discriminators.py)
-config.loss: see m2e_jax/losses.py.
+config.loss: see m2e_jax/losses.py; also ftn_mask_weight (1.0): L1 of FTN's composition mask toward 1
+inside R~ (train.generator_terms), which keeps the garment's pixels passing through.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import ml_collections
 def model_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         height=256, width=192, base_channels=64, num_downsamples=2, pan_blocks=9, trn_blocks=3,
-        ftn_blocks=6, norm="instance", upsample="resize_conv", iuv_encoding="onehot", dtype="float32",
+        ftn_blocks=6, ftn_mode="composite", ftn_mask_offset=3.0, norm="instance", upsample="resize_conv",
+        iuv_encoding="onehot", dtype="float32",
         garment_kind="upper", garment_dilation=2, soft_dilation=3, feather=2, warp_tile=32,
         warp_fill_iters=2, d_channels=64, d_layers=3, spectral_norm=False,
     ))
@@ -35,5 +40,6 @@ def model_config() -> ml_collections.ConfigDict:
 def loss_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         gan="lsgan", adv_weight=1.0, l1_weight=10.0, perceptual_weight=10.0, consistency_weight=10.0,
-        alpha_weight=1.0, vgg="lpips_vgg16", vgg16_layer_weights=(1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0),
+        alpha_weight=1.0, ftn_mask_weight=1.0, vgg="lpips_vgg16",
+        vgg16_layer_weights=(1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0),
     ))

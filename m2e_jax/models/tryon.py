@@ -94,7 +94,8 @@ class TryOnNet(nn.Module):
 
     Output keys (float32): warped W `[B, H, W, 3]`, valid V `[B, H, W, 1]`, region, soft_region
     `[B, H, W, 1]`, aligned A; with upto >= "trn": texture T_g, alpha `[B, H, W, 1]`, refined T;
-    with upto == "ftn": output P' `[B, H, W, 3]`. Images in [-1, 1].
+    with upto == "ftn": output P' `[B, H, W, 3]` (and ftn_mask `[B, H, W, 1]` in [0, 1] when
+    model.ftn_mode == "composite"). Images in [-1, 1].
     """
 
     model_cfg: ml_collections.FrozenConfigDict
@@ -120,8 +121,10 @@ class TryOnNet(nn.Module):
         return self.trn(aligned, warped, valid, inputs["region"], inputs["person_iuv"])
 
     def run_ftn(self, inputs, refined):
-        return self.ftn(inputs["person_image"], refined, inputs["region"], inputs["soft_region"],
-                        inputs["person_iuv"])
+        """FTN's dict: `output` P', and `ftn_mask` (composition mask m) in model.ftn_mode "composite"."""
+        output, mask = self.ftn(inputs["person_image"], refined, inputs["region"], inputs["soft_region"],
+                                inputs["person_iuv"], with_mask=True)
+        return {"output": output} if mask is None else {"output": output, "ftn_mask": mask}
 
     def __call__(self, inputs, upto: str = "ftn"):
         if upto not in STAGES:
@@ -138,7 +141,7 @@ class TryOnNet(nn.Module):
         out.update(self.run_trn(inputs, out["aligned"], warped, valid))
         if upto == "trn":
             return out
-        out["output"] = self.run_ftn(inputs, out["refined"])
+        out.update(self.run_ftn(inputs, out["refined"]))
         return out
 
 
