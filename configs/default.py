@@ -16,6 +16,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.distributed = ml_collections.ConfigDict(dict(
         enabled=False,  # also auto-enabled by launcher variables (Slurm, Open MPI, JAX_COORDINATOR_ADDRESS)
         coordinator_address="", num_processes=-1, process_id=-1, local_device_ids=(), cpu_collectives=False,
+        # A process silent this long is declared dead and every other process exits with an error
+        # (instead of blocking in a collective); jax's default is 100 s.
+        heartbeat_timeout_s=60,
     ))
 
     c.dataset = ml_collections.ConfigDict(dict(

@@ -82,6 +82,7 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
                  "checkpoint_every", "keep_checkpoints", "height", "width", "base_channels"):
         group = m if name in ("height", "width", "base_channels") else config
         positive(f"{'model.' if group is m else ''}{name}", group[name])
+    positive("distributed.heartbeat_timeout_s", config.distributed.heartbeat_timeout_s)
     for name in ("prefetch", "num_eval_examples", "num_image_examples"):
         positive(name, config[name], allow_zero=True)
     sizes = (m.height, m.width, m.num_downsamples, m.d_layers)

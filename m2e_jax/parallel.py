@@ -39,7 +39,9 @@ def initialize_distributed(cfg: Any = None) -> bool:
     """Calls `jax.distributed.initialize` when configured or when a launcher's variables are set.
 
     `cfg` is `config.distributed` (fields: enabled, coordinator_address, num_processes, process_id,
-    local_device_ids; empty / -1 means auto-detect). Returns True when multi-host was initialised.
+    local_device_ids; empty / -1 means auto-detect; heartbeat_timeout_s: after this long without a
+    heartbeat from a process, the others stop with an error naming the dead task rather than wait
+    in a collective). Returns True when multi-host was initialised.
     On CPU the collectives go through gloo (the default CPU backend has none across processes).
     """
     enabled = bool(cfg is not None and cfg.get("enabled", False))
@@ -56,6 +58,8 @@ def initialize_distributed(cfg: Any = None) -> bool:
             kwargs["process_id"] = cfg.process_id
         if cfg.get("local_device_ids"):
             kwargs["local_device_ids"] = list(cfg.local_device_ids)
+        if cfg.get("heartbeat_timeout_s"):
+            kwargs["heartbeat_timeout_seconds"] = int(cfg.heartbeat_timeout_s)
     on_cpu = os.environ.get("JAX_PLATFORMS", "").startswith("cpu")
     if on_cpu or (cfg is not None and cfg.get("cpu_collectives")):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
