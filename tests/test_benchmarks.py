@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m2e_jax.benchmarks import common, gan_step, inference, input_pipeline, scaling, train_step
+from m2e_jax.benchmarks import common, gan_step, inference, input_pipeline, profile, scaling, train_step
 
 TINY = ["--base_channels", "8", "--blocks", "1", "--d_channels", "8"]
 
@@ -116,3 +116,15 @@ def test_scaling_main_two_simulated_devices(tmp_path):
                         "--repeats", "1", "--widths", "demo", *TINY, "--json", str(tmp_path / "s.json")])
     assert [(r["devices"], r["batch"]) for r in out["devices"]] == [(2, 2)]
     assert np.isfinite(out["devices"][0]["g_total"]).all() and out["sizes"] == []
+
+
+@pytest.mark.slow
+def test_profile_main_parts(tmp_path):
+    rows = profile.main(["--size", "32x32", "--batch", "1", "--repeats", "1", "--widths", "demo",
+                         "--skip_whole", *TINY])
+    parts = [r["part"] for r in rows]
+    assert parts[0].startswith("prepare_batch") and parts[-1] == "sum of the parts"
+    assert rows[-1]["ms"] == pytest.approx(sum(r["ms"] for r in rows[:-1]))
+    # FTN's gradient also runs PAN and TRN forward, so it costs more FLOPs than PAN's alone.
+    flops = {p.split()[0]: r["gflops"] for p, r in zip(parts, rows)}
+    assert flops["FTN"] > flops["PAN"] > 0

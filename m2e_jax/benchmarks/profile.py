@@ -29,8 +29,9 @@ def _measure(name: str, fn, args, repeats: int) -> dict:
     return {"part": name, "compile_s": compile_s, "ms": ms, "gflops": flops / 1e9 if flops else None}
 
 
-def parts(config, repeats: int, vgg=None) -> list[dict]:
-    """One row per part of the joint step (see the module docstring)."""
+def parts(config, repeats: int, vgg=None, whole: bool = True) -> list[dict]:
+    """One row per part of the joint step (see the module docstring); the last row is the whole
+    step (whole=True) or the sum of the parts."""
     from m2e_jax import losses, train
 
     h, w, b = config.model.height, config.model.width, config.batch_size
@@ -70,9 +71,13 @@ def parts(config, repeats: int, vgg=None) -> list[dict]:
         new = {k: tx.update(p[k], opt[k], p[k]) for k in p}
         return new, train._all_finite(p)
     rows.append(_measure("Adam x5 + finite check", adam, (params, state["opt"]), repeats))
-    whole = ts.bench_one(config, 4, repeats, None, vgg)
-    rows.append({"part": "whole joint step", "compile_s": whole["compile_s"], "ms": whole["ms_per_step"],
-                 "gflops": whole["gflops_per_step"]})
+    if whole:
+        step = ts.bench_one(config, 4, repeats, None, vgg)
+        rows.append({"part": "whole joint step", "compile_s": step["compile_s"], "ms": step["ms_per_step"],
+                     "gflops": step["gflops_per_step"]})
+    else:
+        rows.append({"part": "sum of the parts", "compile_s": sum(r["compile_s"] for r in rows),
+                     "ms": sum(r["ms"] for r in rows), "gflops": sum(r["gflops"] or 0 for r in rows)})
     return rows
 
 
@@ -104,9 +109,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--trace", default=None, help="also write a jax.profiler trace here")
+    ap.add_argument("--skip_whole", action="store_true", help="do not compile the whole step (faster)")
     ap.add_argument("--json", default=None)
     ts.add_width_flags(ap)
-    ap.add_argument("--widths", choices=("paper", "demo"), default=None)
     a = ap.parse_args(argv)
     (h, w), = common.parse_sizes(a.size, "--size")
     widths = a.widths or ts.default_widths()
@@ -115,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     vgg = ts.load_vgg_if_needed(config)
     info = common.machine_info()
     print(common.machine_line(info))
-    rows = parts(config, a.repeats, vgg)
+    rows = parts(config, a.repeats, vgg, whole=not a.skip_whole)
     for r in rows:
         r["share"] = r["ms"] / rows[-1]["ms"]
     print(f"joint step parts, {widths} widths, {a.size}, batch {a.batch}, {a.dtype}")
