@@ -48,25 +48,34 @@ TRACES: collections.Counter = collections.Counter()
 # Compiled steps by (kind, stage, parallel mode, devices, config JSON): a second run in the same
 # process (resume, tests) reuses them instead of compiling again.
 _COMPILED: dict[tuple, Any] = {}
+# Device copies of the perceptual loss's VGG by (id, parallel mode, devices): put once, not per step.
+_DEVICE_WEIGHTS: dict[tuple, Any] = {}
 
 
 def compiled(kind: str, stage: int, par: parallel.DataParallel, config, vgg=None):
     """The data-parallel train step of `stage` (kind "train") or the eval step (kind "eval").
 
-    Both are called as fn(state, batch). The VGG (config.loss.vgg's, so part of the cache key through
-    the config) goes in as a device-resident argument of the step, not a closure constant.
+    Both are called as fn(state, batch). A VGG goes into the train step as a device-resident
+    argument (put on the devices once per VGG object), not as compiled-in constants: one compiled
+    step serves any VGG weights.
     """
     key = (kind, stage, par.mode, tuple(d.id for d in par.devices), config.to_json_best_effort(),
            vgg is None)
     if key not in _COMPILED:
         if kind == "train" and vgg is not None:
-            step = _compile_with_weights(par, functools.partial(train_step, config=config, stage=stage))
-            vgg_dev = par.put_state(vgg)
-            _COMPILED[key] = lambda state, batch: step(state, batch, vgg_dev)
+            _COMPILED[key] = _compile_with_weights(par, functools.partial(train_step, config=config,
+                                                                          stage=stage))
         elif kind == "train":
             _COMPILED[key] = par.compile(functools.partial(train_step, config=config, stage=stage))
         else:
             _COMPILED[key] = par.compile(functools.partial(eval_step, config=config), donate_state=False)
+    if kind == "train" and vgg is not None:
+        step = _COMPILED[key]
+        wkey = (id(vgg), par.mode, tuple(d.id for d in par.devices))
+        if wkey not in _DEVICE_WEIGHTS:
+            _DEVICE_WEIGHTS[wkey] = (vgg, par.put_state(vgg))  # holds vgg so its id stays unique
+        weights = _DEVICE_WEIGHTS[wkey][1]
+        return lambda state, batch: step(state, batch, weights)
     return _COMPILED[key]
 
 

@@ -5,11 +5,13 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import synthetic
 from m2e_jax import input_pipeline, parallel, schedule, train
+from m2e_jax.models.vgg import Vgg, VggTrunk
 from m2e_jax.synthetic import dataset
 
 
@@ -167,3 +169,48 @@ def test_bfloat16_compute_keeps_float32_params_and_ema(fixed_batch, data_dir):
     gens = {k: final["params"][k] for k in train.GEN}
     for e, p, i in zip(*(jax.tree.leaves(t) for t in (final["ema"], gens, init["ema"]))):
         np.testing.assert_allclose(e, 0.75 * i + 0.25 * p, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow  # one stage-3 compile: 15 s with a warm XLA cache on the shared 2-core CPU
+def test_vgg_is_an_argument_of_the_step(fixed_batch, data_dir):
+    """Stage 3 with a perceptual loss: other VGG weights change the loss through the same compiled
+    step (they are an argument, not compiled-in constants); FTN's composition-mask term is on."""
+    config = tiny_config(data_dir)
+    config.loss.update(perceptual_weight=1.0, vgg16_layer_weights=(1.0, 1.0))
+    trunk = VggTrunk(cfg=(4, "M", 8), taps=(0, 1))
+    weights = trunk.init(jax.random.key(3), np.zeros((1, 32, 32, 3), np.float32))["params"]
+    make = lambda w: Vgg(trunk, w, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), ("a", "b"))
+    vgg_a, vgg_b = make(weights), make(jax.tree.map(lambda x: 2.0 * x, weights))
+    state = train.init_state(config)
+    par = parallel.DataParallel("shard_map", devices=jax.devices()[:1])
+    before = train.TRACES[("train", 3)]
+    metrics = {}
+    for name, vgg in (("a", vgg_a), ("b", vgg_b)):
+        _, m = train.compiled("train", 3, par, config, vgg)(par.put_state(state), par.put_batch(fixed_batch))
+        metrics[name] = par.get_state(m)
+    assert train.TRACES[("train", 3)] == before + 1
+    a, b = metrics["a"], metrics["b"]
+    assert a["finite"] == 1.0 and a["ftn_perceptual"] > 0
+    assert abs(a["ftn_perceptual"] - b["ftn_perceptual"]) > 1e-3 * a["ftn_perceptual"]
+    np.testing.assert_allclose(a["ftn_l1"], b["ftn_l1"], rtol=1e-6)  # same networks, same output
+    assert 0.0 < a["ftn_mask"] < 0.3
+
+
+@pytest.mark.parametrize("mode", parallel.MODES)
+def test_step_with_weights_replicates_them_in_both_modes(mode):
+    """_compile_with_weights: state donated and pmean'ed per device, weights replicated and kept."""
+    par = parallel.DataParallel(mode, devices=jax.devices()[:2])
+
+    def fn(state, batch, weights):
+        g = jax.lax.pmean(jnp.mean(batch["x"]) * weights["w"], parallel.AXIS)
+        return {"s": state["s"] + g}, {"g": g}
+
+    step = train._compile_with_weights(par, fn)
+    weights = par.put_state({"w": np.float32(3.0)})
+    state = par.put_state({"s": np.float32(1.0)})
+    batch = {"x": np.arange(4, dtype=np.float32)}
+    for _ in range(2):
+        state, metrics = step(state, par.put_batch(batch), weights)
+    assert float(par.get_state(metrics)["g"]) == 4.5  # mean(0..3) * 3
+    assert float(par.get_state(state)["s"]) == 10.0
+    assert float(par.get_state(weights)["w"]) == 3.0  # not donated: still readable
