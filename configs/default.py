@@ -47,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         paired_per_cycle=1, unpaired_per_cycle=1,
         freeze_earlier=True,  # stages 2-3 train only the newly added network
     ))
+    c.loss_spike_factor = 50.0  # stop when g_total exceeds this many times its running mean (0: off)
     c.ema_decay = 0.0  # > 0 keeps an EMA of the generator weights (used for evaluation)
 
     c.log_every = 100

@@ -83,6 +83,9 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
         group = m if name in ("height", "width", "base_channels") else config
         positive(f"{'model.' if group is m else ''}{name}", group[name])
     positive("distributed.heartbeat_timeout_s", config.distributed.heartbeat_timeout_s)
+    spike = config.loss_spike_factor
+    check(isinstance(spike, int | float) and (spike == 0 or spike > 1),
+          f"config.loss_spike_factor: must be 0 (off) or > 1, got {config.loss_spike_factor!r}")
     for name in ("prefetch", "num_eval_examples", "num_image_examples"):
         positive(name, config[name], allow_zero=True)
     sizes = (m.height, m.width, m.num_downsamples, m.d_layers)

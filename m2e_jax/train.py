@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -365,6 +366,57 @@ def _raise_if_nonfinite(step: int, metrics: dict, last_good: int | None) -> None
         f"were not updated by that step; the last good checkpoint is step {last_good}.")
 
 
+class SpikeGuard:
+    """Stops training when g_total jumps to `factor` times its running mean (a diverging run).
+
+    The mean is an EMA kept per (stage, paired) stream, since their loss levels differ; a stream is
+    checked after `warmup` steps of it. factor <= 0 turns the guard off.
+    """
+
+    def __init__(self, factor: float, warmup: int = 5, decay: float = 0.9):
+        self.factor, self.warmup, self.decay = factor, warmup, decay
+        self.seen: dict[tuple, tuple[int, float]] = {}
+
+    def check(self, step: int, key: tuple, metrics: dict, last_good: int | None) -> None:
+        """Raises FloatingPointError naming the step, the loss and the largest grown term."""
+        if self.factor <= 0:
+            return
+        total = float(metrics["g_total"])
+        n, mean = self.seen.get(key, (0, total))
+        if n >= self.warmup and total > self.factor * max(mean, 1e-8):
+            raise FloatingPointError(
+                f"training stopped: loss spike at step {step}: g_total = {total:.4g} is "
+                f"{total / mean:.1f}x its running mean {mean:.4g} (config.loss_spike_factor = "
+                f"{self.factor}). The last good checkpoint is step {last_good}.")
+        self.seen[key] = (n + 1, total if n == 0 else self.decay * mean + (1 - self.decay) * total)
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises WorkdirError when `workdir` cannot be created or written (a probe file is written)."""
+    probe = os.path.join(workdir, f".write_probe.{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"workdir {workdir}: not writable ({e.strerror or e}); nothing was "
+                           "trained") from None
+
+
+def check_free_space(workdir: str, state: Any, keep: int) -> None:
+    """Raises WorkdirError unless the workdir's disk holds keep + 1 checkpoints of `state`."""
+    need = (keep + 1) * sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise WorkdirError(f"workdir {workdir}: {free / 2**20:.1f} MiB free, checkpoints need "
+                           f"{need / 2**20:.1f} MiB ({keep} kept + 1 being written); nothing was trained")
+
+
+class WorkdirError(OSError):
+    """The workdir cannot hold the run (unwritable, or too little free space)."""
+
+
 def _compile_counts() -> dict[str, int]:
     return {f"{kind}{stage or ''}": n for (kind, stage), n in TRACES.items()}
 
@@ -379,6 +431,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
     eval/step_*.json (process 0 only, except checkpoints, which every process takes part in).
     """
     config_validation.validate(config)
+    check_workdir(workdir)
     parallel.initialize_distributed(config.distributed)
     from clu import metric_writers, periodic_actions  # imports TensorFlow: after the config check.
 
@@ -396,6 +449,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
     total = schedule.total_steps(config.schedule)
 
     host_state = init_state(config)
+    check_free_space(workdir, host_state, config.keep_checkpoints)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
                                       config.async_checkpointing)
     start = ckpt.latest_step() or 0
@@ -422,12 +476,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
             hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
     result: dict = {}
     pending: tuple[int, Any] | None = None
+    spikes = SpikeGuard(config.loss_spike_factor)
     t0 = time.time()
 
     def check_pending():
+        # Steps are named as logged and checkpointed: step s is the update that produces state s.
         nonlocal pending
         if pending is not None:
-            _raise_if_nonfinite(pending[0], par.get_state(pending[1]), ckpt.latest_step())
+            done, metrics = pending[0] + 1, par.get_state(pending[1])
+            _raise_if_nonfinite(done, metrics, ckpt.latest_step())
+            p = schedule.plan(pending[0], config.schedule)
+            spikes.check(done, (p.stage, p.paired), metrics, ckpt.latest_step())
             pending = None
 
     def save(step):
