@@ -6,6 +6,7 @@ typo costs seconds, not a compile. Reference for known keys: configs/default.py.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import ml_collections
@@ -110,9 +111,62 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
         check(value in choices, f"config.{name}: unknown value {value!r}; expected one of {choices}")
     # Spectral norm keeps power-iteration state in a batch_stats collection the train step does not carry.
     check(not m.spectral_norm, "config.model.spectral_norm: not supported by the trainer yet (use False)")
-    for name in ("adv_weight", "l1_weight", "perceptual_weight", "consistency_weight", "alpha_weight"):
+    for name in ("adv_weight", "l1_weight", "perceptual_weight", "consistency_weight", "alpha_weight",
+                 "ftn_mask_weight"):
         positive(f"loss.{name}", config.loss[name], allow_zero=True)
+    _check_remaining(config, check, positive)
     return out
+
+
+def _check_remaining(config, check, positive) -> None:
+    """The fields the checks above leave out: sizes, free-form strings, distributed settings."""
+    import math
+
+    from m2e_jax.models.ftn import FTN_MODES  # noqa: I001
+
+    d, m, dist, w = config.dataset, config.model, config.distributed, config.loss
+    for name in ("pan_blocks", "trn_blocks", "ftn_blocks", "d_channels", "d_layers", "num_downsamples",
+                 "warp_tile"):
+        positive(f"model.{name}", m[name])
+    for name in ("garment_dilation", "soft_dilation", "feather", "warp_fill_iters"):
+        positive(f"model.{name}", m[name], allow_zero=True)
+    check(isinstance(m.ftn_mask_offset, int | float) and math.isfinite(m.ftn_mask_offset),
+          f"config.model.ftn_mask_offset: must be a finite number, got {m.ftn_mask_offset!r}")
+    check(m.ftn_mode in FTN_MODES, f"config.model.ftn_mode: unknown value {m.ftn_mode!r}; expected one of "
+                                   f"{FTN_MODES}")
+    check(w.vgg == "lpips_vgg16" or w.vgg.endswith(".npz"),
+          f"config.loss.vgg: must be 'lpips_vgg16' or a path to converted VGG19 weights (.npz), "
+          f"got {w.vgg!r}")
+    check(all(isinstance(x, int | float) and x >= 0 for x in w.vgg16_layer_weights),
+          f"config.loss.vgg16_layer_weights: must all be >= 0, got {w.vgg16_layer_weights!r}")
+    positive("seed", config.seed, allow_zero=True)
+    if d.source != "synthetic_memory":  # unused there, but a negative count is still a typo
+        positive("dataset.num_train", d.num_train, allow_zero=True)
+        positive("dataset.num_test", d.num_test, allow_zero=True)
+        check(0.0 <= d.paired_fraction <= 1.0,
+              f"config.dataset.paired_fraction: must lie in [0, 1], got {d.paired_fraction!r}")
+    for name in ("data_dir", "train_split", "test_split"):
+        check(bool(d[name]) and d[name].strip() == d[name],
+              f"config.dataset.{name}: must be a non-empty name without surrounding spaces, got {d[name]!r}")
+    if d.tfds_config:  # data_prep's builder names; "" = <name>_<H>x<W>
+        check(re.fullmatch(rf"({'|'.join(DATASETS)})_\d+x\d+", d.tfds_config) is not None,
+              f"config.dataset.tfds_config: must be <dataset>_<H>x<W> (e.g. deepfashion_256x192), got "
+              f"{d.tfds_config!r}")
+    check(d.train_split != d.test_split,
+          f"config.dataset.test_split: must differ from train_split, got {d.test_split!r} for both")
+    for name in ("num_processes", "process_id"):
+        check(isinstance(dist[name], int) and dist[name] >= -1,
+              f"config.distributed.{name}: must be >= 0, or -1 to auto-detect, got {dist[name]!r}")
+    if dist.num_processes > 0 and dist.process_id >= 0:
+        check(dist.process_id < dist.num_processes,
+              f"config.distributed.process_id: must be < num_processes={dist.num_processes}, got "
+              f"{dist.process_id}")
+    address = dist.coordinator_address
+    check(not address or (":" in address and address.rsplit(":", 1)[1].isdigit()),
+          f"config.distributed.coordinator_address: must be host:port (or empty to auto-detect), "
+          f"got {address!r}")
+    check(all(isinstance(x, int) and x >= 0 for x in dist.local_device_ids),
+          f"config.distributed.local_device_ids: must be device numbers >= 0, got {dist.local_device_ids!r}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
