@@ -40,6 +40,8 @@ def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
                                 **({"garment_kind": garment_kind} if garment_kind else {}))
     if not manual.is_dir():
         raise FileNotFoundError(f"--manual_dir {manual}: not a directory")
+    if not any(manual.iterdir()):  # TFDS would fail with a multi-line AssertionError
+        raise FileNotFoundError(f"--manual_dir {manual}: empty folder (no photos or DensePose outputs)")
     config = mb.M2EConfig(source=dataset, height=height, width=width)
     # TFDS refuses a config object named like a predefined one: pass predefined ones by name
     config_arg = config.name if config.name in mb.Builder.builder_configs else config
