@@ -158,7 +158,7 @@ def _bad_inputs(world, tmp_path):
                                "no such checkpoint directory"),
         "other config": (["--workdir", wd, "--config", os.path.join(ROOT, "configs", "synthetic.py"),
                           "--model_image", m, "--person_image", p],
-                         r"checkpoint from another config: params\['pan'\]\[.*(missing|has shape)"),
+                         r"checkpoint from another config: params\['(pan|trn|ftn)'\]\[.*(missing|has shape)"),
         "iuv size": (["--workdir", wd, "--model_image", m, "--person_image", p, "--person_iuv", str(small)],
                      "small_IUV.png: IUV is 32x30 but the photo is 32x32"),
         "no person": (["--workdir", wd, "--model_image", m, "--person_image", p, "--person_iuv", str(empty)],
