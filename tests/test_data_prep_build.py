@@ -72,6 +72,9 @@ def test_folder_round_trip_exact(tmp_path):
         else:
             assert (r["paired"], r["has_target"]) == (0, 0) and not r["target_image"].any()
             assert r["model_id"][0] != r["person_id"][0]  # different items
+    # the trainer's paired/unpaired split, read without decoding images, agrees record by record
+    np.testing.assert_array_equal(src.paired_flags(chunk=4), [bool(r["paired"]) for r in src])
+    assert src.paired_flags().sum() == 2
     report = json.loads(Path(path, "build_report.json").read_text())
     assert report["skipped"] == [] and report["counts"]["examples"] == {"train": 6}
     # a second build reuses, a rebuild with another seed draws other unpaired examples

@@ -33,8 +33,11 @@ class M2ESource(Sequence):
     letterbox `model_transform` / `person_transform` (float32 [3]: scale, top, left).
     """
 
-    def __init__(self, source: Any, height: int, width: int, with_meta: bool = False):
+    def __init__(self, source: Any, height: int, width: int, with_meta: bool = False,
+                 undecoded: Any = None):
         self._source, self.height, self.width, self.with_meta = source, height, width, with_meta
+        # The same records with images left as PNG bytes: scalar fields without decoding 7 images.
+        self._undecoded = undecoded
 
     def __len__(self) -> int:
         return len(self._source)
@@ -57,6 +60,15 @@ class M2ESource(Sequence):
             raise IndexError(f"index {i} out of range for a split of {n} records")
         return self._convert(self._source[i % n])
 
+    def paired_flags(self, chunk: int = 1024) -> np.ndarray:
+        """[N] bool: which records are paired examples, read without decoding any image."""
+        src = self._undecoded if self._undecoded is not None else self._source
+        flags = np.zeros(len(self), bool)
+        for start in range(0, len(self), chunk):
+            idx = list(range(start, min(start + chunk, len(self))))
+            flags[idx] = [bool(np.asarray(r["paired"])) for r in src.__getitems__(idx)]
+        return flags
+
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         # grain batches reads through this when present
         return [self._convert(r) for r in self._source.__getitems__(list(indices))]
@@ -75,4 +87,6 @@ def load_source(data_dir: str | os.PathLike, config_name: str, split: str,
     if split not in builder.info.splits:
         raise ValueError(f"{path}: no split {split!r}; it has {sorted(builder.info.splits)}")
     shape = builder.info.features["model_image"].shape
-    return M2ESource(builder.as_data_source(split), shape[0], shape[1], with_meta)
+    images = [k for k, f in builder.info.features.items() if isinstance(f, tfds.features.Image)]
+    undecoded = builder.as_data_source(split, decoders={k: tfds.decode.SkipDecoding() for k in images})
+    return M2ESource(builder.as_data_source(split), shape[0], shape[1], with_meta, undecoded)
