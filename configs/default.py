@@ -60,4 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_eval_examples = 256   # first N test examples (all of them if fewer)
     c.num_image_examples = 4
     c.profile = False           # clu Profile around a few steps (TensorBoard trace)
+    # Persistent XLA compilation cache ("" = off): a restarted or resumed job (and a second job with
+    # the same shapes) loads its compiled steps instead of compiling them again (minutes on CPU).
+    c.compilation_cache_dir = ""
     return c

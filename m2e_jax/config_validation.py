@@ -148,6 +148,9 @@ def _check_remaining(config, check, positive) -> None:
     for name in ("data_dir", "train_split", "test_split"):
         check(bool(d[name]) and d[name].strip() == d[name],
               f"config.dataset.{name}: must be a non-empty name without surrounding spaces, got {d[name]!r}")
+    check(config.compilation_cache_dir.strip() == config.compilation_cache_dir,
+          f"config.compilation_cache_dir: must be a path without surrounding spaces (or empty for off), "
+          f"got {config.compilation_cache_dir!r}")
     if d.tfds_config:  # data_prep's builder names; "" = <name>_<H>x<W>
         check(re.fullmatch(rf"({'|'.join(DATASETS)})_\d+x\d+", d.tfds_config) is not None,
               f"config.dataset.tfds_config: must be <dataset>_<H>x<W> (e.g. deepfashion_256x192), got "

@@ -35,6 +35,11 @@ def main(argv: list[str]) -> None:
         tf.config.set_visible_devices([], "GPU")
     except ImportError:
         pass
+    if FLAGS.config.compilation_cache_dir:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.config.compilation_cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     from m2e_jax import train
 
     logging.info("workdir %s", FLAGS.workdir)

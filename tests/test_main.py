@@ -40,10 +40,10 @@ def test_unknown_override_is_rejected(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_zero(tmp_path):
-    workdir, data = tmp_path / "w", tmp_path / "data"
+    workdir, data, cache = tmp_path / "w", tmp_path / "data", tmp_path / "xla_cache"
     proc = launch(workdir, "--config.schedule.pan_steps=100000", "--config.eval_every=100000",
                   "--config.image_every=100000", "--config.checkpoint_every=100000", "--config.log_every=2",
-                  data_dir=data)
+                  f"--config.compilation_cache_dir={cache}", data_dir=data)
     lines = []
     deadline = time.time() + 240
     for line in proc.stdout:  # wait until training is under way (step 2 logged)
@@ -58,3 +58,5 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     steps = [int(os.path.basename(p)) for p in glob.glob(str(workdir / "checkpoints" / "[0-9]*"))]
     assert len(steps) == 1 and 2 <= steps[0] < 100000
     assert (workdir / "config.json").exists()
+    # the config's persistent compilation cache holds the compiled train step for the next restart
+    assert any("train_step" in name for name in os.listdir(cache)), os.listdir(cache)
