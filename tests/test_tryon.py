@@ -45,7 +45,7 @@ def test_pipeline_outputs(setup):
     cfg, inputs, params, _, out = setup
     assert set(params) == {"pan", "trn", "ftn"}
     expected = {"warped", "valid", "region", "soft_region", "aligned", "texture", "alpha", "refined",
-                "output", "ftn_mask"}
+                "output", "ftn_mask", "ftn_region"}
     assert set(out) == expected
     for k in ("aligned", "texture", "refined", "output"):
         assert out[k].shape == (2, 32, 32, 3) and out[k].dtype == jnp.float32
@@ -104,3 +104,27 @@ def test_bfloat16_close_to_float32(setup):
         # measured: mean ~0.005, max <= 0.065 on this example
         assert float(diff.mean()) < 0.015 and float(diff.max()) < 0.2, (k, diff.mean(), diff.max())
     assert float(jnp.abs(out16["aligned"] - out["aligned"]).max()) > 0  # really computed in bf16
+
+
+def test_parse_region_keeps_uncovered_skin():
+    """model.parse_region: FTN replaces R_P only where M's warped garment or P's old garment lies."""
+    cfg = tiny_model_config(parse_region=True)
+    batch = random_batch(seed=3)
+    batch["person_mask"][:, 8:16] = 1  # P's old garment: a band of rows
+    net = tryon.make_tryon(cfg)
+    replace = jax.jit(lambda i, v: net.apply({"params": {}}, i, v, method=tryon.TryOnNet.replace_region))
+    inputs = tryon.prepare_batch(batch, cfg)
+    valid = jax.jit(lambda i: net.apply({"params": {}}, i, method=tryon.TryOnNet.warp))(inputs)[1]
+    region, old, v = np.asarray(inputs["region"]), np.asarray(inputs["person_mask"]), np.asarray(valid)
+    # No new garment anywhere: only P's old garment (inside R_P) is replaced.
+    none = replace({**inputs, "model_mask": jnp.zeros_like(inputs["model_mask"])}, valid)
+    np.testing.assert_allclose(none, region * old, atol=1e-6)
+    # M entirely garment: the new garment lands wherever the warp has a source (V).
+    full = replace({**inputs, "model_mask": jnp.ones_like(inputs["model_mask"])}, valid)
+    np.testing.assert_allclose(full, region * (1 - (1 - v) * (1 - old)), atol=1e-6)
+    assert float(full.sum()) < float(region.sum())  # R_P pixels without a source and not P's garment
+    assert 0 < float(none.sum()) < float(full.sum())
+    # Off by default: R_P itself.
+    plain = tryon.make_tryon(tiny_model_config())
+    np.testing.assert_array_equal(plain.apply({"params": {}}, inputs, valid,
+                                              method=tryon.TryOnNet.replace_region), inputs["region"])

@@ -94,8 +94,9 @@ class TryOnNet(nn.Module):
 
     Output keys (float32): warped W `[B, H, W, 3]`, valid V `[B, H, W, 1]`, region, soft_region
     `[B, H, W, 1]`, aligned A; with upto >= "trn": texture T_g, alpha `[B, H, W, 1]`, refined T;
-    with upto == "ftn": output P' `[B, H, W, 3]` (and ftn_mask `[B, H, W, 1]` in [0, 1] when
-    model.ftn_mode == "composite"). Images in [-1, 1].
+    with upto == "ftn": ftn_region (the part of R_P that FTN replaces, `replace_region`), output P'
+    `[B, H, W, 3]` (and ftn_mask `[B, H, W, 1]` in [0, 1] when model.ftn_mode == "composite").
+    Images in [-1, 1].
     """
 
     model_cfg: ml_collections.FrozenConfigDict
@@ -120,9 +121,30 @@ class TryOnNet(nn.Module):
     def run_trn(self, inputs, aligned, warped, valid):
         return self.trn(aligned, warped, valid, inputs["region"], inputs["person_iuv"])
 
-    def run_ftn(self, inputs, refined):
-        """FTN's dict: `output` P', and `ftn_mask` (composition mask m) in model.ftn_mode "composite"."""
-        output, mask = self.ftn(inputs["person_image"], refined, inputs["region"], inputs["soft_region"],
+    def replace_region(self, inputs, valid) -> jax.Array:
+        """The part of R_P that FTN replaces `[B, H, W, 1]` in [0, 1].
+
+        R_P itself, or with model.parse_region: R_P * (1 - (1 - g) * (1 - person_mask)), g = M's garment
+        mask warped into P's pose (times V). Pixels that neither the new garment (g) nor P's old
+        garment cover are P's own skin in the result too, so FTN keeps them from P instead of
+        painting them with M's skin (our design choice, as in parsing-guided try-on such as CP-VTON).
+        """
+        if not self.model_cfg.get("parse_region", False):
+            return inputs["region"]
+        from m2e_jax.ops.uv_warp import uv_warp
+
+        g, _ = uv_warp(inputs["model_mask"], inputs["model_iuv"], inputs["person_iuv"],
+                       tile_size=self.model_cfg.warp_tile, fill_iters=self.model_cfg.warp_fill_iters)
+        g = jax.lax.stop_gradient(jnp.clip(g.astype(jnp.float32), 0.0, 1.0) * valid)
+        return inputs["region"] * (1.0 - (1.0 - g) * (1.0 - inputs["person_mask"]))
+
+    def run_ftn(self, inputs, refined, region=None):
+        """FTN's dict: `output` P', and `ftn_mask` (composition mask m) in model.ftn_mode "composite".
+
+        region: the part of R_P to replace (default R_P; see `replace_region`).
+        """
+        region = inputs["region"] if region is None else region
+        output, mask = self.ftn(inputs["person_image"], refined, region, inputs["soft_region"],
                                 inputs["person_iuv"], with_mask=True)
         return {"output": output} if mask is None else {"output": output, "ftn_mask": mask}
 
@@ -141,7 +163,8 @@ class TryOnNet(nn.Module):
         out.update(self.run_trn(inputs, out["aligned"], warped, valid))
         if upto == "trn":
             return out
-        out.update(self.run_ftn(inputs, out["refined"]))
+        out["ftn_region"] = self.replace_region(inputs, valid)
+        out.update(self.run_ftn(inputs, out["refined"], out["ftn_region"]))
         return out
 
 
@@ -162,7 +185,8 @@ def dummy_inputs(model_cfg, batch_size: int = 1) -> dict[str, jax.Array]:
     img = jnp.zeros((batch_size, h, w, 3), jnp.float32)
     mask = jnp.zeros((batch_size, h, w, 1), jnp.float32)
     return {"model_image": img, "person_image": img, "model_iuv": img, "person_iuv": img,
-            "warped": img, "valid": mask, "region": mask, "soft_region": mask}
+            "warped": img, "valid": mask, "region": mask, "soft_region": mask, "model_mask": mask,
+            "person_mask": mask}
 
 
 def tryon_forward(params: dict[str, Any], inputs: dict[str, jax.Array], model_cfg,
