@@ -27,7 +27,8 @@ On disk, every dataset folder (the synthetic world writes this; users' own photo
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
