@@ -37,6 +37,9 @@ def test_parse_and_table_errors_name_the_flag():
         common.parse_sizes("64by48")
     with pytest.raises(SystemExit, match="--batches"):
         common.parse_ints("1,0", "--batches")
+    assert common.parse_dtypes("float32,bfloat16") == ["float32", "bfloat16"]
+    with pytest.raises(SystemExit, match=r"--dtypes: unknown \['fp16'\]"):
+        common.parse_dtypes("float32,fp16")
     table = common.format_table([{"a": 1.234, "b": None}], [("a", "A", ".1f"), ("b", "B", ".1f")])
     assert table.splitlines()[1].split() == ["1.2", "-"]
 

@@ -129,6 +129,18 @@ def parse_ints(text: str, flag: str) -> list[int]:
     return values
 
 
+DTYPES = ("float32", "bfloat16")
+
+
+def parse_dtypes(text: str, flag: str = "--dtypes") -> list[str]:
+    """"float32,bfloat16" -> ["float32", "bfloat16"]; a SystemExit naming the flag on bad input."""
+    dtypes = text.split(",")
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad:
+        raise SystemExit(f"{flag}: unknown {bad}; expected some of {DTYPES}")
+    return dtypes
+
+
 def _fmt(value: Any, spec: str) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "-"

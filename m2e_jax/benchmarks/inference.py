@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import jax
 
 from m2e_jax.benchmarks import common
-from m2e_jax.benchmarks.train_step import DTYPES, bench_config, default_widths, paired_batch
+from m2e_jax.benchmarks.train_step import bench_config, default_widths, paired_batch
 
 DEFAULT_SIZES, DEFAULT_BATCHES = "64x48,128x96,256x192", "1,8"
 QUICK_SIZES, QUICK_BATCHES = "64x48", "1,4"
@@ -58,9 +58,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     a = ap.parse_args(argv)
     sizes = common.parse_sizes(a.sizes or (QUICK_SIZES if a.quick else DEFAULT_SIZES))
     batches = common.parse_ints(a.batches or (QUICK_BATCHES if a.quick else DEFAULT_BATCHES), "--batches")
-    dtypes = a.dtypes.split(",")
-    if any(d not in DTYPES for d in dtypes):
-        raise SystemExit(f"--dtypes: expected some of {DTYPES}, got {a.dtypes!r}")
+    dtypes = common.parse_dtypes(a.dtypes)
     repeats = a.repeats or (3 if a.quick else 10)
     widths = a.widths or default_widths()
     info = common.machine_info()

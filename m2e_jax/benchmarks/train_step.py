@@ -31,7 +31,7 @@ from m2e_jax.benchmarks import common
 DEFAULT_SIZES, DEFAULT_BATCHES = "64x48,128x96", "1,4"
 QUICK_SIZES, QUICK_BATCHES = "64x48", "2"
 FULL_SIZES, FULL_BATCHES = "64x48,128x96,256x192", "1,2,4,8,16,32,64"
-DTYPES = ("float32", "bfloat16")
+DTYPES = common.DTYPES
 
 
 def default_widths() -> str:
@@ -161,10 +161,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         preset, DEFAULT_SIZES))
     batches = common.parse_ints(a.batches or {"quick": QUICK_BATCHES, "full": FULL_BATCHES}.get(
         preset, DEFAULT_BATCHES), "--batches")
-    dtypes = a.dtypes.split(",")
-    bad = [d for d in dtypes if d not in DTYPES]
-    if bad:
-        raise SystemExit(f"--dtypes: unknown {bad}; expected some of {DTYPES}")
+    dtypes = common.parse_dtypes(a.dtypes)
     repeats = a.repeats or (2 if a.quick else 5)
 
     widths = a.widths or default_widths()
