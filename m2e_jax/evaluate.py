@@ -52,14 +52,6 @@ class EvalError(Exception):
     """A problem with the evaluation's inputs; one line naming the file or flag."""
 
 
-def predictions(out: dict, inputs: dict) -> dict[str, jax.Array]:
-    """The try-on P' and the two baselines: P unchanged, and W pasted into R_P where V = 1."""
-    paste = out["region"] * out["valid"]
-    person = inputs["person_image"]
-    return {"tryon": out["output"], "identity": person,
-            "warp_paste": person * (1.0 - paste) + out["warped"] * paste}
-
-
 def batch_scores(gen_params: dict, lpips_params: dict, batch: dict, model_cfg, lpips_net: str) -> dict:
     """Per example `[B]` scores {method: {metric: values}} against the target, plus the method images
     and the real images (target where known, else P) for feature-based metrics."""
@@ -67,7 +59,7 @@ def batch_scores(gen_params: dict, lpips_params: dict, batch: dict, model_cfg, l
     out = tryon_lib.tryon_forward(gen_params, inputs, model_cfg, "ftn")
     target, region = inputs["target_image"], out["region"]
     scores, images = {}, {}
-    for method, pred in predictions(out, inputs).items():
+    for method, pred in metrics.tryon_and_baselines(out, inputs).items():
         s = metrics.image_metrics(pred, target, region)
         s["lpips"] = metrics.lpips(pred, target, lpips_net, lpips_params)
         s["lpips_masked"] = metrics.masked_lpips(pred, target, region, lpips_net, lpips_params)

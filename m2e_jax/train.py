@@ -36,7 +36,7 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from m2e_jax import checkpointing, config_validation, input_pipeline, losses, parallel, schedule
-from m2e_jax.metrics import image_metrics
+from m2e_jax.metrics import image_metrics, tryon_and_baselines
 from m2e_jax.models.tryon import STAGES, build_discriminators, dummy_inputs, init_params, prepare_batch
 from m2e_jax.models.tryon import tryon_forward as _tryon_forward
 from m2e_jax.ops.uv_warp import uv_warp
@@ -269,14 +269,6 @@ def train_step(state: dict, batch: dict, vgg=None, *, config, stage: int) -> tup
 
 # ---------------------------------------------------------------- evaluation
 
-def _eval_predictions(out: dict, inputs: dict) -> dict[str, jax.Array]:
-    """The try-on output and the two baselines: P unchanged, and W pasted into R_P where V = 1."""
-    paste = out["region"] * out["valid"]
-    person = inputs["person_image"]
-    return {"tryon": out["output"], "identity": person,
-            "warp_paste": person * (1.0 - paste) + out["warped"] * paste}
-
-
 def eval_step(gen_params: dict, batch: dict, *, config) -> dict:
     """Per device: sums over the batch of SSIM / PSNR (whole and inside R_P) against ground truth.
 
@@ -292,7 +284,7 @@ def eval_step(gen_params: dict, batch: dict, *, config) -> dict:
     for subset, share in (("paired", inputs["paired"]), ("unpaired", 1.0 - inputs["paired"])):
         w = weight * share
         sums[f"{subset}/count"] = jnp.sum(w)
-        for method, pred in _eval_predictions(out, inputs).items():
+        for method, pred in tryon_and_baselines(out, inputs).items():
             for name, values in image_metrics(pred, inputs["target_image"], out["region"]).items():
                 sums[f"{subset}/{method}/{name}"] = jnp.sum(w * values)
     return jax.lax.psum(sums, AXIS)
