@@ -29,15 +29,52 @@ def test_reflect_conv_fast_equals_plain(k):
     np.testing.assert_allclose(y_plain, ref + params["params"]["conv"]["bias"], atol=1e-5)
 
 
-def test_zero_insertion_transpose_equals_conv_transpose():
+@pytest.mark.parametrize("mode", ["transpose", "resize_conv"])
+def test_phase_upsample_equals_plain_form_with_gradients(mode):
+    # fast=True (one small conv per output phase) vs fast=False (nn.ConvTranspose / repeat + conv):
+    # same parameters, same outputs, same gradients for the input and every parameter.
     x = _x((2, 6, 5, 8))
-    fast = layers.Upsample(4, "transpose", norm="none", fast=True)
-    plain = layers.Upsample(4, "transpose", norm="none", fast=False)
-    params = fast.init(jax.random.key(2), x)
+    fast = layers.Upsample(4, mode, norm="none", fast=True)
+    plain = layers.Upsample(4, mode, norm="none", fast=False)
+    params = plain.init(jax.random.key(2), x)
+    assert jax.tree.map(jnp.shape, fast.init(jax.random.key(2), x)) == jax.tree.map(jnp.shape, params)
     y_fast, y_plain = fast.apply(params, x), plain.apply(params, x)
     assert y_fast.shape == (2, 12, 10, 4)
     np.testing.assert_allclose(y_fast, y_plain, atol=2e-5)
     assert float(jnp.abs(y_fast).max()) > 0.1  # not trivially zero
+    w = _x((2, 12, 10, 4), seed=5)  # a loss that weighs every output pixel differently
+    grad = lambda m: jax.grad(lambda p, x: jnp.sum(w * m.apply(p, x)), argnums=(0, 1))(params, x)
+    (gp_fast, gx_fast), (gp_plain, gx_plain) = grad(fast), grad(plain)
+    np.testing.assert_allclose(gx_fast, gx_plain, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(gp_fast), jax.tree.leaves(gp_plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_phase_upsample_kernels_init_like_nn_conv():
+    # Checkpoints and seeds do not depend on `fast`: the phase conv draws the same initial kernel.
+    x = _x((1, 4, 4, 3))
+    fast = layers.Upsample(5, "resize_conv", norm="none", fast=True).init(jax.random.key(7), x)
+    plain = layers.Upsample(5, "resize_conv", norm="none", fast=False).init(jax.random.key(7), x)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_phase_upsample_transpose_matches_loop_reference():
+    # Independent of flax: y[2n] = x[n-1] w0 + x[n] w2, y[2n+1] = x[n] w1 per axis, written as loops.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 4, 2)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 2, 3)).astype(np.float32)
+    taps = {0: ((-1, 0), (0, 2)), 1: ((0, 1),)}  # output parity -> (input offset, kernel tap)
+    ref = np.zeros((1, 6, 8, 3), np.float32)
+    for i in range(6):
+        for j in range(8):
+            for di, ki in taps[i % 2]:
+                for dj, kj in taps[j % 2]:
+                    n, m = i // 2 + di, j // 2 + dj
+                    if 0 <= n < 3 and 0 <= m < 4:
+                        ref[0, i, j] += x[0, n, m] @ k[ki, kj]
+    y = layers.phase_upsample(jnp.asarray(x), jnp.asarray(k), "transpose")
+    np.testing.assert_allclose(y, ref, atol=1e-5)
 
 
 def test_resize_conv_is_nearest_then_conv():

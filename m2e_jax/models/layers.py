@@ -1,14 +1,19 @@
 """Shared building blocks of every network: padded convs, norms, residual blocks, resampling.
 
-This is the one place for the XLA-on-CPU workarounds of shared/design/stack.md, each behind a
-`fast` flag whose `False` setting is the plain form the tests compare against:
-- `ReflectConv`: a conv after reflection padding normally has no padding of its own, which hits a
-  ~3x slower XLA:CPU path for 7x7 kernels. We convolve with padding ((1, 0), (1, 0)) and drop the
-  first output row and column instead: bit-identical, fast path.
-- `Upsample("transpose")`: `nn.ConvTranspose` (input-dilated conv) is ~5x slower on CPU than
-  inserting the zeros with `lax.pad` and running a stride-1 conv with the same kernel.
-- `Upsample("resize_conv")` (default): nearest x2 then 3x3 conv, fast and free of checkerboard
-  artefacts (Odena et al. 2016).
+This is the one place for the conv formulations that make XLA fast (shared/design/stack.md;
+benchmarks/RESULTS.md has the measurements), each behind a `fast` flag whose `False` setting is the
+plain form the tests compare against (same parameter tree, equal outputs and gradients):
+- `ReflectConv`: a 7x7 conv after reflection padding normally has no padding of its own, which hits
+  a ~3x slower XLA:CPU path. We convolve with padding ((1, 0), (1, 0)) and drop the first output row
+  and column instead: bit-identical, fast path. 3x3 kernels keep the plain VALID conv (the trick
+  would cost them 15% extra work at 16x12 for nothing).
+- `Upsample`: both x2 modes are computed on the low-resolution grid, one small conv per output phase
+  (row parity x column parity), then interleaved with depth-to-space (the sub-pixel view of
+  Shi et al. 2016). "transpose" (3x3 stride-2 transposed conv) needs 9 multiply-adds per input pixel
+  instead of 36 with zero insertion, "resize_conv" (nearest x2 + 3x3 conv) 16 instead of 36; both
+  are exact rewrites of the same kernel. `nn.ConvTranspose` itself (an input-dilated conv) is ~5x
+  slower on CPU.
+- `Upsample("resize_conv")` is the default: free of checkerboard artefacts (Odena et al. 2016).
 
 All modules take NHWC inputs; `dtype` is the compute dtype, parameters stay float32.
 """
@@ -78,8 +83,8 @@ class Norm(nn.Module):
 class ReflectConv(nn.Module):
     """Stride-1 conv after reflection padding by kernel_size // 2 (output size = input size).
 
-    fast=True uses the CPU padding trick (see module docstring); fast=False is the plain
-    reflect-pad + VALID conv. Both share the parameter tree, so one can check the other.
+    fast=True uses the padding trick for kernels larger than 3 (see module docstring); fast=False
+    is the plain reflect-pad + VALID conv. Both share the parameter tree, so one can check the other.
     """
 
     features: int
@@ -91,10 +96,11 @@ class ReflectConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = reflect_pad(x, self.kernel_size // 2)
-        padding = ((1, 0), (1, 0)) if self.fast else "VALID"
+        trick = self.fast and self.kernel_size > 3
+        padding = ((1, 0), (1, 0)) if trick else "VALID"
         y = nn.Conv(self.features, (self.kernel_size,) * 2, padding=padding, use_bias=self.use_bias,
                     dtype=self.dtype, name="conv")(x)
-        return y[:, 1:, 1:] if self.fast else y
+        return y[:, 1:, 1:] if trick else y
 
 
 class ConvNormAct(nn.Module):
@@ -144,18 +150,6 @@ class Downsample(nn.Module):
         return nn.relu(Norm(self.norm, self.dtype)(x))
 
 
-def zero_insert_transpose_conv(x, conv: nn.Module):
-    """The 3x3 stride-2 "SAME" transposed conv as zero insertion (`lax.pad`) + a stride-1 VALID conv.
-
-    Equals `nn.ConvTranspose(F, (3, 3), strides=(2, 2), padding="SAME")` with the same kernel:
-    interior padding 1 dilates the input, edge padding (2, 1) reproduces flax's "SAME" placement
-    (measured; the (1, 2) of stack.md matches PyTorch's flipped-kernel convention, not flax's).
-    """
-    zero = jnp.zeros((), x.dtype)
-    dilated = lax.pad(x, zero, ((0, 0, 0), (2, 1, 1), (2, 1, 1), (0, 0, 0)))
-    return conv(dilated)
-
-
 def depth_to_space(x, factor: int = 2):
     """`[B, H, W, C * f * f]` -> `[B, H * f, W * f, C]` (sub-pixel shuffle)."""
     b, h, w, c = x.shape
@@ -165,12 +159,69 @@ def depth_to_space(x, factor: int = 2):
     return x.reshape(b, h * factor, w * factor, oc)
 
 
+def _conv_valid(x, kernel):
+    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _fold(kernel, axis: int, phase: int):
+    """Folds 3 taps along `axis` into the 2 a nearest-x2 phase sees: (w0, w1 + w2) for even output
+    rows (they read x[n-1], x[n], x[n]), (w0 + w1, w2) for odd ones (x[n], x[n], x[n+1])."""
+    a, b, c = (lax.index_in_dim(kernel, i, axis, keepdims=False) for i in range(3))
+    return jnp.stack([a, b + c] if phase == 0 else [a + b, c], axis=axis)
+
+
+def phase_upsample(x, kernel, mode: str):
+    """x2 upsample + 3x3 conv of `x` `[B, H, W, C]` with `kernel` `[3, 3, C, F]` -> `[B, 2H, 2W, F]`.
+
+    Computes each output phase (row parity r, column parity s) as a small VALID conv on the
+    low-resolution input, then interleaves them with depth_to_space. mode "resize_conv": equals
+    nearest x2 then a zero-padded ("SAME") 3x3 conv; every phase is a 2x2 conv with folded taps.
+    mode "transpose": equals `nn.ConvTranspose(F, (3, 3), strides=(2, 2), padding="SAME")`, whose
+    output row 2n is x[n-1] w0 + x[n] w2 and row 2n+1 is x[n] w1 (same for columns), so the phases
+    are 2x2, 2x1, 1x2 and 1x1 convs. Taps are folded in the kernel's dtype, then cast to x's.
+    """
+    h, w = x.shape[1], x.shape[2]
+    if mode == "resize_conv":
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        taps = {(r, s): (_fold(_fold(kernel, 0, r), 1, s), r, s) for r in (0, 1) for s in (0, 1)}
+    else:
+        xp = jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)))
+        sub = (slice(0, 3, 2), slice(1, 2))  # kernel taps of even / odd output phases
+        taps = {(r, s): (kernel[sub[r]][:, sub[s]], r, s) for r in (0, 1) for s in (0, 1)}
+    phases = []
+    for r in (0, 1):
+        for s in (0, 1):
+            k, r0, c0 = taps[(r, s)]
+            window = xp[:, r0:r0 + h + k.shape[0] - 1, c0:c0 + w + k.shape[1] - 1]
+            phases.append(_conv_valid(window, k.astype(x.dtype)))
+    return depth_to_space(jnp.concatenate(phases, axis=-1), 2)
+
+
+class UpsampleConv(nn.Module):
+    """The 3x3 conv of a x2 upsampling, computed by `phase_upsample`; parameters named and
+    initialised as `nn.Conv(features, (3, 3))`'s (kernel `[3, 3, C, F]`, optional bias)."""
+
+    features: int
+    mode: str
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
+        y = phase_upsample(x.astype(self.dtype), kernel, self.mode)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,)).astype(self.dtype)
+        return y
+
+
 class Upsample(nn.Module):
     """x2 upsampling -> norm -> ReLU: `[B, H, W, C]` -> `[B, 2H, 2W, F]`.
 
-    mode: "resize_conv" (nearest x2 + 3x3 conv), "transpose" (3x3 stride-2 transposed conv; fast=True
-    computes it by zero insertion, fast=False with nn.ConvTranspose) or "pixel_shuffle" (3x3 conv to
-    4F channels + depth-to-space).
+    mode: "resize_conv" (nearest x2 + 3x3 conv), "transpose" (3x3 stride-2 transposed conv) or
+    "pixel_shuffle" (3x3 conv to 4F channels + depth-to-space). fast=True computes the first two
+    per output phase on the low-resolution grid (`phase_upsample`); fast=False is the plain form
+    (jnp.repeat + nn.Conv, nn.ConvTranspose). Same parameters either way.
     """
 
     features: int
@@ -183,18 +234,15 @@ class Upsample(nn.Module):
     def __call__(self, x):
         check_choice("model.upsample", self.mode, UPSAMPLES)
         bias = self.norm == "none"
-        if self.mode == "resize_conv":
+        if self.mode != "pixel_shuffle" and self.fast:
+            x = UpsampleConv(self.features, self.mode, bias, self.dtype, name="conv")(x)
+        elif self.mode == "resize_conv":
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
             x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
                         dtype=self.dtype, name="conv")(x)
         elif self.mode == "transpose":
-            if self.fast:
-                conv = nn.Conv(self.features, (3, 3), padding="VALID", use_bias=bias, dtype=self.dtype,
-                               name="conv")
-                x = zero_insert_transpose_conv(x, conv)
-            else:
-                x = nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), padding="SAME",
-                                     use_bias=bias, dtype=self.dtype, name="conv")(x)
+            x = nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), padding="SAME",
+                                 use_bias=bias, dtype=self.dtype, name="conv")(x)
         else:
             x = nn.Conv(4 * self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
                         dtype=self.dtype, name="conv")(x)
