@@ -11,6 +11,8 @@ from typing import Any
 
 import ml_collections
 
+from m2e_jax import xla_flags
+
 DATASETS = ("synthetic", "deepfashion", "mvc", "folder")
 SOURCES = ("tfds", "synthetic_memory")
 PARALLEL = ("shard_map", "pmap")
@@ -148,6 +150,9 @@ def _check_remaining(config, check, positive) -> None:
     for name in ("data_dir", "train_split", "test_split"):
         check(bool(d[name]) and d[name].strip() == d[name],
               f"config.dataset.{name}: must be a non-empty name without surrounding spaces, got {d[name]!r}")
+    check(config.cpu_convolutions in xla_flags.CPU_CONVOLUTIONS,
+          f"config.cpu_convolutions: must be one of {xla_flags.CPU_CONVOLUTIONS}, got "
+          f"{config.cpu_convolutions!r}")
     check(config.compilation_cache_dir.strip() == config.compilation_cache_dir,
           f"config.compilation_cache_dir: must be a path without surrounding spaces (or empty for off), "
           f"got {config.compilation_cache_dir!r}")

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from m2e_jax import infer, input_pipeline, metrics
+from m2e_jax import infer, input_pipeline, metrics, xla_flags
 from m2e_jax.models import tryon as tryon_lib
 
 METHODS = {"tryon": "M2E-TON (ours)", "identity": "P unchanged", "warp_paste": "warp pasted in R_P"}
@@ -222,11 +222,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips_net", choices=metrics.LPIPS_NETS, default="alexnet")
     p.add_argument("--inception_weights", default=None, help=".npz feature extractor for FID / IS")
     p.add_argument("--output_dir", default=None, help="default: WORKDIR/eval")
+    p.add_argument("--cpu_convolutions", choices=xla_flags.CPU_CONVOLUTIONS, default="eigen",
+                   help="XLA:CPU convolution kernels, as config.cpu_convolutions (m2e_jax/xla_flags.py)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    xla_flags.configure(args.cpu_convolutions)  # before the first JAX computation
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         step_dir = infer.find_checkpoint(args.workdir, args.checkpoint, args.step)

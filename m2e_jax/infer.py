@@ -38,7 +38,7 @@ from PIL import Image
 from data_prep import validate
 from data_prep.catalog import ImageRef, IuvRef
 from data_prep.readers import densepose_files, detectron2_dump, images, iuv_png
-from m2e_jax import data_schema, densepose, preprocess
+from m2e_jax import data_schema, densepose, preprocess, xla_flags
 from m2e_jax.models import tryon as tryon_lib
 
 GENERATORS = tryon_lib.STAGES  # ("pan", "trn", "ftn")
@@ -416,6 +416,8 @@ def parser() -> argparse.ArgumentParser:
                    help="which person to use when DensePose found several")
     p.add_argument("--save_stages", action="store_true",
                    help="also write the warp, PAN, TRN, FTN outputs and a side-by-side PNG")
+    p.add_argument("--cpu_convolutions", choices=xla_flags.CPU_CONVOLUTIONS, default="eigen",
+                   help="XLA:CPU convolution kernels, as config.cpu_convolutions (m2e_jax/xla_flags.py)")
     return p
 
 
@@ -436,6 +438,7 @@ def _jobs_from_args(args) -> list[Job]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    xla_flags.configure(args.cpu_convolutions)  # before the first JAX computation
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's info/warnings are not for users
     try:
         if args.batch_size < 1:

@@ -26,9 +26,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from m2e_jax import config_validation
+    from m2e_jax import config_validation, xla_flags
 
     config_validation.validate(FLAGS.config)  # before TensorFlow / JAX start up
+    xla_flags.configure(FLAGS.config.cpu_convolutions)
     try:  # clu's writers import TensorFlow: keep it off the accelerators.
         import tensorflow as tf
 

@@ -2,6 +2,7 @@
 
 - Four simulated CPU devices let the data-parallel tests run anywhere; single-device code is
   unaffected (it runs on device 0). The flag must be set before JAX initialises its backend.
+- The "eigen" CPU convolution flag of m2e_jax/xla_flags.py, as in every entry point.
 - A persistent XLA compilation cache: compile time dominates this suite on CPU, and many tests
   (and the subprocesses of the CLI, kill/resume and multi-process tests, which inherit these
   variables) compile the same programs. A cache hit returns the identical executable, so results
@@ -11,6 +12,11 @@
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# The convolution kernels every entry point picks by default (config.cpu_convolutions): tests run
+# the production path, and the CLI subprocesses they compare against pick the same kernels.
+from m2e_jax import xla_flags  # noqa: E402  (XLA_FLAGS must be set before JAX starts)
+
+xla_flags.configure("eigen")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 if os.environ.get("M2E_TEST_COMPILATION_CACHE", "1") != "0":

@@ -6,6 +6,7 @@ ended by `jax.block_until_ready`, and names the machine it ran on (`machine_info
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -16,6 +17,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from m2e_jax import xla_flags
 
 # Dense peak TFLOP/s by device kind substring and compute dtype (vendor data sheets, no sparsity;
 # float32 on NVIDIA means plain FP32, not TF32). Matched case-insensitively, first hit wins.
@@ -31,6 +34,16 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("tpu v5", {"bfloat16": 197.0, "float32": 197.0 / 4}),  # v5e / v5 lite
     ("tpu v4", {"bfloat16": 275.0, "float32": 275.0 / 4}),
 )
+
+
+def parse_args(ap: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Adds --cpu_convolutions to a benchmark's parser, parses `argv` and applies the choice to
+    XLA_FLAGS (before the first device query, so it takes effect)."""
+    ap.add_argument("--cpu_convolutions", choices=xla_flags.CPU_CONVOLUTIONS, default="eigen",
+                    help="XLA:CPU convolution kernels, as config.cpu_convolutions (m2e_jax/xla_flags.py)")
+    a = ap.parse_args(argv)
+    xla_flags.configure(a.cpu_convolutions)
+    return a
 
 
 def machine_info() -> dict[str, Any]:

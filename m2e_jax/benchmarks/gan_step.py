@@ -7,10 +7,11 @@ The same networks and step as the twin: PAN (models/pan.py, a ResNet generator o
 [M, enc(I_M), enc(I_P), W, V] input) and one pose-conditional PatchGAN (models/discriminators.py);
 G loss LSGAN + 10 L1, D loss LSGAN / 2 on P and the stop-gradient fake, Adam(2e-4, 0.5, 0.999) for
 both; one jitted step with the state donated. Variants of models/layers.py, so the table shows what
-each CPU workaround buys: "plain" (fast=False + nn.ConvTranspose: what plain flax gives),
-"transpose" (fast=True: padding trick + zero-insertion transposed conv), "resize_conv" (fast=True,
-our default). With --torch_python, runs the twin afterwards (same shapes, same machine, one at a
-time) and prints ms/step ratios torch / jax (> 1: ours is faster).
+each conv formulation buys: "plain" (fast=False + nn.ConvTranspose: what plain flax gives),
+"transpose" (fast=True: 7x7 padding trick + per-phase transposed conv), "resize_conv" (fast=True,
+our default: per-phase nearest-x2 conv). --cpu_convolutions picks the XLA:CPU conv kernels
+(default "eigen", as training). With --torch_python, runs the twin afterwards (same shapes, same
+machine, one at a time) and prints ms/step ratios torch / jax (> 1: ours is faster).
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                     help="alternate jax / torch this many times, keep the fastest (shared machines)")
     ap.add_argument("--quick", action="store_true", help="32x32, batch 2, width 8, 1 block")
     ap.add_argument("--json", default=None)
-    a = ap.parse_args(argv)
+    a = common.parse_args(ap, argv)
     if a.quick:
         a.height, a.width, a.batch, a.base_channels, a.blocks, a.d_channels = 32, 32, 2, 8, 1, 8
     names = list(VARIANTS) if a.variants == "all" else a.variants.split(",")

@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=None, help="timed calls (default 10, quick 3)")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_SIZES}, batches {QUICK_BATCHES}")
     ap.add_argument("--json", default=None)
-    a = ap.parse_args(argv)
+    a = common.parse_args(ap, argv)
     sizes = common.parse_sizes(a.sizes or (QUICK_SIZES if a.quick else DEFAULT_SIZES))
     batches = common.parse_ints(a.batches or (QUICK_BATCHES if a.quick else DEFAULT_BATCHES), "--batches")
     dtypes = common.parse_dtypes(a.dtypes)

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from m2e_jax import losses
+from m2e_jax.benchmarks import common
 from m2e_jax.models import tryon
 from m2e_jax.models.defaults import model_config
 
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min_ratio", type=float, default=10.0)
-    a = p.parse_args(argv)
+    a = common.parse_args(p, argv)
     first, last = run(a.steps, a.height, a.width, a.base_channels, a.blocks, a.lr)
     return 0 if first / last >= a.min_ratio else 1
 

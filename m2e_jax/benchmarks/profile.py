@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--skip_whole", action="store_true", help="do not compile the whole step (faster)")
     ap.add_argument("--json", default=None)
     ts.add_width_flags(ap)
-    a = ap.parse_args(argv)
+    a = common.parse_args(ap, argv)
     (h, w), = common.parse_sizes(a.size, "--size")
     widths = a.widths or ts.default_widths()
     config = ts.bench_config(h, w, a.dtype, a.batch, widths, a.base_channels, a.blocks, a.d_channels,

@@ -46,7 +46,8 @@ def _worker(a: argparse.Namespace) -> None:
 
 
 def _forwarded(a: argparse.Namespace) -> list[str]:
-    args = ["--size", a.size, "--per_device_batch", str(a.per_device_batch), "--repeats", str(a.repeats)]
+    args = ["--size", a.size, "--per_device_batch", str(a.per_device_batch), "--repeats", str(a.repeats),
+            "--cpu_convolutions", a.cpu_convolutions]
     for flag in ("widths", "base_channels", "blocks", "d_channels"):
         if getattr(a, flag) is not None:
             args += [f"--{flag}", str(getattr(a, flag))]
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     add_width_flags(ap)
     ap.set_defaults(widths=None)
-    a = ap.parse_args(argv)
+    a = common.parse_args(ap, argv)
     a.repeats = a.repeats or (2 if a.quick else 5)
     if a._worker:
         _worker(a)

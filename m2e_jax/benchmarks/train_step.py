@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--full", action="store_true", help=f"{FULL_SIZES} x batch {FULL_BATCHES}")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     add_width_flags(ap)
-    a = ap.parse_args(argv)
+    a = common.parse_args(ap, argv)
     preset = "quick" if a.quick else "full" if a.full else "default"
     sizes = common.parse_sizes(a.sizes or {"quick": QUICK_SIZES, "full": FULL_SIZES}.get(
         preset, DEFAULT_SIZES))
