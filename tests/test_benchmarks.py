@@ -9,7 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m2e_jax.benchmarks import common, gan_step, inference, input_pipeline, profile, scaling, train_step
+from m2e_jax.benchmarks import (
+    common,
+    convs,
+    gan_step,
+    inference,
+    input_pipeline,
+    profile,
+    scaling,
+    train_step,
+)
 
 TINY = ["--base_channels", "8", "--blocks", "1", "--d_channels", "8"]
 
@@ -131,3 +140,17 @@ def test_profile_main_parts(tmp_path):
     # FTN's gradient also runs PAN and TRN forward, so it costs more FLOPs than PAN's alone.
     flops = {p.split()[0]: r["gflops"] for p, r in zip(parts, rows)}
     assert flops["FTN"] > flops["PAN"] > 0
+
+
+def test_convs_main_quick_times_fwd_and_both_gradients(tmp_path):
+    out = tmp_path / "convs.json"
+    rows = convs.main(["--quick", "--json", str(out)])
+    assert [r["conv"] for r in rows][:2] == ["head 7x7", "down 3x3 s2"]
+    # Shapes follow the generator: the residual conv keeps 8x8x32, each upsample doubles the size.
+    by_name = {(r["conv"], r["input"]): r for r in rows}
+    assert by_name[("residual 3x3", "8x8x32")]["output"] == "8x8x32"
+    assert by_name[("up transpose", "16x16x16")]["output"] == "32x32x8"
+    for r in rows:
+        assert all(r[k] > 0 for k in ("fwd_ms", "dw_ms", "dx_ms"))
+        assert r["total_ms"] == pytest.approx(r["fwd_ms"] + r["dw_ms"] + r["dx_ms"])
+    assert json.loads(out.read_text())["cpu_convolutions"] == "eigen"
