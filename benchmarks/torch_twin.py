@@ -14,6 +14,8 @@ conv, InstanceNorm (affine), ReLU; 3x3 stride-2 downsamples; residual blocks of 
 7x7 head, tanh; convs followed by a norm have no bias. PatchGAN on image (3) + enc(I_P) (27):
 4x4 convs, zero padding 1, LeakyReLU 0.2, InstanceNorm. The step: G loss LSGAN + 10 L1, D loss
 LSGAN / 2 on real P and the detached fake, Adam(2e-4, 0.5, 0.999) for both, eager mode.
+`--device cuda --amp` is the GPU comparison of the performance issue (bf16 autocast, float32
+weights); gan_step passes both when JAX runs on a GPU with `--dtype bfloat16`.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def make_step(a: argparse.Namespace):
     torch.manual_seed(0)
     g = resnet_generator(PAN_IN, 3, a.base_channels, a.blocks, upsample=a.upsample)
     d = patch_discriminator(3 + D_COND, a.d_channels, a.d_layers)
+    g, d = g.to(a.device), d.to(a.device)
     if a.channels_last:
         g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999))
@@ -92,21 +95,28 @@ def make_step(a: argparse.Namespace):
     rng = np.random.default_rng(0)
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     t = lambda c: torch.from_numpy(rng.uniform(-1, 1, (a.batch, c, a.height, a.width)).astype(
-        np.float32)).contiguous(memory_format=fmt)
+        np.float32)).to(a.device).contiguous(memory_format=fmt)
     x, cond, target = t(PAN_IN), t(D_COND), t(3)
+    # --amp: bf16 autocast (float32 master weights, no loss scaling needed), like our model.dtype.
+    autocast = lambda: torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.amp)
 
     def step() -> float:
-        fake = g(x)
-        g_loss = ((d(torch.cat([fake, cond], 1)) - 1) ** 2).mean() + 10 * (fake - target).abs().mean()
+        with autocast():
+            fake = g(x)
+            g_loss = (((d(torch.cat([fake, cond], 1)).float() - 1) ** 2).mean()
+                      + 10 * (fake.float() - target).abs().mean())
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
-        real_logits = d(torch.cat([target, cond], 1))
-        fake_logits = d(torch.cat([fake.detach(), cond], 1))
-        d_loss = 0.5 * (((real_logits - 1) ** 2).mean() + (fake_logits ** 2).mean())
+        with autocast():
+            real_logits = d(torch.cat([target, cond], 1))
+            fake_logits = d(torch.cat([fake.detach(), cond], 1))
+            d_loss = 0.5 * (((real_logits.float() - 1) ** 2).mean() + (fake_logits.float() ** 2).mean())
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
+        if a.device == "cuda":
+            torch.cuda.synchronize()  # the timing covers the whole step, not its launch
         return float(g_loss.detach())
 
     params = sum(p.numel() for p in g.parameters()), sum(p.numel() for p in d.parameters())
@@ -124,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--d_layers", type=int, default=3)
     ap.add_argument("--upsample", choices=("resize_conv", "transpose"), default="resize_conv")
     ap.add_argument("--channels_last", action="store_true", help="NHWC memory format")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (float32 weights)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--json", default=None)
@@ -145,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     row = {"framework": f"torch {torch.__version__} eager", "size": f"{a.height}x{a.width}",
            "batch": a.batch, "upsample": a.upsample, "first_step_s": first_s, "ms_per_step": ms,
            "images_per_s": a.batch / (ms / 1e3), "g_params": g_params, "d_params": d_params,
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), "device": a.device, "amp": a.amp,
+           "device_name": torch.cuda.get_device_name() if a.device == "cuda" else platform.machine()}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.platform()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"PAN + PatchGAN step {a.height}x{a.width} batch {a.batch} ({a.upsample}): "

@@ -127,6 +127,10 @@ def run_twin(python: str, a: argparse.Namespace, upsample: str, repeats: int) ->
                "--repeats", str(repeats), "--json", out]
         if a.torch_threads:
             cmd += ["--threads", str(a.torch_threads)]
+        if jax.default_backend() == "gpu":
+            cmd += ["--device", "cuda"]
+        if a.dtype == "bfloat16":
+            cmd += ["--amp"]  # torch's bf16 autocast against our bf16 compute
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"--torch_python: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
