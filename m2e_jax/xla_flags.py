@@ -41,6 +41,15 @@ def cpu_convolution_flags(choice: str, jaxlib_version: str, xla_flags: str = "")
     return [EIGEN_CONV_FLAG]
 
 
+def convs_on_ynnpack() -> bool:
+    """Whether this process's convolutions run on XLA:CPU's YNNPACK kernels (jaxlib 0.10's choice
+    unless "eigen" is configured). models/layers.py reads it at trace time to pick the formulation
+    that is fast there; the alternatives are bit-identical, so results never depend on it."""
+    import jax
+
+    return jax.default_backend() == "cpu" and EIGEN_CONV_FLAG not in os.environ.get("XLA_FLAGS", "")
+
+
 def configure(choice: str) -> list[str]:
     """Adds the flags for `choice` to the `XLA_FLAGS` environment variable; returns those added.
 

@@ -67,3 +67,10 @@ def test_eigen_moves_convolutions_off_ynnpack_with_equal_results():
     kind_eigen, value_eigen = _probe("eigen")
     assert (kind_default, kind_eigen) == ("YNN", "EIGEN")
     assert float(value_default) == float(value_eigen) == 288.0
+
+
+def test_convs_on_ynnpack_follows_the_configured_flag(monkeypatch):
+    # The test session configures "eigen" (conftest), as every entry point does by default.
+    assert not xla_flags.convs_on_ynnpack()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    assert xla_flags.convs_on_ynnpack()

@@ -3,10 +3,12 @@
 This is the one place for the conv formulations that make XLA fast (shared/design/stack.md;
 benchmarks/RESULTS.md has the measurements), each behind a `fast` flag whose `False` setting is the
 plain form the tests compare against (same parameter tree, equal outputs and gradients):
-- `ReflectConv`: a 7x7 conv after reflection padding normally has no padding of its own, which hits
-  a ~3x slower XLA:CPU path. We convolve with padding ((1, 0), (1, 0)) and drop the first output row
-  and column instead: bit-identical, fast path. 3x3 kernels keep the plain VALID conv (the trick
-  would cost them 15% extra work at 16x12 for nothing).
+- `ReflectConv`: a 7x7 conv after reflection padding has no padding of its own, which XLA:CPU's
+  YNNPACK kernels run ~3x slower. There (`xla_flags.convs_on_ynnpack()`: config.cpu_convolutions =
+  "xla_default") we convolve with padding ((1, 0), (1, 0)) and drop the first output row and
+  column instead: bit-identical, fast path. Everywhere else (Eigen kernels, the default; GPUs) and
+  for 3x3 kernels the plain VALID conv is faster (the trick adds up to 15% work and slower weight
+  gradients: 7x7 head at 64x48 fwd + dW 58 vs 70 ms on Eigen).
 - `Upsample`: both x2 modes are computed on the low-resolution grid, one small conv per output phase
   (row parity x column parity), then interleaved with depth-to-space (the sub-pixel view of
   Shi et al. 2016). "transpose" (3x3 stride-2 transposed conv) needs 9 multiply-adds per input pixel
@@ -27,7 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from m2e_jax import densepose
+from m2e_jax import densepose, xla_flags
 
 NORMS = ("instance", "group", "none")
 UPSAMPLES = ("resize_conv", "transpose", "pixel_shuffle")
@@ -83,8 +85,8 @@ class Norm(nn.Module):
 class ReflectConv(nn.Module):
     """Stride-1 conv after reflection padding by kernel_size // 2 (output size = input size).
 
-    fast=True uses the padding trick for kernels larger than 3 (see module docstring); fast=False
-    is the plain reflect-pad + VALID conv. Both share the parameter tree, so one can check the other.
+    fast=True uses the padding trick for kernels larger than 3 on YNNPACK (see module docstring);
+    fast=False is the plain reflect-pad + VALID conv. Same parameter tree and bit-identical outputs.
     """
 
     features: int
@@ -96,7 +98,7 @@ class ReflectConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = reflect_pad(x, self.kernel_size // 2)
-        trick = self.fast and self.kernel_size > 3
+        trick = self.fast and self.kernel_size > 3 and xla_flags.convs_on_ynnpack()
         padding = ((1, 0), (1, 0)) if trick else "VALID"
         y = nn.Conv(self.features, (self.kernel_size,) * 2, padding=padding, use_bias=self.use_bias,
                     dtype=self.dtype, name="conv")(x)
