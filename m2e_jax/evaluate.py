@@ -222,8 +222,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips_net", choices=metrics.LPIPS_NETS, default="alexnet")
     p.add_argument("--inception_weights", default=None, help=".npz feature extractor for FID / IS")
     p.add_argument("--output_dir", default=None, help="default: WORKDIR/eval")
-    p.add_argument("--cpu_convolutions", choices=xla_flags.CPU_CONVOLUTIONS, default="eigen",
-                   help="XLA:CPU convolution kernels, as config.cpu_convolutions (m2e_jax/xla_flags.py)")
+    xla_flags.add_argument(p)
     return p
 
 

@@ -416,8 +416,7 @@ def parser() -> argparse.ArgumentParser:
                    help="which person to use when DensePose found several")
     p.add_argument("--save_stages", action="store_true",
                    help="also write the warp, PAN, TRN, FTN outputs and a side-by-side PNG")
-    p.add_argument("--cpu_convolutions", choices=xla_flags.CPU_CONVOLUTIONS, default="eigen",
-                   help="XLA:CPU convolution kernels, as config.cpu_convolutions (m2e_jax/xla_flags.py)")
+    xla_flags.add_argument(p)
     return p
 
 

@@ -50,6 +50,12 @@ def convs_on_ynnpack() -> bool:
     return jax.default_backend() == "cpu" and EIGEN_CONV_FLAG not in os.environ.get("XLA_FLAGS", "")
 
 
+def add_argument(parser) -> None:
+    """Adds `--cpu_convolutions` (as config.cpu_convolutions) to a command's argparse parser."""
+    parser.add_argument("--cpu_convolutions", choices=CPU_CONVOLUTIONS, default="eigen",
+                        help="XLA:CPU convolution kernels, as config.cpu_convolutions (m2e_jax/xla_flags.py)")
+
+
 def configure(choice: str) -> list[str]:
     """Adds the flags for `choice` to the `XLA_FLAGS` environment variable; returns those added.
 

@@ -39,8 +39,7 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
 def parse_args(ap: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Adds --cpu_convolutions to a benchmark's parser, parses `argv` and applies the choice to
     XLA_FLAGS (before the first device query, so it takes effect)."""
-    ap.add_argument("--cpu_convolutions", choices=xla_flags.CPU_CONVOLUTIONS, default="eigen",
-                    help="XLA:CPU convolution kernels, as config.cpu_convolutions (m2e_jax/xla_flags.py)")
+    xla_flags.add_argument(ap)
     a = ap.parse_args(argv)
     xla_flags.configure(a.cpu_convolutions)
     return a
