@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # the same shapes) loads its compiled steps instead of compiling them again (minutes on CPU).
     c.compilation_cache_dir = ""
     # Which XLA:CPU kernels run the convolutions (m2e_jax/xla_flags.py): "eigen" (multithreaded;
-    # 8-20% faster training steps on CPU, measured in benchmarks/RESULTS.md) or "xla_default".
+    # 13-15% faster training steps on CPU, measured in benchmarks/RESULTS.md) or "xla_default".
     # CPU only; GPUs and TPUs ignore it.
     c.cpu_convolutions = "eigen"
     return c

@@ -5,7 +5,7 @@ which ran the narrow (64-channel), large-image convs of these networks and their
 on one thread of our 2-core machine (7x7 61->64 at 64x48, batch 4: 46 ms forward at 1.00 cores
 busy) where XLA's Eigen kernels use every core (27 ms at 1.96). "eigen" removes
 `individual_convolution` from XLA's YNNPACK fusion list, so every conv goes to Eigen: the PAN +
-PatchGAN step of benchmarks/gan_step.py gets 8-20% faster (benchmarks/RESULTS.md). "xla_default"
+PatchGAN step of benchmarks/gan_step.py gets 13-15% faster (benchmarks/RESULTS.md). "xla_default"
 leaves XLA's choice. Only the CPU backend reads the flag; GPUs and TPUs ignore it.
 
 XLA aborts the process on a flag it does not know, so the flag is only added for jaxlib versions it
