@@ -11,10 +11,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from data_prep import transform, validate
-from data_prep.catalog import ExampleRef, ImageRef
-from data_prep.readers import selection
-from m2e_jax import densepose
+from data_prep.catalog import ExampleRef
+from m2e_jax import densepose, letterbox
+from m2e_jax.readers import photos, selection
+from m2e_jax.readers.photos import ImageRef
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -24,7 +24,7 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def garment_mask(photo: validate.Photo, kind: int) -> np.ndarray:
+def garment_mask(photo: photos.Photo, kind: int) -> np.ndarray:
     """uint8 `[H, W, 1]` 0/1: the parsing map's garment of `kind` (1 upper, 2 lower); without a parsing
     map, the DensePose parts such a garment covers (densepose.GARMENT_PARTS)."""
     if photo.parse is not None:
@@ -39,22 +39,22 @@ def example_arrays(ex: ExampleRef, refs: dict[str, ImageRef], height: int, width
     person_lb = None
     for role in ("model", "person"):
         ref = refs[getattr(ex, role)]
-        photo = validate.load_photo(ref, select)
-        lb = transform.letterbox(*photo.image.shape[:2], height, width)
-        out[f"{role}_image"] = transform.resize_image(photo.image, lb)
-        out[f"{role}_iuv"] = transform.resize_labels(photo.iuv, lb)
-        out[f"{role}_mask"] = transform.resize_labels(garment_mask(photo, ex.garment_kind), lb)
+        photo = photos.load_photo(ref, select)
+        lb = letterbox.letterbox(*photo.image.shape[:2], height, width)
+        out[f"{role}_image"] = letterbox.resize_image(photo.image, lb)
+        out[f"{role}_iuv"] = letterbox.resize_labels(photo.iuv, lb)
+        out[f"{role}_mask"] = letterbox.resize_labels(garment_mask(photo, ex.garment_kind), lb)
         out[f"{role}_transform"] = lb.as_array()
         out[f"{role}_id"] = ref.name
         person_lb = lb
     if ex.target is None:
         out["target_image"] = np.zeros((height, width, 3), np.uint8)
     else:
-        target = validate.load_photo(refs[ex.target], select, need_iuv=False).image
+        target = photos.load_photo(refs[ex.target], select, need_iuv=False).image
         if target.shape[:2] != (person_lb.h, person_lb.w):
-            raise validate.RecordError(refs[ex.target].image, f"target is {target.shape[0]}x{target.shape[1]}"
+            raise photos.RecordError(refs[ex.target].image, f"target is {target.shape[0]}x{target.shape[1]}"
                                        f" but the person photo is {person_lb.h}x{person_lb.w}")
-        out["target_image"] = transform.resize_image(target, person_lb)
+        out["target_image"] = letterbox.resize_image(target, person_lb)
     out["target_id"] = ex.target or ""
     out["has_target"] = np.int32(ex.target is not None)
     out["paired"] = np.int32(ex.paired)

@@ -1,9 +1,11 @@
-"""Read rate of the input pipeline's source: examples/s per core through `load_source`.
+"""Input pipeline benchmark: `python -m data_prep.benchmark_read [--quick] [--json PATH]`.
 
-    python -m data_prep.benchmark_read [--height 256 --width 192 --num 64 --data_dir DIR]
-
-Builds a folder dataset of random photos + DensePose PNGs at the size (unless --data_dir holds one),
-then times `src[i]` (PNG decode of 7 images + numpy conversion) in this one process.
+Builds a folder dataset of random photos + DensePose PNGs into TFDS array_record files
+(write_random_folder, data_prep.build), then measures in this one process, i.e. per
+core: (1) `load_source` reads (`src[i]`: record read + PNG decode of 7 images), (2) training
+batches (`input_pipeline.TrainData.batch`: reads + stacking, paired and unpaired steps), (3) the
+same batches through `TrainData.iterate(prefetch=...)` with a device put. Compare examples/s with
+the train step's images/s (train_step benchmark) to see whether input can keep up.
 """
 
 from __future__ import annotations
@@ -11,11 +13,18 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from data_prep import build, fixtures, m2e_dataset
+from data_prep import build, fixtures
+from m2e_jax import input_pipeline, tfds_source
+from m2e_jax.benchmarks import common
+from m2e_jax.benchmarks._configs import default_config
+
+DEFAULT_SIZES, QUICK_SIZES = "128x96,256x192", "64x48"
 
 
 def write_random_folder(root: Path, num: int, height: int, width: int, seed: int = 0) -> None:
@@ -35,32 +44,71 @@ def write_random_folder(root: Path, num: int, height: int, width: int, seed: int
     (root / "train" / "pairs.csv").write_text("source,target\n" + "".join(rows))
 
 
-def measure(data_dir: str, config: str, repeats: int = 2) -> float:
-    src = m2e_dataset.load_source(data_dir, config, "train")
-    src[0]  # warm up (opens files)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        for i in range(len(src)):
-            src[i]
-    return repeats * len(src) / (time.perf_counter() - t)
+def build_dataset(root: Path, num: int, height: int, width: int) -> str:
+    """Random folder dataset of `num` pairs built to TFDS records under root; returns the data_dir."""
+    write_random_folder(root / "in", num, height, width)
+    build.build("folder", root / "in", root / "out", height, width, num_unpaired=0)
+    return str(root / "out")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m data_prep.benchmark_read")
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=192)
-    p.add_argument("--num", type=int, default=64, help="examples to build and read")
-    p.add_argument("--data_dir", default=None, help="an existing data_dir with folder_<H>x<W>")
-    a = p.parse_args(argv)
-    config = f"folder_{a.height}x{a.width}"
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = a.data_dir
-        if data_dir is None:
-            write_random_folder(Path(tmp) / "in", a.num, a.height, a.width)
-            data_dir = str(Path(tmp) / "out")
-            build.build("folder", Path(tmp) / "in", data_dir, a.height, a.width, num_unpaired=0)
-        rate = measure(data_dir, config)
-    print(f"load_source read rate at {a.height}x{a.width}: {rate:.1f} examples/s on one core")
+def _rate(n: int, fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t0)
+
+
+def bench_one(data_dir: str, height: int, width: int, batch: int, steps: int, prefetch: int) -> dict:
+    src = tfds_source.load_source(data_dir, f"folder_{height}x{width}", "train")
+    src[0]  # opens the files
+    n = len(src)
+    read = _rate(n, lambda: [src[i] for i in range(n)])
+    config = default_config()
+    config.batch_size = batch
+    # Alternate paired / unpaired steps from step 0 so both kinds of batch are timed.
+    config.schedule.update(pan_steps=0, trn_steps=0, ftn_steps=0, joint_steps=10 ** 6)
+    data = input_pipeline.TrainData(src, config)
+    data.batch(0)
+    batches = _rate(steps * batch, lambda: [data.batch(s) for s in range(1, 1 + steps)])
+
+    def iterate():
+        for _, b in data.iterate(1, 1 + steps, put=jax.device_put, prefetch=prefetch):
+            jax.block_until_ready(b)
+    iterated = _rate(steps * batch, iterate)
+    return {"size": f"{height}x{width}", "examples": n, "batch": batch, "read_per_s": read,
+            "batch_examples_per_s": batches, "iterate_examples_per_s": iterated, "prefetch": prefetch}
+
+
+COLUMNS = [("size", "size", "s"), ("examples", "records", "d"), ("batch", "batch", "d"),
+           ("read_per_s", "src[i]/s", ".1f"), ("batch_examples_per_s", "batch ex/s", ".1f"),
+           ("iterate_examples_per_s", "iterate+put ex/s", ".1f")]
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(prog="python -m data_prep.benchmark_read",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default=None, help=f"HxW list (default {DEFAULT_SIZES})")
+    ap.add_argument("--num", type=int, default=None, help="pairs to build (default 32, quick 8)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=None, help="batches timed (default 8, quick 2)")
+    ap.add_argument("--prefetch", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    sizes = common.parse_sizes(a.sizes or (QUICK_SIZES if a.quick else DEFAULT_SIZES))
+    num = a.num or (8 if a.quick else 32)
+    steps = a.steps or (2 if a.quick else 8)
+    if num < 2:
+        raise SystemExit("--num: need at least 2 pairs (unpaired batches combine two pairs)")
+    info = common.machine_info()
+    print(common.machine_line(info))
+    rows = []
+    for h, w in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(bench_one(build_dataset(Path(tmp), num, h, w), h, w, a.batch, steps, a.prefetch))
+    print("input pipeline from TFDS array_record (one process = one core; PNG decode dominates)")
+    print(common.format_table(rows, COLUMNS))
+    common.write_json(a.json, "input_pipeline", info, rows)
+    return rows
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from data_prep import m2e_dataset
+from m2e_jax import tfds_source
 
 
 def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike, height: int, width: int,
@@ -53,7 +53,7 @@ def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
         tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=os.fspath(manual), download_mode=mode))
-    return m2e_dataset.dataset_dir(data_dir, config.name)
+    return tfds_source.dataset_dir(data_dir, config.name)
 
 
 def _select(value: str) -> str | int:

@@ -1,36 +1,12 @@
 """What a dataset reader hands the builder: per split, the photos (with their DensePose files) and the
-examples to assemble from them, plus problems found while listing (missing partner files)."""
+examples to assemble from them (photos as m2e_jax.readers.photos.ImageRef), plus problems found while
+listing (missing partner files)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from data_prep.readers.detectron2_dump import DumpEntry
-
-
-@dataclasses.dataclass(frozen=True)
-class IuvRef:
-    """Where one photo's DensePose comes from: a Detectron PNG (+ instance map) or a dump entry."""
-
-    png: str | None = None
-    inds: str | None = None
-    dump: DumpEntry | None = None
-    dump_path: str | None = None
-
-    def describe(self) -> str:
-        return self.png if self.png else f"{self.dump_path} [{self.dump.file_name if self.dump else '?'}]"
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageRef:
-    """One photo. `name` is unique within its split; `item` groups photos of the same garment/person."""
-
-    name: str
-    image: str
-    item: str
-    iuv: IuvRef | None = None  # None: no DensePose output found (reported by validation)
-    parse: str | None = None   # parsing PNG: 0 other, 1 upper garment, 2 lower garment
-    garment_kind: int | None = None  # known from the dataset (e.g. DeepFashion category), else None
+from m2e_jax.readers.photos import ImageRef
 
 
 @dataclasses.dataclass(frozen=True)

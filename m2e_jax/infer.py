@@ -35,11 +35,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from data_prep import validate
-from data_prep.catalog import ImageRef, IuvRef
-from data_prep.readers import densepose_files, detectron2_dump, images, iuv_png
 from m2e_jax import data_schema, densepose, preprocess, xla_flags
 from m2e_jax.models import tryon as tryon_lib
+from m2e_jax.readers import detectron2_dump, images, iuv_png
+from m2e_jax.readers.photos import DumpIndex, ImageRef, IuvRef, Photo, RecordError, check_person, load_photo
+from m2e_jax.readers.photos import stem as photo_stem
 
 GENERATORS = tryon_lib.STAGES  # ("pan", "trn", "ftn")
 STAGE_FILES = {"warped": "warp", "aligned": "pan", "refined": "trn", "output": "ftn"}
@@ -189,24 +189,24 @@ def photo_ref(image: str, iuv: str | None = None, parse: str | None = None, role
         ref = IuvRef(png=iuv, inds=iuv_png.inds_path_for(iuv))
     else:
         try:
-            index = densepose_files.DumpIndex(iuv)
+            index = DumpIndex(iuv)
         except detectron2_dump.DumpError as e:
             raise InferError(str(e)) from None
         ref = index.ref(os.path.basename(image))
         if ref is None:
-            why = "twice" if densepose_files.stem(image) in index.ambiguous else "no entry"
+            why = "twice" if photo_stem(image) in index.ambiguous else "no entry"
             raise InferError(f"{iuv}: {why} for {os.path.basename(image)} in this dump")
     if parse is None and os.path.isfile(stem + "_parse.png"):
         parse = stem + "_parse.png"
     return ImageRef(name=os.path.basename(stem), image=image, item="", iuv=ref, parse=parse)
 
 
-def read_photo(ref: ImageRef, select: str = "largest") -> validate.Photo:
+def read_photo(ref: ImageRef, select: str = "largest") -> Photo:
     """Decodes and checks a photo, its DensePose (same size, a person present) and parsing map."""
     try:
-        photo = validate.load_photo(ref, select)
-        validate.check_person(photo.iuv, ref.iuv.describe())
-    except validate.RecordError as e:
+        photo = load_photo(ref, select)
+        check_person(photo.iuv, ref.iuv.describe())
+    except RecordError as e:
         raise InferError(str(e)) from None
     return photo
 
@@ -309,7 +309,7 @@ def stage_files(output: str) -> dict[str, str]:
     return names
 
 
-def result_images(job_photos: tuple[validate.Photo, validate.Photo], fitted: tuple[preprocess.Fitted, ...],
+def result_images(job_photos: tuple[Photo, Photo], fitted: tuple[preprocess.Fitted, ...],
                   out: dict[str, np.ndarray], output: str, save_stages: bool) -> dict[str, np.ndarray]:
     """{path: uint8 image}: the full-resolution try-on and, if asked, the network-size stages."""
     _, person = job_photos

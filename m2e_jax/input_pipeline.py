@@ -1,7 +1,7 @@
 """Training and evaluation batches: random-access sources -> per-host numpy batches -> device arrays.
 
 Sources (config.dataset.source):
-  "tfds"              data_prep.m2e_dataset.load_source(data_dir, tfds_config, split): the
+  "tfds"              tfds_source.load_source(data_dir, tfds_config, split): the
                       array_record TFDS data source (`__len__`, `__getitem__` -> data_schema dict);
                       tfds_config "" means "<dataset.name>_<height>x<width>" (data_prep's names).
   "synthetic_memory"  synthetic.dataset.make_examples(...) rendered once and cached as an .npz in
@@ -91,10 +91,10 @@ def open_source(config: Any, split: str):
     if d.source == "synthetic_memory":
         return synthetic_source(d, config.seed, split, config.model.height, config.model.width)
     if d.source == "tfds":
-        from data_prep import m2e_dataset  # local: only the tfds path needs data_prep.
+        from m2e_jax import tfds_source  # local: only the tfds path imports tensorflow_datasets
 
         name = d.tfds_config or f"{d.name}_{config.model.height}x{config.model.width}"
-        return m2e_dataset.load_source(d.data_dir, name, split)
+        return tfds_source.load_source(d.data_dir, name, split)
     raise ValueError(f"config.dataset.source: unknown source {d.source!r}")
 
 

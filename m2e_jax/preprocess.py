@@ -1,7 +1,7 @@
 """Photos of any size <-> the network's fixed size, and pasting a try-on back into the full photo.
 
 `fit` letterboxes a photo and its DensePose map to `height x width` with the aspect ratio kept
-(data_prep.transform: bilinear for the photo, nearest for IUV and parsing, exactly what the
+(m2e_jax.letterbox: bilinear for the photo, nearest for IUV and parsing, exactly what the
 dataset builder does, so the network sees what it was trained on). `unfit` undoes it: crop the
 content area, resize to the photo's size. `paste_back` merges the network-size try-on into the
 full-resolution person photo: where the feathered garment region R~ is zero the original pixels
@@ -16,8 +16,8 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from data_prep import transform
-from data_prep.transform import Letterbox
+from m2e_jax import letterbox as transform
+from m2e_jax.letterbox import Letterbox
 
 
 @dataclasses.dataclass(frozen=True)

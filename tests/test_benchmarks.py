@@ -14,7 +14,6 @@ from m2e_jax.benchmarks import (
     convs,
     gan_step,
     inference,
-    input_pipeline,
     profile,
     scaling,
     train_step,
@@ -108,17 +107,6 @@ def test_inference_main_quick(tmp_path):
     assert r["tryons_per_s"] == pytest.approx(2e3 / r["ms_per_batch"])
     assert r["gflops_per_tryon"] > 0
     assert json.loads(path.read_text())["rows"][0]["size"] == "32x32"
-
-
-def test_input_pipeline_main_quick(tmp_path):
-    path = tmp_path / "ip.json"
-    rows = input_pipeline.main(["--sizes", "32x32", "--num", "3", "--batch", "2", "--steps", "2",
-                                "--json", str(path)])
-    (r,) = rows
-    assert r["examples"] == 3 and r["size"] == "32x32"
-    assert min(r["read_per_s"], r["batch_examples_per_s"], r["iterate_examples_per_s"]) > 0
-    with pytest.raises(SystemExit, match="--num"):
-        input_pipeline.main(["--num", "1"])
 
 
 @pytest.mark.slow

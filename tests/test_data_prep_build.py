@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import build, fixtures, m2e_dataset, validate
-from m2e_jax import data_schema
+from data_prep import build, fixtures
+from m2e_jax import data_schema, tfds_source
+from m2e_jax.readers import photos
 
 H, W = 32, 24
 
@@ -51,7 +52,7 @@ def _build(manual, data, config_source="folder", **kw):
 def test_folder_round_trip_exact(tmp_path):
     photos = _folder(tmp_path / "in")
     path = _build(tmp_path / "in", tmp_path / "out", num_unpaired=3, seed=5)
-    src = m2e_dataset.load_source(tmp_path / "out", f"folder_{H}x{W}", "train", with_meta=True)
+    src = tfds_source.load_source(tmp_path / "out", f"folder_{H}x{W}", "train", with_meta=True)
     recs = {r["key"]: r for r in src}
     assert len(recs) == 2 + 1 + 3
     for key, r in recs.items():
@@ -79,7 +80,7 @@ def test_folder_round_trip_exact(tmp_path):
     assert report["skipped"] == [] and report["counts"]["examples"] == {"train": 6}
     # a second build reuses, a rebuild with another seed draws other unpaired examples
     _build(tmp_path / "in", tmp_path / "out2", num_unpaired=3, seed=6)
-    other = m2e_dataset.load_source(tmp_path / "out2", f"folder_{H}x{W}", "train", with_meta=True)
+    other = tfds_source.load_source(tmp_path / "out2", f"folder_{H}x{W}", "train", with_meta=True)
     unp = lambda s: {r["key"] for r in s if r["key"].startswith("u|")}
     assert unp(other) != unp(src)
 
@@ -87,7 +88,7 @@ def test_folder_round_trip_exact(tmp_path):
 def test_letterbox_resize_keeps_labels(tmp_path):
     photos = _folder(tmp_path / "in")
     _build(tmp_path / "in", tmp_path / "out", height=40, width=40, num_unpaired=0)
-    (r,) = [r for r in m2e_dataset.load_source(tmp_path / "out", "folder_40x40", "train", with_meta=True)
+    (r,) = [r for r in tfds_source.load_source(tmp_path / "out", "folder_40x40", "train", with_meta=True)
             if r["model_id"] == "a1" and r["paired"]]
     np.testing.assert_allclose(r["model_transform"], [1.25, 0, 5])  # 32x24 -> 40x30, 5 px each side
     iuv = r["model_iuv"]
@@ -125,7 +126,7 @@ def _bad_folder(root: Path):
 def test_bad_records_reported_and_skipped(tmp_path):
     _bad_folder(tmp_path / "in")
     path = _build(tmp_path / "in", tmp_path / "out", num_unpaired=0)
-    src = m2e_dataset.load_source(tmp_path / "out", f"folder_{H}x{W}", "train", with_meta=True)
+    src = tfds_source.load_source(tmp_path / "out", f"folder_{H}x{W}", "train", with_meta=True)
     assert sorted((r["model_id"], r["person_id"]) for r in src if r["paired"]) == [("a1", "a2"), ("b1", "b2")]
     lines = Path(path, "build_report.txt").read_text().splitlines()[1:]
     expect = {"corrupt.png: unreadable image", "small_IUV.png: IUV is 16x12 but the photo is 32x24",
@@ -141,13 +142,13 @@ def test_bad_records_reported_and_skipped(tmp_path):
 
 def test_strict_stops_and_leaves_no_dataset(tmp_path):
     _bad_folder(tmp_path / "in")
-    with pytest.raises(validate.RecordError) as info:
+    with pytest.raises(photos.RecordError) as info:
         _build(tmp_path / "in", tmp_path / "out", num_unpaired=0, strict=True)
     assert "\n" not in str(info.value) and "densepose.pkl" in str(info.value)
     cfg_dir = tmp_path / "out" / "m2e_dataset" / f"folder_{H}x{W}"
     assert not cfg_dir.exists() or not any(cfg_dir.iterdir())
     with pytest.raises(FileNotFoundError, match="no built dataset"):
-        m2e_dataset.load_source(tmp_path / "out", f"folder_{H}x{W}", "train")
+        tfds_source.load_source(tmp_path / "out", f"folder_{H}x{W}", "train")
     # the command line: one error line, exit status 1
     os.remove(tmp_path / "in" / "train" / "densepose.pkl")
     rc = build.main(["--dataset", "folder", "--manual_dir", str(tmp_path / "in"), "--data_dir",
@@ -171,7 +172,7 @@ def test_dump_folder_builds_pasted_iuv(tmp_path):
     fixtures.write_torch_dump(tmp_path / "in" / "test" / "results.pkl", entries)
     _csv(tmp_path / "in" / "test" / "pairs.csv", "source,target", [("m.jpg", "p.jpg")])
     _build(tmp_path / "in", tmp_path / "out", garment_kind="lower", num_unpaired=0)
-    (r,) = m2e_dataset.load_source(tmp_path / "out", f"folder_{H}x{W}", "test")
+    (r,) = tfds_source.load_source(tmp_path / "out", f"folder_{H}x{W}", "test")
     for role, n in (("model", "m"), ("person", "p")):
         labels, uv = truth[n]
         iuv = r[f"{role}_iuv"]
@@ -190,7 +191,7 @@ def test_synthetic_world_round_trip(tmp_path):
                        synthetic_counts=(3, 2))
     assert Path(path, "dataset_info.json").is_file()
     for split, n in (("train", 3), ("test", 2)):
-        src = m2e_dataset.load_source(tmp_path / "out", "synthetic_64x48", split, with_meta=True)
+        src = tfds_source.load_source(tmp_path / "out", "synthetic_64x48", split, with_meta=True)
         assert len(src) == n
         by_key = {r["model_id"] + r["person_id"]: r for r in src}
         for ex in synthetic.make_examples(3, split, n, 64, 48):
@@ -204,7 +205,7 @@ def test_parallel_build_equals_serial(tmp_path):
     _folder(tmp_path / "in")
     for w in (0, 2):
         _build(tmp_path / "in", tmp_path / f"out{w}", num_unpaired=3, workers=w)
-    a, b = (m2e_dataset.load_source(tmp_path / f"out{w}", f"folder_{H}x{W}", "train", with_meta=True)
+    a, b = (tfds_source.load_source(tmp_path / f"out{w}", f"folder_{H}x{W}", "train", with_meta=True)
             for w in (0, 2))
     assert len(a) == len(b) == 6
     for x, y in zip(a, b):

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from data_prep import build, fixtures, m2e_dataset, pairing
+from data_prep import build, fixtures, pairing
 from data_prep.readers import deepfashion, mvc
+from m2e_jax import tfds_source
 
 
 def test_items_from_pairs_are_connected_components():
@@ -71,7 +72,7 @@ def test_deepfashion_tree(tmp_path):
 def test_deepfashion_build_at_letterboxed_size(tmp_path):
     _deepfashion_tree(tmp_path / "df")
     build.build("deepfashion", tmp_path / "df", tmp_path / "out", 32, 32, num_unpaired=0)
-    src = m2e_dataset.load_source(tmp_path / "out", "deepfashion_32x32", "test", with_meta=True)
+    src = tfds_source.load_source(tmp_path / "out", "deepfashion_32x32", "test", with_meta=True)
     assert len(src) == 2
     for r in src:
         assert r["model_id"].split("/")[3] == r["person_id"].split("/")[3] == "id_00000002"

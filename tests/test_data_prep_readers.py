@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_prep import fixtures
-from data_prep.readers import detectron2_dump, images, iuv_png
+from m2e_jax.readers import detectron2_dump, images, iuv_png
 
 
 def _png_like_opencv(path, iuv):

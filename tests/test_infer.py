@@ -12,9 +12,9 @@ import pytest
 
 from configs import synthetic
 from data_prep import fixtures
-from data_prep.readers import images
 from m2e_jax import checkpointing, densepose, infer, input_pipeline
 from m2e_jax.models import tryon
+from m2e_jax.readers import images
 from m2e_jax.synthetic import dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

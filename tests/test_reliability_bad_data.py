@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from configs import synthetic
-from data_prep import build, fixtures, m2e_dataset
-from m2e_jax import checkpointing, infer
+from data_prep import build, fixtures
+from m2e_jax import checkpointing, infer, tfds_source
 from m2e_jax.synthetic import dataset
 
 H, W = 32, 24
@@ -92,7 +92,7 @@ def test_builder_skips_each_corrupt_record_with_one_report_line(tmp_path_factory
         kind, arg = "garbage", b"\x89PNG\r\n\x1a\n" + bytes(8)
     corrupt(root / "in" / "train" / "images" / name, kind, arg, iuvs["b1"])
     path = build.build("folder", root / "in", root / "out", H, W, num_unpaired=0, workers=0)
-    src = m2e_dataset.load_source(root / "out", f"folder_{H}x{W}", "train", with_meta=True)
+    src = tfds_source.load_source(root / "out", f"folder_{H}x{W}", "train", with_meta=True)
     assert sorted((r["model_id"], r["person_id"]) for r in src) == [("a1", "a2")]  # b1's pair skipped
     lines = report_lines(path)
     assert len(lines) == 1 and lines[0].startswith("train: ") and name in lines[0], (kind, lines)
@@ -109,7 +109,7 @@ def test_builder_refuses_empty_and_missing_folders_in_one_line(tmp_path, capsys)
         assert rc == 1 and err.startswith("error: ") and "\n" not in err and manual in err, (manual, err)
         assert "Traceback" not in err
     with pytest.raises(FileNotFoundError, match="no built dataset"):
-        m2e_dataset.load_source(tmp_path / "out", f"folder_{H}x{W}", "train")
+        tfds_source.load_source(tmp_path / "out", f"folder_{H}x{W}", "train")
 
 
 def test_builder_truncated_dump_only_is_one_line_and_no_dataset(tmp_path, capsys):
@@ -126,7 +126,7 @@ def test_builder_truncated_dump_only_is_one_line_and_no_dataset(tmp_path, capsys
     assert rc == 1 and err.startswith("error: ") and "\n" not in err, err
     assert "no usable examples" in err and "densepose.pkl: not a torch.save zip archive" in err, err
     with pytest.raises(FileNotFoundError, match="no built dataset"):
-        m2e_dataset.load_source(tmp_path / "out", f"folder_{H}x{W}", "train")
+        tfds_source.load_source(tmp_path / "out", f"folder_{H}x{W}", "train")
 
 
 # ---------------------------------------------------------------- inference

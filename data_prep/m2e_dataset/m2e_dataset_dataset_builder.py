@@ -20,9 +20,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep import assemble, validate
-from data_prep.catalog import ImageRef, Problem, SplitCatalog
+from data_prep.catalog import Problem, SplitCatalog
 from data_prep.readers import deepfashion, folder, mvc
 from m2e_jax import data_schema
+from m2e_jax.readers import photos
+from m2e_jax.readers.photos import ImageRef
 
 SOURCES = ("synthetic", "deepfashion", "mvc", "folder")
 DEFAULT_SIZES = ((256, 192), (128, 96), (64, 48))
@@ -63,7 +65,7 @@ class BuildOptions:
     garment_kind: str | None = None  # None: from the dataset (category, meta.json) else upper
     test_fraction: float = 0.1
     max_pairs_per_item: int | None = None
-    min_person_fraction: float = validate.MIN_PERSON_FRACTION
+    min_person_fraction: float = photos.MIN_PERSON_FRACTION
     workers: int = 0                 # processes for decode/validate/resize; 0: in this process
 
 
@@ -119,7 +121,7 @@ class _Assemble:
         try:
             return ex, assemble.encode_record(assemble.example_arrays(ex, refs, self.height, self.width,
                                                                       self.select))
-        except validate.RecordError as e:
+        except photos.RecordError as e:
             return ex, e
 
 
@@ -160,7 +162,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             for p in cat.problems:
                 problems.append(Problem(p.file, p.reason, split))
                 if opts.strict:
-                    raise validate.RecordError(p.file, p.reason)
+                    raise photos.RecordError(p.file, p.reason)
         bad = self._validate_photos(cats, problems)
         self._problems.extend(problems)
         gens = {}
@@ -185,7 +187,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         bad: dict[str, set[str]] = {s: set() for s in cats}
         fn = _Validate(self.options.select, self.options.min_person_fraction)
         for (split, name), result in zip(owners, parallel_map(fn, jobs, self.options.workers)):
-            if isinstance(result, validate.RecordError):
+            if isinstance(result, photos.RecordError):
                 if self.options.strict:
                     raise result
                 problems.append(Problem(result.file, result.reason, split))
@@ -198,7 +200,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         fn = _Assemble(cfg.height, cfg.width, self.options.select)
         n = 0
         for ex, rec in parallel_map(fn, jobs, self.options.workers):
-            if isinstance(rec, validate.RecordError):
+            if isinstance(rec, photos.RecordError):
                 if self.options.strict:
                     raise rec
                 self._problems.append(Problem(rec.file, rec.reason, split))

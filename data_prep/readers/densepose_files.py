@@ -3,13 +3,12 @@ tree, or its entry in a detectron2 dump."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from data_prep.catalog import IuvRef, Problem
-from data_prep.readers import detectron2_dump, iuv_png
+from data_prep.catalog import Problem
+from m2e_jax.readers import detectron2_dump, iuv_png
+from m2e_jax.readers.photos import IMAGE_SUFFIXES, DumpIndex, IuvRef
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Files beside the photos that are DensePose/parsing outputs, not photos.
 AUX_SUFFIXES = ("_IUV", "_INDS", "_parse")
 DUMP_NAMES = ("densepose.pkl", "results.pkl", "dump.pkl")
@@ -17,33 +16,6 @@ DUMP_NAMES = ("densepose.pkl", "results.pkl", "dump.pkl")
 
 def is_photo(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.stem.endswith(AUX_SUFFIXES)
-
-
-def stem(name: str) -> str:
-    """'dir/a.jpg' -> 'a': the key photos and dump entries are matched on."""
-    base = os.path.basename(name.replace("\\", "/"))
-    root, ext = os.path.splitext(base)
-    return root if ext.lower() in IMAGE_SUFFIXES else base
-
-
-class DumpIndex:
-    """The entries of one dump file by photo stem; a stem seen twice is ambiguous and refused."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        self.entries: dict[str, detectron2_dump.DumpEntry] = {}
-        self.ambiguous: set[str] = set()
-        for e in detectron2_dump.load_dump(self.path):
-            s = stem(e.file_name)
-            if s in self.entries:
-                self.ambiguous.add(s)
-            self.entries[s] = e
-
-    def ref(self, image_name: str) -> IuvRef | None:
-        s = stem(image_name)
-        if s in self.ambiguous or s not in self.entries:
-            return None
-        return IuvRef(dump=self.entries[s], dump_path=self.path)
 
 
 def open_dump(*dirs: Path) -> tuple[DumpIndex | None, Problem | None]:

@@ -18,9 +18,11 @@ import json
 from pathlib import Path
 
 from data_prep import pairing
-from data_prep.catalog import ExampleRef, ImageRef, Problem, SplitCatalog
+from data_prep.catalog import ExampleRef, Problem, SplitCatalog
 from data_prep.readers import densepose_files as dpf
 from m2e_jax import densepose
+from m2e_jax.readers import photos
+from m2e_jax.readers.photos import ImageRef
 
 
 def parse_kind(value: str | int, where: str) -> int:
@@ -42,7 +44,7 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str,
         return [(i + 2, {k: (v or "").strip() for k, v in row.items() if k}) for i, row in enumerate(reader)]
 
 
-def _scan_images(images_dir: Path, dump: dpf.DumpIndex | None) -> dict[str, ImageRef]:
+def _scan_images(images_dir: Path, dump: photos.DumpIndex | None) -> dict[str, ImageRef]:
     out = {}
     for p in sorted(images_dir.iterdir()):
         if not (p.is_file() and dpf.is_photo(p)):
@@ -64,7 +66,7 @@ def _split_catalog(split: str, split_dir: Path, root: Path, default_kind: int, n
     pairs: list[tuple[str, str]] = []
 
     def known(name: str, csv_path: Path, row: int) -> str | None:
-        s = dpf.stem(name)
+        s = photos.stem(name)
         if s in cat.images:
             return s
         cat.problems.append(Problem(str(csv_path), f"row {row}: partner file images/{name} missing", split))

@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from data_prep import pairing
-from data_prep.catalog import ExampleRef, ImageRef, Problem, SplitCatalog
+from data_prep.catalog import ExampleRef, Problem, SplitCatalog
 from data_prep.readers import densepose_files as dpf
+from m2e_jax.readers.photos import ImageRef
 
 
 def catalogs(photos: Sequence[tuple[str, Path, str, str | None, int]], *, root: Path,

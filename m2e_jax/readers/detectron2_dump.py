@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.readers import selection
+from m2e_jax.readers import selection
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,

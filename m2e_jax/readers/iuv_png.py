@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from data_prep.readers import images, selection
+from m2e_jax.readers import images, selection
 
 
 def keep_instance(iuv: np.ndarray, inds: np.ndarray, select: selection.Select = "largest",

@@ -1,0 +1,153 @@
+"""One photo with its DensePose (and optional parsing map): where its files are (ImageRef, IuvRef),
+and decoding + checking them together (load_photo -> Photo, or RecordError naming the file at fault).
+
+A photo is usable when its file decodes, its DensePose output exists and decodes, the IUV map has
+the photo's size, part labels are in 0..24, a person is actually there (check_person: enough I > 0
+pixels) and an optional parsing map has the same size and values 0..2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from m2e_jax import densepose
+from m2e_jax.readers import detectron2_dump, images, iuv_png, selection
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MIN_PERSON_FRACTION = 0.01  # of the image area
+
+
+def stem(name: str) -> str:
+    """'dir/a.jpg' -> 'a': the fallback key photos and dump entries are matched on."""
+    base = os.path.basename(name.replace("\\", "/"))
+    root, ext = os.path.splitext(base)
+    return root if ext.lower() in IMAGE_SUFFIXES else base
+
+
+class DumpIndex:
+    """The entries of one dump file by photo stem; a stem seen twice is ambiguous and refused."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.entries: dict[str, detectron2_dump.DumpEntry] = {}
+        self.ambiguous: set[str] = set()
+        for e in detectron2_dump.load_dump(self.path):
+            s = stem(e.file_name)
+            if s in self.entries:
+                self.ambiguous.add(s)
+            self.entries[s] = e
+
+    def ref(self, image_name: str) -> IuvRef | None:
+        s = stem(image_name)
+        if s in self.ambiguous or s not in self.entries:
+            return None
+        return IuvRef(dump=self.entries[s], dump_path=self.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class IuvRef:
+    """Where one photo's DensePose comes from: a Detectron PNG (+ instance map) or a dump entry."""
+
+    png: str | None = None
+    inds: str | None = None
+    dump: detectron2_dump.DumpEntry | None = None
+    dump_path: str | None = None
+
+    def describe(self) -> str:
+        return self.png if self.png else f"{self.dump_path} [{self.dump.file_name if self.dump else '?'}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    """One photo. `name` is unique within its split; `item` groups photos of the same garment/person."""
+
+    name: str
+    image: str
+    item: str
+    iuv: IuvRef | None = None  # None: no DensePose output found (reported by validation)
+    parse: str | None = None   # parsing PNG: 0 other, 1 upper garment, 2 lower garment
+    garment_kind: int | None = None  # known from the dataset (e.g. DeepFashion category), else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Photo:
+    """A decoded photo: image uint8 `[H, W, 3]`, iuv uint8 `[H, W, 3]` (I, U, V) or None, parse uint8
+    `[H, W]` or None."""
+
+    image: np.ndarray
+    iuv: np.ndarray | None
+    parse: np.ndarray | None
+
+
+class RecordError(ValueError):
+    """A record that fails a check: `file` is at fault, `reason` is one line."""
+
+    def __init__(self, file: str, reason: str):
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
+
+    def __reduce__(self):
+        # pickles as (file, reason), so it crosses a process pool unchanged
+        return type(self), (self.file, self.reason)
+
+
+def load_photo(ref: ImageRef, select: selection.Select = "largest", need_iuv: bool = True) -> Photo:
+    """Decodes and checks one photo and its DensePose/parsing files; raises RecordError."""
+    try:
+        image = images.read_rgb(ref.image)
+    except images.ReadError as e:
+        raise RecordError(ref.image, str(e).removeprefix(f"{ref.image}: ")) from None
+    h, w = image.shape[:2]
+    iuv = parse = None
+    if need_iuv:
+        iuv = _load_iuv(ref, h, w, select)
+    if ref.parse is not None:
+        try:
+            parse = images.read_labels(ref.parse)
+        except images.ReadError as e:
+            raise RecordError(ref.parse, str(e).removeprefix(f"{ref.parse}: ")) from None
+        if parse.shape != (h, w):
+            raise RecordError(ref.parse,
+                              f"parsing map is {parse.shape[0]}x{parse.shape[1]}, photo is {h}x{w}")
+        if parse.max(initial=0) > 2 or parse.min(initial=0) < 0:
+            raise RecordError(ref.parse,
+                              f"parsing values up to {parse.max()}, expected 0 other, 1 upper, 2 lower")
+        parse = parse.astype(np.uint8)
+    return Photo(image, iuv, parse)
+
+
+def _load_iuv(ref: ImageRef, h: int, w: int, select: selection.Select) -> np.ndarray:
+    if ref.iuv is None:
+        base = os.path.splitext(ref.image)[0]
+        raise RecordError(ref.image, f"partner file missing: no DensePose output ({base}_IUV.png "
+                                     "or a dump entry)")
+    where = ref.iuv.describe()
+    if ref.iuv.png is not None:
+        try:
+            # PNG outputs carry no scores: "score" falls back to the largest person
+            iuv = iuv_png.read_iuv_png(ref.iuv.png, ref.iuv.inds, "largest" if select == "score" else select)
+        except images.ReadError as e:
+            raise RecordError(ref.iuv.png, str(e).removeprefix(f"{ref.iuv.png}: ")) from None
+        if iuv.shape[:2] != (h, w):
+            raise RecordError(where, f"IUV is {iuv.shape[0]}x{iuv.shape[1]} but the photo is {h}x{w}")
+    else:
+        try:
+            iuv = detectron2_dump.entry_to_iuv(ref.iuv.dump, h, w, select)
+        except ValueError as e:
+            raise RecordError(where, str(e)) from None
+    try:
+        densepose.check_iuv(iuv, "IUV")
+    except ValueError as e:
+        raise RecordError(where, str(e).removeprefix("IUV: ")) from None
+    return iuv
+
+
+def check_person(iuv: np.ndarray, where: str, min_fraction: float = MIN_PERSON_FRACTION) -> None:
+    """Raises RecordError when fewer than `min_fraction` of the pixels have a body part (I > 0)."""
+    found = float((iuv[..., 0] > 0).mean())
+    if found < min_fraction:
+        raise RecordError(where, f"no person found: {found:.2%} of pixels have a body part "
+                                 f"(need {min_fraction:.2%})")
