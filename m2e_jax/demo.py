@@ -1,0 +1,420 @@
+"""A local try-on web page for a trained checkpoint: `python -m m2e_jax.demo --workdir runs/synthetic`.
+
+The page picks a model photo and a person photo from the checkpoint's test set (the synthetic
+world's test split for configs/synthetic.py) or takes uploads: a photo, its DensePose output (a
+Detectron `_IUV.png` or a detectron2 `apply_net.py dump` file) and an optional parsing PNG
+(0 other, 1 upper, 2 lower garment). It shows the try-on beside the inputs, the warp / PAN / TRN /
+FTN stages on request, and offers the result as a PNG at the person photo's resolution.
+
+It runs the CLI's code (m2e_jax/infer.py): the same checkpoint loading, photo checks, letterbox and
+paste-back, so a bad upload gets the CLI's one-line message (the file named by its upload name) and
+the server keeps serving. The checkpoint is loaded and the forward pass compiled once, at startup.
+
+The server is the standard library's (http.server): Gradio pins pillow < 13 (we pin 13.0.0) and
+stores every upload on disk under the file name the browser sent; this page needs neither. It
+loads nothing from the network (no CDN, no fonts, no analytics): one HTML page with inline CSS and
+JS, and images as data URLs. Requests never name files: uploads arrive as base64 bytes in a JSON
+body of at most `--max_upload_mb`; the readers open them through server-named files in a private
+temporary folder deleted after each request; test-set picks are indices. It binds to 127.0.0.1
+unless `--host` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import dataclasses
+import http.server
+import importlib.resources
+import io
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from data_prep import validate
+from data_prep.catalog import ImageRef, IuvRef
+from data_prep.readers import densepose_files, detectron2_dump, images
+from m2e_jax import densepose, infer, input_pipeline, preprocess, xla_flags
+
+DEFAULT_PORT = 7860  # Gradio's default: where users of try-on demos look first
+DEFAULT_MAX_UPLOAD_MB = 20.0
+ROLES = ("model", "person")
+STAGES = {"warp": "warped", "PAN": "aligned", "TRN": "refined", "FTN": "output"}
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The exceptions infer.main reports as one line; anything else is a bug, reported as one line too.
+_USER_ERRORS = (infer.InferError, images.ReadError, detectron2_dump.DumpError, ValueError)
+
+
+class DemoError(Exception):
+    """A problem with a request; the message is the one line the page shows."""
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """One uploaded file: `name` as the browser sent it (shown in messages only) and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def upload_name(raw: Any, fallback: str) -> str:
+    """A printable base name for messages (never used as a path)."""
+    name = os.path.basename(str(raw or "").replace("\\", "/"))
+    name = "".join(c for c in name if c.isprintable())[:120]
+    return name or fallback
+
+
+def too_large_message(size: int, limit: int) -> str:
+    return f"upload too large: {size / 1e6:.1f} MB (limit {limit / 1e6:.1f} MB, --max_upload_mb)"
+
+
+# ---------------------------------------------------------------- photos
+
+def read_uploaded_photo(role: str, photo: Upload | None, iuv: Upload | None, parse: Upload | None,
+                        select: str = "largest") -> validate.Photo:
+    """A checked photo (as infer.read_photo returns) from uploaded bytes.
+
+    DensePose is a Detectron `_IUV.png` (told apart by its PNG signature) or a detectron2 dump whose
+    entry is found by the photo's upload name, as the CLI finds it by file name. Raises DemoError
+    with the CLI's message, the temporary paths replaced by the upload names.
+    """
+    if photo is None:
+        raise DemoError(f"{role} photo: nothing uploaded (pick one from the test set or upload a photo)")
+    if iuv is None:
+        raise DemoError(f"{photo.name}: no DensePose output uploaded for the {role} photo "
+                        "(its _IUV.png or a detectron2 dump file)")
+    with tempfile.TemporaryDirectory(prefix="m2e_demo_") as tmp:
+        names: dict[str, str] = {}
+
+        def spool(upload: Upload, fname: str) -> str:
+            path = os.path.join(tmp, fname)
+            with open(path, "wb") as f:
+                f.write(upload.data)
+            names[path] = upload.name
+            return path
+
+        try:
+            image_path = spool(photo, f"{role}_photo")
+            iuv_path = spool(iuv, f"{role}_densepose")
+            if iuv.data.startswith(_PNG_MAGIC):
+                ref = IuvRef(png=iuv_path)
+            else:
+                index = densepose_files.DumpIndex(iuv_path)
+                ref = index.ref(photo.name)
+                if ref is None:
+                    why = "twice" if densepose_files.stem(photo.name) in index.ambiguous else "no entry"
+                    raise DemoError(f"{iuv.name}: {why} for {photo.name} in this dump")
+            parse_path = spool(parse, f"{role}_parse") if parse is not None else None
+            return infer.read_photo(ImageRef(name=role, image=image_path, item="", iuv=ref,
+                                             parse=parse_path), select)
+        except _USER_ERRORS as e:
+            message = one_line(e)
+            for path, name in names.items():
+                message = message.replace(path, name)
+            raise DemoError(message) from None
+
+
+def test_photo(source: Any, index: int, role: str) -> validate.Photo:
+    """Test example `index`'s model or person side as a Photo; its garment mask becomes the parsing
+    map of the example's garment kind (what make_example turns back into the mask)."""
+    ex = source[index]
+    side = "model" if role == "model" else "person"
+    kind = int(np.asarray(ex["garment_kind"]))
+    parse = (np.asarray(ex[f"{side}_mask"])[..., 0] > 0).astype(np.uint8) * np.uint8(kind + 1)
+    return validate.Photo(np.asarray(ex[f"{side}_image"]), np.asarray(ex[f"{side}_iuv"]), parse)
+
+
+# ---------------------------------------------------------------- the try-on
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(image: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def run_tryon(net: infer.TryOn, model: validate.Photo, person: validate.Photo, garment_kind: int,
+              with_stages: bool) -> dict[str, np.ndarray]:
+    """{"result": uint8 [h, w, 3] at the person photo's resolution, and with stages "warp", "PAN",
+    "TRN", "FTN": uint8 [H, W, 3] at network size} through infer's letterbox / forward / paste-back."""
+    fitted = (preprocess.fit(model.image, model.iuv, net.height, net.width, model.parse, where="model photo"),
+              preprocess.fit(person.image, person.iuv, net.height, net.width, person.parse,
+                             where="person photo"))
+    out = net.run([infer.make_example(*fitted, garment_kind)], 1)[0]
+    files = infer.result_images((model, person), fitted, out, "result.png", with_stages)
+    images_out = {"result": files["result.png"]}
+    if with_stages:
+        names = infer.stage_files("result.png")
+        images_out.update({label: files[names[key]] for label, key in STAGES.items()})
+    return images_out
+
+
+@dataclasses.dataclass
+class Demo:
+    """What the page serves: the restored try-on, the test set (None when it cannot be opened: the
+    page then offers uploads only, saying why) and the upload limit."""
+
+    net: infer.TryOn
+    garment_kind: int
+    checkpoint: str
+    test_set: Any = None
+    test_note: str = ""
+    select: str = "largest"
+    max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1e6)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @property
+    def test_count(self) -> int:
+        return 0 if self.test_set is None else len(self.test_set)
+
+    def info(self) -> dict:
+        return {"checkpoint": self.checkpoint, "height": self.net.height, "width": self.net.width,
+                "garment_kind": densepose.GARMENT_KINDS[self.garment_kind], "test_count": self.test_count,
+                "test_note": self.test_note, "max_upload_bytes": self.max_upload_bytes,
+                "stages": list(STAGES)}
+
+    def pick(self, role: str, index: Any) -> validate.Photo:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise DemoError(f"{role} pick: expected a test-set index, got {index!r}")
+        if not 0 <= index < self.test_count:
+            raise DemoError(f"{role} pick {index}: the test set has {self.test_count} photos"
+                            + (f" (0..{self.test_count - 1})" if self.test_count else f" ({self.test_note})"))
+        return test_photo(self.test_set, index, role)
+
+    def photo(self, role: str, spec: Any) -> validate.Photo:
+        """The photo a request names for `role`: {"pick": i} or {"photo": file, "densepose": file,
+        "parse": file or null}, each file {"name": str, "data": base64}."""
+        if not isinstance(spec, dict):
+            raise DemoError(f"{role}: pick a test-set photo or upload one")
+        if "pick" in spec:
+            return self.pick(role, spec["pick"])
+        files = {key: _decode_file(spec.get(key), f"{role} {key}") for key in ("photo", "densepose", "parse")}
+        return read_uploaded_photo(role, files["photo"], files["densepose"], files["parse"], self.select)
+
+    def answer(self, request: Any) -> dict:
+        """The JSON reply to a try-on request: images as data URLs, or {"error": one line}."""
+        start = time.perf_counter()
+        try:
+            if not isinstance(request, dict):
+                raise DemoError("bad request: expected a JSON object")
+            photos = {role: self.photo(role, request.get(role)) for role in ROLES}
+            with self.lock:  # one try-on at a time: bounded memory, and the timing means something
+                t0 = time.perf_counter()
+                result = run_tryon(self.net, photos["model"], photos["person"], self.garment_kind,
+                                   bool(request.get("stages")))
+                network_ms = (time.perf_counter() - t0) * 1e3
+        except DemoError as e:
+            return {"error": one_line(e)}
+        except _USER_ERRORS as e:
+            return {"error": one_line(e)}
+        reply: dict[str, Any] = {
+            "result": data_url(result["result"]), "size": list(result["result"].shape[1::-1]),
+            "model": data_url(photos["model"].image), "person": data_url(photos["person"].image),
+            "stages": {k: data_url(result[k]) for k in STAGES if k in result}}
+        picks = [request[r].get("pick") if isinstance(request[r], dict) else None for r in ROLES]
+        if picks[0] is not None and picks[0] == picks[1]:  # one test example: its ground truth if known
+            example = self.test_set[picks[0]]
+            if int(np.asarray(example["has_target"])):
+                reply["truth"] = data_url(np.asarray(example["target_image"]))
+        reply["network_ms"] = round(network_ms, 1)
+        reply["total_ms"] = round((time.perf_counter() - start) * 1e3, 1)
+        return reply
+
+    def test_image(self, index: int, role: str) -> bytes:
+        return png_bytes(self.pick(role, index).image)
+
+
+def _decode_file(raw: Any, what: str) -> Upload | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), str):
+        raise DemoError(f"{what}: expected {{'name': ..., 'data': base64}}")
+    try:
+        data = base64.b64decode(raw["data"], validate=True)
+    except (binascii.Error, ValueError):
+        raise DemoError(f"{what}: the upload is not valid base64") from None
+    return Upload(upload_name(raw.get("name"), what), data)
+
+
+def warm_up(net: infer.TryOn) -> None:
+    """Compiles the batch-of-one forward pass so the first request answers at full speed."""
+    from m2e_jax import data_schema
+
+    net.run([data_schema.empty_example(net.height, net.width)], 1)
+
+
+def open_test_set(config) -> tuple[Any, str]:
+    """(the config's test split as a random-access source, "") or (None, why it is unavailable)."""
+    split = config.dataset.get("test_split", "test")
+    try:
+        source = input_pipeline.open_source(config, split)
+        if len(source) == 0:
+            return None, f"the {split} split is empty"
+        return source, ""
+    except Exception as e:  # a missing or foreign dataset must not stop the page: uploads still work
+        return None, f"test set unavailable ({type(e).__name__}: {one_line(e)})"
+
+
+# ---------------------------------------------------------------- HTTP
+
+_TEST_IMAGE = re.compile(r"^/api/test/(\d{1,7})/(model|person)\.png$")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """GET / (the page), GET /api/info, GET /api/test/<i>/<model|person>.png, POST /api/tryon."""
+
+    server_version = "m2e_jax.demo"
+    demo: Demo  # set on the subclass make_server creates
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+        logging.info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: dict) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            if path in ("/", "/index.html"):
+                return self._send(200, page(self.demo.info()).encode(), "text/html; charset=utf-8")
+            if path == "/api/info":
+                return self._json(200, self.demo.info())
+            m = _TEST_IMAGE.match(path)
+            if m:
+                return self._send(200, self.demo.test_image(int(m.group(1)), m.group(2)), "image/png")
+            self._json(404, {"error": f"no such page: {path[:100]}"})
+        except DemoError as e:
+            self._json(404, {"error": one_line(e)})
+
+    def do_POST(self) -> None:
+        if self.path.split("?", 1)[0] != "/api/tryon":
+            self.close_connection = True
+            return self._json(404, {"error": "no such endpoint"})
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit():
+            self.close_connection = True  # a body of unknown length is not read
+            return self._json(411, {"error": "bad request: Content-Length required"})
+        if int(length) > self.demo.max_upload_bytes:
+            self.close_connection = True  # refused before reading a byte of it
+            return self._json(413, {"error": too_large_message(int(length), self.demo.max_upload_bytes)})
+        body = self.rfile.read(int(length))
+        try:
+            request = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            return self._json(400, {"error": f"bad request: not JSON ({one_line(e)[:200]})"})
+        try:
+            reply = self.demo.answer(request)
+        except Exception as e:  # a bug must not stop the server; the user still gets one line
+            logging.exception("try-on request failed")
+            reply = {"error": f"internal error: {type(e).__name__}: {one_line(e)[:300]}"}
+        self._json(200 if "error" not in reply else 422, reply)
+
+
+def make_server(demo: Demo, host: str = "127.0.0.1",
+                port: int = DEFAULT_PORT) -> http.server.ThreadingHTTPServer:
+    """A threading HTTP server for `demo` bound to (host, port); port 0 picks a free one."""
+    handler = type("DemoHandler", (Handler,), {"demo": demo})
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def server_url(server: http.server.HTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}/"
+
+
+def load_demo(workdir: str | None = None, checkpoint: str | None = None, step: int | None = None,
+              select: str = "largest", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> Demo:
+    """Restores the checkpoint (as infer does), opens its test set, compiles the forward pass."""
+    step_dir = infer.find_checkpoint(workdir, checkpoint, step)
+    config, params = infer.load_generator(step_dir)
+    net = infer.TryOn(config, params)
+    warm_up(net)
+    test_set, note = open_test_set(config)
+    kind = densepose.GARMENT_KINDS.index(config.model.garment_kind)
+    return Demo(net, kind, step_dir, test_set, note, select, int(max_upload_mb * 1e6))
+
+
+# ---------------------------------------------------------------- the page
+
+def page(info: dict) -> str:
+    """The whole page (m2e_jax/demo_page.html: inline CSS and JS, nothing loaded from elsewhere)."""
+    template = importlib.resources.files("m2e_jax").joinpath("demo_page.html").read_text(encoding="utf-8")
+    return template.replace("__INFO__", json.dumps(info).replace("<", "\\u003c"))
+
+
+# ---------------------------------------------------------------- command line
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m m2e_jax.demo", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="training workdir (its latest checkpoint, or --step)")
+    src.add_argument("--checkpoint", help="a checkpoint folder: WORKDIR/checkpoints[/<step>]")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free one)")
+    p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                   help="largest try-on request accepted (all its files, base64-encoded)")
+    p.add_argument("--select", choices=("largest", "central", "score"), default="largest",
+                   help="which person to use when DensePose found several")
+    xla_flags.add_argument(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    xla_flags.configure(args.cpu_convolutions)  # before the first JAX computation
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        if args.max_upload_mb <= 0:
+            raise infer.InferError(f"--max_upload_mb must be > 0, got {args.max_upload_mb}")
+        demo = load_demo(args.workdir, args.checkpoint, args.step, args.select, args.max_upload_mb)
+        server = make_server(demo, args.host, args.port)
+    except (*_USER_ERRORS, OSError) as e:
+        print(f"m2e_jax.demo: error: {one_line(e)}", file=sys.stderr)
+        return 1
+    if demo.test_note:
+        print(f"m2e_jax.demo: {demo.test_note}; uploads only", file=sys.stderr)
+    print(f"m2e_jax.demo: serving {demo.checkpoint} at {server_url(server)} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
