@@ -42,10 +42,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_prep import validate
-from data_prep.catalog import ImageRef, IuvRef
-from data_prep.readers import densepose_files, detectron2_dump, images
 from m2e_jax import densepose, infer, input_pipeline, preprocess, xla_flags
+from m2e_jax.readers import detectron2_dump, images, photos
 
 DEFAULT_PORT = 7860  # Gradio's default: where users of try-on demos look first
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -86,7 +84,7 @@ def too_large_message(size: int, limit: int) -> str:
 # ---------------------------------------------------------------- photos
 
 def read_uploaded_photo(role: str, photo: Upload | None, iuv: Upload | None, parse: Upload | None,
-                        select: str = "largest") -> validate.Photo:
+                        select: str = "largest") -> photos.Photo:
     """A checked photo (as infer.read_photo returns) from uploaded bytes.
 
     DensePose is a Detectron `_IUV.png` (told apart by its PNG signature) or a detectron2 dump whose
@@ -112,15 +110,15 @@ def read_uploaded_photo(role: str, photo: Upload | None, iuv: Upload | None, par
             image_path = spool(photo, f"{role}_photo")
             iuv_path = spool(iuv, f"{role}_densepose")
             if iuv.data.startswith(_PNG_MAGIC):
-                ref = IuvRef(png=iuv_path)
+                ref = photos.IuvRef(png=iuv_path)
             else:
-                index = densepose_files.DumpIndex(iuv_path)
+                index = photos.DumpIndex(iuv_path)
                 ref = index.ref(photo.name)
                 if ref is None:
-                    why = "twice" if densepose_files.stem(photo.name) in index.ambiguous else "no entry"
+                    why = "twice" if photos.stem(photo.name) in index.ambiguous else "no entry"
                     raise DemoError(f"{iuv.name}: {why} for {photo.name} in this dump")
             parse_path = spool(parse, f"{role}_parse") if parse is not None else None
-            return infer.read_photo(ImageRef(name=role, image=image_path, item="", iuv=ref,
+            return infer.read_photo(photos.ImageRef(name=role, image=image_path, item="", iuv=ref,
                                              parse=parse_path), select)
         except _USER_ERRORS as e:
             message = one_line(e)
@@ -129,14 +127,14 @@ def read_uploaded_photo(role: str, photo: Upload | None, iuv: Upload | None, par
             raise DemoError(message) from None
 
 
-def test_photo(source: Any, index: int, role: str) -> validate.Photo:
+def test_photo(source: Any, index: int, role: str) -> photos.Photo:
     """Test example `index`'s model or person side as a Photo; its garment mask becomes the parsing
     map of the example's garment kind (what make_example turns back into the mask)."""
     ex = source[index]
     side = "model" if role == "model" else "person"
     kind = int(np.asarray(ex["garment_kind"]))
     parse = (np.asarray(ex[f"{side}_mask"])[..., 0] > 0).astype(np.uint8) * np.uint8(kind + 1)
-    return validate.Photo(np.asarray(ex[f"{side}_image"]), np.asarray(ex[f"{side}_iuv"]), parse)
+    return photos.Photo(np.asarray(ex[f"{side}_image"]), np.asarray(ex[f"{side}_iuv"]), parse)
 
 
 # ---------------------------------------------------------------- the try-on
@@ -151,7 +149,7 @@ def data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
-def run_tryon(net: infer.TryOn, model: validate.Photo, person: validate.Photo, garment_kind: int,
+def run_tryon(net: infer.TryOn, model: photos.Photo, person: photos.Photo, garment_kind: int,
               with_stages: bool) -> dict[str, np.ndarray]:
     """{"result": uint8 [h, w, 3] at the person photo's resolution, and with stages "warp", "PAN",
     "TRN", "FTN": uint8 [H, W, 3] at network size} through infer's letterbox / forward / paste-back."""
@@ -191,7 +189,7 @@ class Demo:
                 "test_note": self.test_note, "max_upload_bytes": self.max_upload_bytes,
                 "stages": list(STAGES)}
 
-    def pick(self, role: str, index: Any) -> validate.Photo:
+    def pick(self, role: str, index: Any) -> photos.Photo:
         if isinstance(index, bool) or not isinstance(index, int):
             raise DemoError(f"{role} pick: expected a test-set index, got {index!r}")
         if not 0 <= index < self.test_count:
@@ -199,7 +197,7 @@ class Demo:
                             + (f" (0..{self.test_count - 1})" if self.test_count else f" ({self.test_note})"))
         return test_photo(self.test_set, index, role)
 
-    def photo(self, role: str, spec: Any) -> validate.Photo:
+    def photo(self, role: str, spec: Any) -> photos.Photo:
         """The photo a request names for `role`: {"pick": i} or {"photo": file, "densepose": file,
         "parse": file or null}, each file {"name": str, "data": base64}."""
         if not isinstance(spec, dict):

@@ -190,7 +190,7 @@ def test_page_in_a_browser(served, browser, tmp_path):
     rc, want = cli_tryon(served["workdir"], m_path, person_path, tmp_path / "cli1.png")
     assert rc == 0
     np.testing.assert_array_equal(result, want)
-    from data_prep.readers import images, iuv_png
+    from m2e_jax.readers import images, iuv_png
 
     assert_only_garment_changed(result, images.read_rgb(person_path),
                                 iuv_png.read_iuv_png(big / (names[0][:-4] + "_IUV.png")),
