@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_train=0, num_test=0,  # synthetic_memory only: examples to render
         paired_fraction=0.5,      # synthetic_memory only
         garment_kind="upper",     # synthetic_memory only
+        world="easy",             # synthetic_memory only: easy | medium | hard (m2e_jax/synthetic/effects.py)
     ))
     c.model = model_config()
     c.loss = loss_config()

@@ -15,6 +15,8 @@ from m2e_jax import xla_flags
 
 DATASETS = ("synthetic", "deepfashion", "mvc", "folder")
 SOURCES = ("tfds", "synthetic_memory")
+# synthetic/effects.PRESETS (named here: validation runs before JAX is imported; a test keeps them equal)
+WORLD_PRESETS = ("easy", "medium", "hard")
 PARALLEL = ("shard_map", "pmap")
 
 
@@ -68,6 +70,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
         positive("dataset.num_test", d.num_test)
         check(0.0 <= d.paired_fraction <= 1.0,
               f"config.dataset.paired_fraction: must lie in [0, 1], got {d.paired_fraction!r}")
+    check(d.get("world", "easy") in WORLD_PRESETS,  # used by synthetic_memory; a typo elsewhere too
+          f"config.dataset.world: unknown preset {d.get('world')!r}; expected one of {WORLD_PRESETS}")
     check(config.parallel in PARALLEL,
           f"config.parallel: unknown mode {config.parallel!r}; expected one of {PARALLEL}")
     for name in ("g_lr", "d_lr", "eps"):

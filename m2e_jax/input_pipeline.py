@@ -61,6 +61,9 @@ def stack_examples(examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
 def _synthetic_cache_path(dcfg: Any, seed: int, split: str, height: int, width: int) -> str:
     num = dcfg.num_train if split == dcfg.train_split else dcfg.num_test
     key = f"{seed}-{split}-{num}-{height}x{width}-{dcfg.paired_fraction}-{dcfg.garment_kind}"
+    world = dcfg.get("world", "easy")
+    if world != "easy":  # easy keeps the cache names it always had
+        key += f"-{world}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return os.path.join(dcfg.data_dir, f"synthetic_{split}_{height}x{width}_{num}_{digest}.npz")
 
@@ -77,7 +80,8 @@ def synthetic_source(dcfg: Any, seed: int, split: str, height: int, width: int) 
     logging.info("Rendering %d synthetic %s examples (%dx%d) into %s", num, split, height, width, path)
     arrays = stack_examples(dataset.make_examples(seed, split, num, height, width,
                                                   paired_fraction=dcfg.paired_fraction,
-                                                  garment_kind=dcfg.garment_kind))
+                                                  garment_kind=dcfg.garment_kind,
+                                                  world_cfg=dcfg.get("world", "easy")))
     os.makedirs(dcfg.data_dir, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
     np.savez(tmp, **arrays)

@@ -1,6 +1,7 @@
 """The synthetic try-on world: exact IUV, exact ground truth, determinism, splits, files on disk."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -293,3 +294,162 @@ def test_world_rejects_wrong_garment_kinds():
         world.render(idn, lo, up, pose, H, W)
     with pytest.raises(ValueError, match="unknown garment kind 'hat'"):
         world.sample_garment(np.random.default_rng(0), "hat")
+
+
+# ------------------------------------------------------------------ harder worlds (effects.py)
+
+from m2e_jax import config_validation  # noqa: E402
+from m2e_jax.synthetic import effects  # noqa: E402
+
+# One world per effect family, each turned up so that it shows in a handful of examples.
+_ONE_EFFECT = {
+    "densepose_errors": effects.WorldConfig(name="errors", border_px=2, uv_drift=12.0, drop_prob=0.5,
+                                            speckle=0.03, swap_prob=0.3),
+    "unseen_surface": effects.WorldConfig(name="unseen", cross_prob=0.6, back_prob=0.5),
+    "off_body": effects.WorldConfig(name="off_body", loose_prob=1.0, loose_max=1.0, hem_max=0.4,
+                                    long_hair_prob=1.0),
+    "photometry": effects.WorldConfig(name="light", gain=0.3, cast=0.1, ramp=0.4, shadow=0.4),
+    "camera": effects.WorldConfig(name="camera", zoom_out=0.25, shift_y=0.1, jpeg_quality=(30, 50),
+                                  texture_prob=1.0),
+}
+_WORLDS = dict(_ONE_EFFECT, medium=effects.PRESETS["medium"], hard=effects.PRESETS["hard"])
+
+
+def test_easy_preset_is_the_original_world_byte_for_byte():
+    """sha256 of these examples' arrays, computed with the world before effects.py existed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    exs = dataset.make_examples(0, "train", 6, H, W, world_cfg="easy") + [
+        dataset.make_example(2, "test", 3, H, W, "unpaired", "lower", world_cfg=effects.WorldConfig())]
+    for ex in exs:
+        for k in ("model_image", "model_iuv", "model_mask", "person_image", "person_iuv", "person_mask",
+                  "target_image", "target_iuv"):
+            h.update(ex[k].tobytes())
+    assert h.hexdigest() == "150b04d9726434e6265137dfacddb64e1493cc1ec3bc816ce23df4076cb6296b"
+    assert effects.preset("easy").is_easy() and not effects.preset("medium").is_easy()
+
+
+def _clean_photo(seed, split, index, person, cfg):
+    """P's photo as the world lit it, before JPEG: what P* must equal outside the garments."""
+    r = world.render(*person, H, W)
+    return r, effects.light(r.image, dataset.photo_conditions(seed, split, index, "person", cfg).lighting)
+
+
+@pytest.mark.parametrize("name", sorted(_WORLDS))
+def test_ground_truth_is_exact_and_errors_only_in_the_inputs(name):
+    cfg = _WORLDS[name]
+    seed, split = 7, "train"
+    changed_iuv = changed_image = 0
+    for index in range(8):
+        ex = dataset.make_example(seed, split, index, H, W, "unpaired", world_cfg=cfg)
+        model, person, target = dataset.example_people(seed, split, index, "unpaired", "upper", cfg)
+        assert target[3] is person[3]  # P* is posed and framed as P's photo
+        # P* is the exact render of (B, g, l_B, pose b) lit as P's photo, with its exact IUV.
+        t = world.render(*target, H, W)
+        np.testing.assert_array_equal(ex["target_iuv"], t.iuv)
+        np.testing.assert_array_equal(ex["target_parse"], t.parse)
+        p, p_lit = _clean_photo(seed, split, index, person, cfg)
+        lighting = dataset.photo_conditions(seed, split, index, "person", cfg).lighting
+        np.testing.assert_array_equal(ex["target_image"], effects.light(t.image, lighting))
+        # Outside both garments P* is P's photo exactly (same lighting, camera, hair, background).
+        keep = (t.parse != 1) & (p.parse != 1)
+        np.testing.assert_array_equal(ex["target_image"][keep], p_lit[keep])
+        # Masks come from the exact parsing; only the IUV and the photos the method sees carry errors.
+        np.testing.assert_array_equal(ex["person_mask"][..., 0], p.parse == 1)
+        changed_iuv += not np.array_equal(ex["person_iuv"], p.iuv)
+        changed_iuv += not np.array_equal(ex["model_iuv"], world.render(*model, H, W).iuv)
+        changed_image += not np.array_equal(ex["person_image"], p_lit)
+        densepose.check_iuv(ex["person_iuv"], "estimated IUV")
+    has_errors = cfg.border_px or cfg.uv_drift or cfg.drop_prob or cfg.speckle or cfg.swap_prob
+    assert (changed_iuv > 8) == bool(has_errors), changed_iuv
+    assert (changed_image > 4) == (cfg.jpeg_quality[1] > 0), changed_image
+
+
+def test_paired_target_is_the_clean_photo_of_the_person():
+    cfg = effects.PRESETS["hard"]
+    ex = dataset.make_example(1, "train", 2, H, W, "paired", world_cfg=cfg)
+    _, person, _ = dataset.example_people(1, "train", 2, "paired", "upper", cfg)
+    _, p_lit = _clean_photo(1, "train", 2, person, cfg)
+    np.testing.assert_array_equal(ex["target_image"], p_lit)
+    diff = np.abs(ex["person_image"].astype(int) - ex["target_image"]).mean()
+    assert 0 < diff < 12  # JPEG only: close, not equal
+
+
+def test_each_effect_does_what_it_names():
+    idn, up, lo, pose = _random_person(3)
+    exact = world.render(idn, up, lo, pose, 128, 96).iuv
+    fg = exact[..., 0] > 0
+    rng = lambda: np.random.default_rng(0)
+    grown = effects._grow(exact)
+    assert (grown[..., 0] > 0).sum() > fg.sum() and np.array_equal(grown[fg], exact[fg])
+    assert (effects._shrink(exact)[..., 0] > 0).sum() < fg.sum()
+    drift = effects.estimate_iuv(exact, rng(), effects.WorldConfig(uv_drift=10.0))
+    assert np.array_equal(drift[..., 0], exact[..., 0])
+    d = np.abs(drift[..., 1:].astype(int) - exact[..., 1:])
+    assert 0 < d.max() <= 10 and not d[~fg].any()
+    dropped = effects.estimate_iuv(exact, rng(), effects.WorldConfig(drop_prob=1.0))
+    assert np.isin(exact[..., 0], densepose.HANDS).any()
+    assert not np.isin(dropped[..., 0], densepose.HANDS).any()
+    swapped = effects.estimate_iuv(exact, rng(), effects.WorldConfig(swap_prob=1.0))
+    np.testing.assert_array_equal(swapped[..., 0][exact[..., 0] == 23], 24)
+    np.testing.assert_array_equal(swapped[..., 0][exact[..., 0] == 2], 2)
+    holes = effects.estimate_iuv(exact, rng(), effects.WorldConfig(speckle=0.1))
+    assert 0.05 < 1 - (holes[..., 0] > 0).sum() / fg.sum() < 0.15
+    # Back view: DensePose's back parts, never shown from the front; the person's right on image right.
+    rest = world.Pose(id="rest", lean=0.0, head_tilt=0.0, shoulder=(0.2, 0.2), elbow=(0.0, 0.0),
+                      arm_front=(True, True), hip=(0.1, 0.1), knee=(0.0, 0.0), zoom=1.0, shift=0.0, back=True)
+    i_back = world.render(idn, up, lo, rest, 128, 96).iuv[..., 0]
+    assert np.isin(i_back, world.BACK_LABELS).sum() > 200
+    assert not np.isin(exact[..., 0], world.BACK_LABELS).any()
+    x = np.broadcast_to(np.arange(96), i_back.shape)
+    for right, left in ((3, 4), (7, 8), (11, 12), (23, 24)):
+        assert x[i_back == right].mean() > x[i_back == left].mean()  # the person's right on image right
+    # A loose top covers pixels the body chart does not (the IUV there is background or legs).
+    loose = dataclasses.replace(up, loose=1.0, hem=0.4)
+    r = world.render(idn, loose, lo, pose, 128, 96)
+    off = (r.parse == 1) & ~np.isin(r.iuv[..., 0], densepose.GARMENT_PARTS["upper"])
+    assert off.sum() > 30
+    # Long hair hides part of the top: torso pixels (by IUV) that are not garment in the parsing.
+    hairy = dataclasses.replace(idn, hair_length=0.5)
+    r = world.render(hairy, up, lo, pose, 128, 96)
+    plain = world.render(idn, up, lo, pose, 128, 96)
+    hidden = (plain.parse == 1) & (r.parse == 0)
+    assert hidden.sum() > 20 and np.array_equal(r.iuv, plain.iuv)
+    # Lighting multiplies; JPEG only approximates.
+    lit = effects.light(plain.image, effects.Lighting(1.2, (1.0, 1.0, 1.0), 0.0, 0.0, 0.0, 0.0))
+    np.testing.assert_array_equal(lit, np.clip(np.round(plain.image * np.float32(1.2)), 0, 255))
+    assert 0 < np.abs(effects.jpeg(plain.image, 40).astype(int) - plain.image).mean() < 10
+
+
+@pytest.mark.parametrize("name", ["medium", "hard"])
+def test_harder_worlds_are_deterministic_with_disjoint_splits(name):
+    a = dataset.make_examples(5, "test", 4, H, W, world_cfg=name)
+    b = dataset.make_examples(5, "test", 4, H, W, world_cfg=name)
+    easy = dataset.make_examples(5, "test", 4, H, W)
+    for x, y, e in zip(a, b, easy):
+        for key in data_schema.ARRAY_KEYS:
+            assert x[key].tobytes() == y[key].tobytes()
+        assert x["person_image"].tobytes() != e["person_image"].tobytes()
+    for what in ("identity", "upper", "lower"):
+        train, test = dataset.pool(0, "train", what, name), dataset.pool(0, "test", what, name)
+        assert not {m.params() for m in train} & {m.params() for m in test}
+    ident = dataset.pool(0, "train", "identity", name)
+    assert 0.1 < np.mean([m.hair_length > 0 for m in ident]) < 0.7
+    assert 0.1 < np.mean([m.loose > 0 for m in dataset.pool(0, "train", "upper", name)]) < 0.8
+
+
+def test_presets_from_the_cli_and_the_training_config(tmp_path):
+    sheet = tmp_path / "hard.png"
+    assert cli.main(["--out", str(tmp_path / "d"), "--height", "64", "--width", "48", "--num_train", "1",
+                     "--num_test", "1", "--preset", "hard", "--contact_sheet", str(sheet)]) == 0
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    assert meta["world"]["name"] == "hard"
+    first = dataset.make_examples(0, "test", 1, 64, 48, world_cfg="hard")[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(sheet))[12:12 + 128:2, 60:60 + 96:2],
+                                  first["model_image"])
+    with pytest.raises(SystemExit):
+        cli.main(["--out", str(tmp_path / "e"), "--preset", "extreme"])
+    with pytest.raises(ValueError, match="unknown 'extreme'"):
+        effects.preset("extreme")
+    assert config_validation.WORLD_PRESETS == tuple(effects.PRESETS)

@@ -15,6 +15,7 @@ so the person's right side is on the image's left.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -37,8 +38,14 @@ _LABEL_CHART: dict[int, tuple[int, int]] = {
     9: (SEG_UPPER_LEG, 0), 10: (SEG_UPPER_LEG, 0),
     13: (SEG_LOWER_LEG, 0), 14: (SEG_LOWER_LEG, 0),
     6: (SEG_FOOT, 0), 5: (SEG_FOOT, 0),
+    # Back views (Pose.back): DensePose's back parts, which a front view never shows.
+    1: (SEG_TORSO, 0),
+    7: (SEG_UPPER_LEG, 0), 8: (SEG_UPPER_LEG, 0),
+    11: (SEG_LOWER_LEG, 0), 12: (SEG_LOWER_LEG, 0),
 }
-LABELS_USED: tuple[int, ...] = tuple(sorted(_LABEL_CHART))
+BACK_LABELS: tuple[int, ...] = (1, 7, 8, 11, 12)
+LABELS_USED: tuple[int, ...] = tuple(sorted(set(_LABEL_CHART) - set(BACK_LABELS)))  # front views
+LABELS_ALL: tuple[int, ...] = tuple(sorted(_LABEL_CHART))
 _SEG_OF = np.zeros(densepose.NUM_LABELS, np.int32)
 _SIDE_OF = np.zeros(densepose.NUM_LABELS, np.int32)
 for _lab, (_seg, _side) in _LABEL_CHART.items():
@@ -60,7 +67,7 @@ _CHART_SIZE = np.array([
 UPPER_STYLES = ("short_sleeve", "long_sleeve")
 LOWER_STYLES = ("trousers", "skirt")
 PATTERNS = ("stripes", "checks", "dots", "plain")
-BACKGROUNDS = ("solid", "gradient", "stripes")
+BACKGROUNDS = ("solid", "gradient", "stripes")  # plus "texture" (Identity.bg_texture, harder worlds)
 LOGO_SHAPE = (3, 5)  # rows, columns of the text-like mark's bitmap
 
 
@@ -88,6 +95,9 @@ class Identity:
     background: str
     bg_colours: tuple[float, ...]  # two RGB colours, flattened
     bg_freq: float
+    # Harder worlds only (defaults keep the easy world's renders byte for byte):
+    hair_length: float = 0.0  # long hair hanging over the shoulders, body units below the neck
+    bg_texture: int = 0       # > 0: seed of a textured backdrop (replaces `background`)
 
     def params(self) -> tuple:
         """Every parameter except the id (to check that two pools share no identity)."""
@@ -112,6 +122,10 @@ class Garment:
     neckline: float       # torso V above which a V-neck shows skin (upper only)
     logo: tuple[int, ...]  # LOGO_SHAPE bitmap flattened, all zeros = no mark
     logo_colour: tuple[float, float, float]
+    # Harder worlds only: a loose top flares beyond the torso's chart (extra half width at the
+    # hem, in hip half widths) and its hem hangs `hem` body units below the pelvis.
+    loose: float = 0.0
+    hem: float = 0.0
 
     def params(self) -> tuple:
         return dataclasses.astuple(self)[1:]
@@ -130,6 +144,8 @@ class Pose:
     knee: tuple[float, float]
     zoom: float                    # person size relative to "fills the frame"
     shift: float                   # horizontal placement in the free space, -1..1
+    back: bool = False             # seen from behind: DensePose's back parts, mirrored sides
+    shift_y: float = 0.0           # vertical offset, fraction of the frame height (camera framing)
 
 
 class Render(NamedTuple):
@@ -265,6 +281,11 @@ def body_segments(identity: Identity, pose: Pose, height: int, width: int) -> li
                  1.5, (0.3, idn.neck_half)))
     arm_labels = {-1: ((16, 18), (20, 22), 3), 1: ((17, 15), (21, 19), 4)}
     leg_labels = {-1: (9, 13, 6), 1: (10, 14, 5)}
+    if pose.back:  # seen from behind: the person's right side is on the image's right
+        segs[0] = ((1, 1),) + segs[0][1:]
+        segs[1] = ((24, 23),) + segs[1][1:]
+        arm_labels = {-1: ((15, 17), (19, 21), 4), 1: ((18, 16), (22, 20), 3)}
+        leg_labels = {-1: (8, 12, 5), 1: (7, 11, 6)}
     for k, side in enumerate((-1, 1)):
         upper_lab, lower_lab, hand_lab = arm_labels[side]
         shoulder = neck - up * 0.1 + right * side * (idn.shoulder_half - idn.arm_half * 0.8)
@@ -301,7 +322,7 @@ def body_segments(identity: Identity, pose: Pose, height: int, width: int) -> li
     size = hi - lo
     scale = min(0.94 * height / size[1], 0.94 * width / size[0]) * pose.zoom
     free = np.array([width, height]) - size * scale
-    offset = free / 2 + np.array([pose.shift * free[0] / 2 * 0.8, 0.0]) - lo * scale
+    offset = free / 2 + np.array([pose.shift * free[0] / 2 * 0.8, pose.shift_y * height]) - lo * scale
     out = []
     for labels, a, b, wa, wb, ra, rb, depth, nk in segs:
         a_px, b_px = a * scale + offset, b * scale + offset
@@ -412,7 +433,7 @@ def coverage(identity: Identity, upper: Garment, lower: Garment, part, u, v) -> 
     u, v = _unit(u), _unit(v)
     seg, t = _chart(part, u)
     neck = upper.neckline
-    vneck = (v > neck) & (np.abs(t) < 0.5 * (v - neck) / max(1 - neck, 1e-6))
+    vneck = (v > neck) & (np.abs(t) < 0.5 * (v - neck) / max(1 - neck, 1e-6)) & (part != 1)  # front only
     top = (((seg == SEG_TORSO) & ~vneck) | ((seg == SEG_UPPER_ARM) & (v <= upper.length))
            | ((seg == SEG_LOWER_ARM) & (v <= upper.length - 1)))
     bottom = (((seg == SEG_UPPER_LEG) & (v <= lower.length))
@@ -421,8 +442,9 @@ def coverage(identity: Identity, upper: Garment, lower: Garment, part, u, v) -> 
     return np.where(part > 0, out, 0).astype(np.uint8)
 
 
-def _pattern(g: Garment, seg: np.ndarray, t: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Garment colour (float32 [..., 3], before shading) at chart points."""
+def _pattern(g: Garment, seg: np.ndarray, t: np.ndarray, v: np.ndarray, front: np.ndarray | bool = True
+             ) -> np.ndarray:
+    """Garment colour (float32 [..., 3], before shading) at chart points; the logo only on the front."""
     gx = t * _CHART_SIZE[seg, 0] / 2
     gy = v * _CHART_SIZE[seg, 1]
     c, s = np.float32(np.cos(g.angle)), np.float32(np.sin(g.angle))
@@ -441,7 +463,7 @@ def _pattern(g: Garment, seg: np.ndarray, t: np.ndarray, v: np.ndarray) -> np.nd
         rows, cols = LOGO_SHAPE
         lx = (t - 0.15) / 0.5 * cols
         ly = (0.74 - v) / 0.16 * rows
-        in_box = (seg == SEG_TORSO) & (lx >= 0) & (lx < cols) & (ly >= 0) & (ly < rows)
+        in_box = (seg == SEG_TORSO) & front & (lx >= 0) & (lx < cols) & (ly >= 0) & (ly < rows)
         cell = (np.clip(ly.astype(np.int32), 0, rows - 1) * cols + np.clip(lx.astype(np.int32), 0, cols - 1))
         gap = ((lx - np.floor(lx)) < 0.8) & ((ly - np.floor(ly)) < 0.7)
         on = in_box & gap & (np.asarray(g.logo, bool)[cell])
@@ -476,7 +498,7 @@ def texel(identity: Identity, upper: Garment, lower: Garment, part, u, v) -> np.
     for value, g in ((1, upper), (2, lower)):
         m = cov == value
         if m.any():
-            col[m] = _pattern(g, seg[m], t[m], v[m])
+            col[m] = _pattern(g, seg[m], t[m], v[m], part[m] != 1)
             shade_k[m] = g.shade
     col *= (1 - shade_k * t * t)[..., None]
     col[part == 0] = 0
@@ -484,33 +506,156 @@ def texel(identity: Identity, upper: Garment, lower: Garment, part, u, v) -> np.
 
 
 def background(identity: Identity, height: int, width: int) -> np.ndarray:
-    """Screen-space backdrop uint8 `[height, width, 3]` (solid, vertical gradient or soft stripes)."""
+    """Screen-space backdrop uint8 `[height, width, 3]` (solid, vertical gradient, soft stripes or
+    a texture); a fresh copy (renders paint over it)."""
+    return _background(identity, height, width).copy()
+
+
+@functools.lru_cache(maxsize=1024)
+def _background(identity: Identity, height: int, width: int) -> np.ndarray:
     c0 = np.float32(identity.bg_colours[:3])
     c1 = np.float32(identity.bg_colours[3:])
     y = (np.arange(height, dtype=np.float32)[:, None] + 0.5) / height
     x = (np.arange(width, dtype=np.float32)[None, :] + 0.5) / height
-    if identity.background == "solid":
+    if identity.bg_texture > 0:
+        w = _texture(identity.bg_texture, x, y)
+    elif identity.background == "solid":
         w = np.zeros((height, width), np.float32)
     elif identity.background == "gradient":
         w = np.broadcast_to(y, (height, width))
     else:
         w = 0.35 * (((x + y) * identity.bg_freq) % 1.0 < 0.5)
     col = c0 + (c1 - c0) * w[..., None]
-    return np.clip(np.round(col), 0, 255).astype(np.uint8)
+    out = np.clip(np.round(col), 0, 255).astype(np.uint8)
+    out.flags.writeable = False  # shared by the cache
+    return out
+
+
+def _texture(seed: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A textured backdrop's mixing weight in [0, 1] `[H, W]`: a few oriented waves and blobs."""
+    rng = np.random.default_rng(seed)
+    w = np.zeros(np.broadcast_shapes(x.shape, y.shape), np.float32)
+    for _ in range(4):
+        f, a, ph = rng.uniform(3.0, 12.0), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+        w += np.sin(2 * np.pi * f * (x * np.cos(a) + y * np.sin(a)) + ph).astype(np.float32)
+    for _ in range(3):
+        cx, cy, r = rng.uniform(0, 0.75), rng.uniform(0, 1), rng.uniform(0.05, 0.2)
+        w += 2.0 * (np.hypot(x - cx, y - cy) < r)
+    return np.clip(0.5 + w / 8.0, 0.0, 1.0)
+
+
+def _depth(segments: list[Segment], iuv: np.ndarray) -> np.ndarray:
+    """Depth of the surface seen at each pixel `[H, W]` float32 (-inf on the background)."""
+    table = np.full(densepose.NUM_LABELS, -np.inf, np.float32)
+    for seg in segments:
+        table[list(seg.labels)] = seg.depth
+    return table[iuv[..., 0]]
+
+
+def _frame(seg: Segment, px: np.ndarray, py: np.ndarray):
+    """(along, across, length) of pixel centres in a segment's axis frame (pixels)."""
+    dx, dy = seg.b[0] - seg.a[0], seg.b[1] - seg.a[1]
+    length = max(float(np.hypot(dx, dy)), 1e-6)
+    dx, dy = dx / length, dy / length
+    rx, ry = px - seg.a[0], py - seg.a[1]
+    return rx * dx + ry * dy, rx * -dy + ry * dx, length
+
+
+def _loose_top(identity: Identity, upper: Garment, torso: Segment, px, py):
+    """A loose top's cloth off the body: (inside `[H, W]` bool, colour float32 `[H, W, 3]`).
+
+    The torso chart continued beyond the body: the top widens from mid torso down by `upper.loose`
+    hip half widths and hangs `upper.hem` body units below the pelvis; its pattern is the torso's
+    chart extrapolated (t beyond +-1, V below 0), so the same garment looks the same on any pose.
+    """
+    along, across, length = _frame(torso, px, py)
+    s = along / length
+    scale = torso.wa / identity.hip_half
+    half = torso.wa + (torso.wb - torso.wa) * np.clip(s, 0, 1)
+    flare = half + upper.loose * torso.wa * np.clip((0.6 - s) / 0.6, 0, None)
+    inside = (np.abs(across) < flare) & (along >= -upper.hem * scale) & (s <= 0.6)
+    t = across / half
+    v = (along + torso.ra) / (torso.ra + length + torso.rb)
+    seg = np.full(t.shape, SEG_TORSO, np.int32)
+    col = _pattern(upper, seg, t.astype(np.float32), v.astype(np.float32), front=False)
+    col = col * (1 - upper.shade * np.minimum(t * t, 1.0))[..., None]
+    return inside, col
+
+
+def _long_hair(identity: Identity, pose: Pose, head: Segment, torso: Segment, px, py):
+    """Long hair hanging from the head over the shoulders: inside `[H, W]` bool, colour `[H, W, 3]`.
+
+    Seen from the front it frames the face (two strands); from behind it covers the upper back.
+    """
+    down = np.subtract(torso.a, torso.b)
+    down = down / max(float(np.hypot(*down)), 1e-6)
+    top = np.add(head.b, -down * 0.1 * head.wb)
+    along = (px - top[0]) * down[0] + (py - top[1]) * down[1]
+    across = (px - top[0]) * -down[1] + (py - top[1]) * down[0]
+    scale = torso.wb / identity.shoulder_half
+    reach = np.hypot(*np.subtract(head.b, head.a)) + identity.hair_length * scale
+    half = 1.3 * head.wb
+    inside = (along >= 0) & (along <= reach) & (np.abs(across) < half)
+    if not pose.back:
+        inside &= (np.abs(across) > 0.72 * head.wb) | (along < 0.25 * reach)
+    q = np.clip(np.abs(across) / half, 0, 1)
+    col = np.float32(identity.hair) * (0.8 + 0.2 * np.cos(9.0 * across / half) * (1 - q))[..., None]
+    return inside, col.astype(np.float32)
 
 
 def render(identity: Identity, upper: Garment, lower: Garment, pose: Pose, height: int,
            width: int) -> Render:
-    """Renders the person: IUV first, then every labelled pixel coloured by texel of its own (I, U, V)."""
+    """Renders the person: IUV first, then every labelled pixel coloured by texel of its own (I, U, V).
+
+    Harder worlds add what the body surface does not carry (the IUV keeps the body underneath, as
+    DensePose labels it): a back view's hair-covered head, a loose top's cloth beyond the torso
+    (parse 1) and long hair over the shoulders (parse 0), each drawn in depth order.
+    """
     check_size(height, width)
     if upper.kind != "upper" or lower.kind != "lower":
         raise ValueError(f"render: expected an upper and a lower garment, got kinds "
                          f"{upper.kind!r} and {lower.kind!r}")
-    iuv = rasterize(body_segments(identity, pose, height, width), height, width)
+    segments = body_segments(identity, pose, height, width)
+    iuv = rasterize(segments, height, width)
     image = background(identity, height, width)
     parse = np.zeros((height, width), np.uint8)
     fg = iuv[..., 0] > 0
     i, u, v = iuv[fg, 0], iuv[fg, 1], iuv[fg, 2]
     image[fg] = texel(identity, upper, lower, i, u, v)
     parse[fg] = coverage(identity, upper, lower, i, u, v)
+    if pose.back or upper.loose > 0 or upper.hem > 0 or identity.hair_length > 0:
+        _off_surface(identity, upper, pose, segments, iuv, image, parse)
     return Render(image=image, iuv=iuv, parse=parse)
+
+
+def _off_surface(identity: Identity, upper: Garment, pose: Pose, segments: list[Segment], iuv: np.ndarray,
+                 image: np.ndarray, parse: np.ndarray) -> None:
+    """Draws (in place) what lies off the body chart: back-view hair, a loose top, long hair."""
+    height, width = parse.shape
+    torso, head = segments[0], segments[1]
+    # Everything drawn here lies within the torso's box grown by the widest flare and the hem
+    # (about a torso length), so only that window is evaluated.
+    grow = torso.wa * (1 + 2 * upper.loose) + np.hypot(torso.b[0] - torso.a[0], torso.b[1] - torso.a[1])
+    xs, ys = (torso.a[0], torso.b[0], head.b[0]), (torso.a[1], torso.b[1], head.b[1])
+    x0, x1 = max(int(min(xs) - grow), 0), min(int(np.ceil(max(xs) + grow)), width)
+    y0, y1 = max(int(min(ys) - grow), 0), min(int(np.ceil(max(ys) + grow)), height)
+    px = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5
+    py = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5
+    win = (slice(y0, y1), slice(x0, x1))
+    iuv, image, parse = iuv[win], image[win], parse[win]  # views: drawing writes through
+    depth = _depth(segments, iuv)
+    if pose.back:  # the back of the head is hair
+        on_head = np.isin(iuv[..., 0], densepose.HEAD)
+        u = iuv[..., 1].astype(np.float32) / 255
+        shade = 1 - 0.25 * np.square(np.where(iuv[..., 0] == 24, u - 1, u))
+        image[on_head] = np.clip(np.round(np.float32(identity.hair) * shade[on_head][:, None]), 0, 255)
+    if upper.loose > 0 or upper.hem > 0:
+        inside, col = _loose_top(identity, upper, torso, px, py)
+        cloth = inside & (depth < torso.depth)  # over the legs and arms behind, under arms in front
+        image[cloth] = np.clip(np.round(col[cloth]), 0, 255).astype(np.uint8)
+        parse[cloth] = 1
+    if identity.hair_length > 0:
+        inside, col = _long_hair(identity, pose, head, torso, px, py)
+        hair = inside & (depth < 1.9)  # over torso and head, under arms held in front
+        image[hair] = np.clip(np.round(col[hair]), 0, 255).astype(np.uint8)
+        parse[hair] = 0
