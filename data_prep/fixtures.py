@@ -3,6 +3,8 @@
 - `write_iuv_png`: a Detectron `NAME_IUV.png` exactly as OpenCV's `cv2.imwrite(path, iuv)` stores an
   [I, U, V] array (channel 0 as Blue). PIL writing the channel-reversed array produces the same
   pixel bytes, so this uses PIL.
+- `write_detectron_outputs`: `NAME_IUV.png` + `NAME_INDS.png` of several detections, composed as
+  DensePose's `detectron/utils/vis.py` `vis_one_image` composes them (score-rank INDS).
 - `write_torch_dump`: a detectron2 `apply_net.py dump` file in torch.save's zip format (protocol 2
   pickle with `torch._utils._rebuild_tensor_v2` globals, storage persistent ids, NEWOBJ + BUILD for
   the chart-result dataclass), written without torch.
@@ -38,6 +40,53 @@ def write_iuv_png(path: str | os.PathLike, iuv: np.ndarray) -> None:
 def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
     """Writes an 8-bit single-channel label map (instance indices, parsing)."""
     Image.fromarray(np.asarray(labels, np.uint8), "L").save(path)
+
+
+def write_detectron_outputs(output_dir: str | os.PathLike, im_name: str, height: int, width: int,
+                            boxes: np.ndarray, iuv_fields: Sequence[np.ndarray]) -> tuple[str, str]:
+    """Writes `NAME_IUV.png` and `NAME_INDS.png` as DensePose's `vis_one_image` (detectron/utils/vis.py)
+    does for one image; returns their paths.
+
+    The same steps as that function: detections in ascending score order (`np.argsort(boxes[:, 4])`),
+    each with score > 0.65 drawn at its integer box corner, filling only pixels still zero, and
+    `All_inds = CurrentMask * i` with `i` the detection's rank among *all* detections; U, V scaled by
+    255, clipped, uint8; both files written by cv2.imwrite (IUV channel 0 stored as Blue).
+
+    Args:
+      boxes: float `[n, 5]` (x0, y0, x1, y1, score) in pixels.
+      iuv_fields: n float arrays `[3, h, w]` (I in 0..24, U, V in [0, 1]), each the size of its box.
+    """
+    boxes = np.asarray(boxes, np.float64)
+    all_coords = np.zeros((height, width, 3))
+    all_inds = np.zeros((height, width))
+    for i, ind in enumerate(np.argsort(boxes[:, 4])):
+        entry = boxes[ind, :]
+        if entry[4] > 0.65:
+            x0, y0 = entry[0:4].astype(int)[:2]
+            output = np.asarray(iuv_fields[ind], np.float64)
+            oh, ow = output.shape[1:]
+            old = all_coords[y0: y0 + oh, x0: x0 + ow, :]
+            old[old == 0] = output.transpose([1, 2, 0])[old == 0]
+            current_mask = (output[0, :, :] > 0).astype(np.float32)
+            inds_old = all_inds[y0: y0 + oh, x0: x0 + ow]
+            inds_old[inds_old == 0] = current_mask[inds_old == 0] * i
+    all_coords[:, :, 1:3] = 255.0 * all_coords[:, :, 1:3]
+    all_coords[all_coords > 255] = 255.0
+    stem = os.path.basename(im_name).split(".")[0]
+    iuv_path, inds_path = (os.path.join(os.fspath(output_dir), f"{stem}_{k}.png") for k in ("IUV", "INDS"))
+    write_iuv_png(iuv_path, all_coords.astype(np.uint8))
+    write_label_png(inds_path, all_inds.astype(np.uint8))
+    return iuv_path, inds_path
+
+
+def chart_field(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A box-sized DensePose chart output float `[3, h, w]`: I (parts 1..24 in bands, a background
+    margin of one pixel), U, V in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((3, h, w))
+    out[0, 1:-1, 1:-1] = 1 + (np.arange(h - 2) * densepose.NUM_PARTS // max(h - 2, 1))[:, None]
+    out[1:] = rng.random((2, h, w)) * (out[0] > 0)
+    return out
 
 
 def write_rgb(path: str | os.PathLike, image: np.ndarray) -> None:

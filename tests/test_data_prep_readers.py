@@ -41,22 +41,42 @@ def test_iuv_png_channel_order_matches_opencv(tmp_path):
     np.testing.assert_array_equal(ours, opencv_style)
 
 
-def test_instance_selection_zeroes_other_people(tmp_path):
-    iuv = fixtures.person_iuv(20, 30, (0, 0, 20, 30), seed=2)
-    inds = np.zeros((20, 30), np.uint8)
-    inds[2:18, 1:7] = 1      # small, off-centre
-    inds[1:19, 10:22] = 2    # large, central
-    inds[5:9, 25:29] = 3     # tiny, at the edge
-    fixtures.write_iuv_png(tmp_path / "p_IUV.png", iuv)
-    fixtures.write_label_png(tmp_path / "p_INDS.png", inds)
-    assert iuv_png.inds_path_for(tmp_path / "p_IUV.png") == str(tmp_path / "p_INDS.png")
-    for select, keep in (("largest", 2), ("central", 2), (1, 1), (3, 3)):
-        got = iuv_png.read_iuv_png(tmp_path / "p_IUV.png", tmp_path / "p_INDS.png", select)
-        on = inds == keep
-        np.testing.assert_array_equal(got[on], iuv[on])
-        assert not got[~on].any(), select
-    with pytest.raises(images.ReadError, match="instance 5 not in"):
-        iuv_png.read_iuv_png(tmp_path / "p_IUV.png", tmp_path / "p_INDS.png", 5)
+def test_single_person_detectron_output_has_all_zero_inds(tmp_path):
+    """One detection: DensePose's detectron/utils/vis.py `vis_one_image` writes All_inds = mask * i with
+    i = 0 (the only rank), so NAME_INDS.png is all zero and the person is the whole foreground."""
+    field = fixtures.chart_field(14, 8, seed=3)
+    iuv_path, inds_path = fixtures.write_detectron_outputs(tmp_path, "one.jpg", 20, 16,
+                                                           [[4, 3, 12, 17, 0.97]], [field])
+    assert not images.read_labels(inds_path).any()
+    full = iuv_png.read_iuv_png(iuv_path)
+    assert (full[..., 0] > 0).sum() == (field[0] > 0).sum()
+    for select in ("largest", "central", "score", 0):
+        np.testing.assert_array_equal(iuv_png.read_iuv_png(iuv_path, inds_path, select), full)
+
+
+def test_inds_is_the_score_rank_and_selection_uses_it(tmp_path):
+    """Two drawn detections and one below vis_one_image's 0.65 threshold: INDS values are the ranks in
+    ascending score order over all three (0.3 -> 0, not drawn; 0.8 -> 1; 0.95 -> 2). Without the
+    sub-threshold one, the large lower-scoring person is 0, like the background."""
+    big, small = fixtures.chart_field(26, 14, seed=4), fixtures.chart_field(8, 6, seed=5)
+    faint = fixtures.chart_field(6, 4, seed=6)
+    for boxes, fields, big_value, small_value in (
+            ([[10, 2, 24, 28, 0.8], [1, 1, 7, 9, 0.95]], [big, small], 0, 1),
+            ([[27, 20, 31, 26, 0.3], [10, 2, 24, 28, 0.8], [1, 1, 7, 9, 0.95]], [faint, big, small], 1, 2)):
+        iuv_path, inds_path = fixtures.write_detectron_outputs(tmp_path, "two.jpg", 30, 32, boxes, fields)
+        full, inds = iuv_png.read_iuv_png(iuv_path), images.read_labels(inds_path)
+        big_mask = np.zeros((30, 32), bool)
+        big_mask[2:28, 10:24] = big[0] > 0
+        np.testing.assert_array_equal(full[..., 0] > 0, big_mask | (inds == small_value) & (full[..., 0] > 0))
+        assert set(np.unique(inds[full[..., 0] > 0])) == {big_value, small_value}
+        for select, want in (("largest", big_mask), ("central", big_mask), ("score", ~big_mask),
+                             (big_value, big_mask), (small_value, ~big_mask)):
+            got = iuv_png.read_iuv_png(iuv_path, inds_path, select)
+            on = want & (full[..., 0] > 0)
+            np.testing.assert_array_equal(got[on], full[on], err_msg=str(select))
+            assert not got[~on].any(), select
+    with pytest.raises(images.ReadError, match=r"two_INDS\.png: no person with INDS value 5"):
+        iuv_png.read_iuv_png(iuv_path, inds_path, 5)
 
 
 def test_corrupt_and_wrong_mode_pngs_name_the_file(tmp_path):

@@ -61,7 +61,7 @@ class BuildOptions:
     strict: bool = False
     num_unpaired: int | None = None  # per split; None: as many as paired examples (0 for synthetic)
     seed: int = 0
-    select: str | int = "largest"    # person choice: largest / central / score (dumps) / index
+    select: str | int = "largest"    # person choice: largest / central / score / INDS value or dump index
     garment_kind: str | None = None  # None: from the dataset (category, meta.json) else upper
     test_fraction: float = 0.1
     max_pairs_per_item: int | None = None

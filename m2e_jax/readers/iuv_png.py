@@ -1,8 +1,12 @@
 """Detectron (Caffe2) DensePose `infer_simple.py` outputs: `NAME_IUV.png` and optional `NAME_INDS.png`.
 
-`NAME_IUV.png` holds [I, U, V] written by OpenCV (a PIL reader sees [V, U, I]); `NAME_INDS.png` holds
-the instance index per pixel (0 background, 1..n people). With several people, one is kept and the
-pixels of the others become background.
+As DensePose's `detectron/utils/vis.py` (`vis_one_image`) writes them: `NAME_IUV.png` holds [I, U, V]
+written by OpenCV (a PIL reader sees [V, U, I]); `NAME_INDS.png` holds, on each person's foreground
+(I > 0), that person's rank `i` in ascending detection-score order (`All_inds = CurrentMask * i` over
+`np.argsort(scores)`, drawing only scores > 0.65). So the lowest-ranked person drawn may be 0, like
+the background: a photo with one person has an all-zero INDS. A person is therefore the pixels with
+I > 0 and one INDS value; the highest value is the top scorer. With several people one is kept and
+the pixels of the others become background.
 """
 
 from __future__ import annotations
@@ -14,31 +18,42 @@ import numpy as np
 from m2e_jax.readers import images, selection
 
 
+def people(iuv: np.ndarray, inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The people of a Detectron output: INDS values `[n]` ascending (= ascending score) and their
+    masks bool `[n, H, W]` (I > 0 and INDS == value)."""
+    fg = iuv[..., 0] > 0
+    values = np.unique(inds[fg])
+    return values, np.stack([fg & (inds == v) for v in values]) if values.size else np.zeros((0,) + fg.shape, bool)
+
+
 def keep_instance(iuv: np.ndarray, inds: np.ndarray, select: selection.Select = "largest",
                   where: str = "IUV") -> np.ndarray:
-    """Zeroes every pixel not on the chosen instance.
+    """Zeroes every pixel not on the chosen person.
 
     Args:
-      iuv: uint8 `[H, W, 3]` (I, U, V). inds: int `[H, W]`, 0 background, k > 0 instance k.
-      select: "largest" | "central" | instance number k (as written in INDS; 0 is not a person).
-    Returns uint8 `[H, W, 3]`; unchanged when there is a single instance.
+      iuv: uint8 `[H, W, 3]` (I, U, V). inds: int `[H, W]` as vis_one_image writes it (see above).
+      select: "largest" (most pixels) | "central" (mask centre nearest the image centre) | "score"
+        (highest INDS value: the top-scoring detection) | an INDS value k (0 is a person too).
+    Returns uint8 `[H, W, 3]`: all zero when the IUV has no foreground.
     """
     if inds.shape != iuv.shape[:2]:
         raise ValueError(f"{where}: instance map is {inds.shape[0]}x{inds.shape[1]} but IUV is "
                          f"{iuv.shape[0]}x{iuv.shape[1]}")
-    selection.check_select(select, ("largest", "central"))
-    ids = np.unique(inds[inds > 0])
-    if ids.size == 0:
+    selection.check_select(select)
+    values, masks = people(iuv, inds)
+    if values.size == 0:
         return np.zeros_like(iuv)
     if isinstance(select, int):
-        if select not in ids:
-            raise ValueError(f"{where}: instance {select} not in the instance map (has {ids.tolist()})")
-        chosen = select
+        if select not in values:
+            raise ValueError(f"{where}: no person with INDS value {select} (values on the body: "
+                             f"{values.tolist()})")
+        k = int(np.flatnonzero(values == select)[0])
     else:
-        areas = np.array([(inds == k).sum() for k in ids])
-        centers = np.array([np.argwhere(inds == k).mean(0) for k in ids])
-        chosen = ids[selection.choose(select, areas=areas, centers=centers, image_hw=inds.shape)]
-    return np.where((inds == chosen)[..., None], iuv, 0).astype(np.uint8)
+        areas = masks.reshape(len(values), -1).sum(-1)
+        centers = np.array([np.argwhere(m).mean(0) for m in masks])
+        k = selection.choose(select, areas=areas, centers=centers, image_hw=inds.shape,
+                             scores=values.astype(np.float64))
+    return np.where(masks[k][..., None], iuv, 0).astype(np.uint8)
 
 
 def read_iuv_png(iuv_path: str | os.PathLike, inds_path: str | os.PathLike | None = None,

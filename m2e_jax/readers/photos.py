@@ -127,8 +127,7 @@ def _load_iuv(ref: ImageRef, h: int, w: int, select: selection.Select) -> np.nda
     where = ref.iuv.describe()
     if ref.iuv.png is not None:
         try:
-            # PNG outputs carry no scores: "score" falls back to the largest person
-            iuv = iuv_png.read_iuv_png(ref.iuv.png, ref.iuv.inds, "largest" if select == "score" else select)
+            iuv = iuv_png.read_iuv_png(ref.iuv.png, ref.iuv.inds, select)
         except images.ReadError as e:
             raise RecordError(ref.iuv.png, str(e).removeprefix(f"{ref.iuv.png}: ")) from None
         if iuv.shape[:2] != (h, w):

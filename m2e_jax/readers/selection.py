@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# "score" needs detection scores (dumps only); the PNG reader knows only masks.
+# "score": the highest detection score (a dump's scores; a Detectron INDS value is the score rank).
 SELECT_MODES = ("score", "largest", "central")
 Select = str | int
 
@@ -35,7 +35,7 @@ def choose(select: Select, *, areas: np.ndarray, centers: np.ndarray, image_hw: 
         return select
     if select == "score":
         if scores is None:
-            raise ValueError("select='score' needs detection scores (only dumps have them)")
+            raise ValueError("select='score' needs detection scores")
         return int(np.argmax(scores))
     if select == "largest":
         return int(np.argmax(areas))
