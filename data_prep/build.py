@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num_unpaired", type=int, default=None, help="unpaired draws per split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--select", type=_select, default="largest",
-                   help="person to keep: largest | central | score (top detection) | instance number (INDS value or dump index)")
+                   help="person to keep: largest | central | score (top detection) | a number "
+                        "(INDS value or dump detection index)")
     p.add_argument("--garment_kind", choices=("upper", "lower"), default=None)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--overwrite", action="store_true")

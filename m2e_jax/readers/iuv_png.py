@@ -23,7 +23,8 @@ def people(iuv: np.ndarray, inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     masks bool `[n, H, W]` (I > 0 and INDS == value)."""
     fg = iuv[..., 0] > 0
     values = np.unique(inds[fg])
-    return values, np.stack([fg & (inds == v) for v in values]) if values.size else np.zeros((0,) + fg.shape, bool)
+    masks = [fg & (inds == v) for v in values]
+    return values, np.stack(masks) if masks else np.zeros((0, *fg.shape), bool)
 
 
 def keep_instance(iuv: np.ndarray, inds: np.ndarray, select: selection.Select = "largest",
