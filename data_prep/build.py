@@ -10,6 +10,7 @@ Where apache-beam is installed, `tfds build data_prep/m2e_dataset --manual_dir D
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -81,9 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         path = build(a.dataset, a.manual_dir, a.data_dir, a.height, a.width, strict=a.strict,
                      num_unpaired=a.num_unpaired, seed=a.seed, select=a.select, garment_kind=a.garment_kind,
                      workers=a.workers, overwrite=a.overwrite)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
+    report = os.path.join(path, "build_report.json")
+    if os.path.isfile(report):
+        with open(report) as f:
+            for note in json.load(f)["counts"].get("notes", []):
+                print(f"note: {note}")
     print(f"built {path}; report: {os.path.join(path, 'build_report.txt')}")
     return 0
 

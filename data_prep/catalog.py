@@ -43,3 +43,4 @@ class SplitCatalog:
     images: dict[str, ImageRef] = dataclasses.field(default_factory=dict)
     examples: list[ExampleRef] = dataclasses.field(default_factory=list)
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)  # how the reader read the layout, said once

@@ -39,7 +39,6 @@ from m2e_jax import data_schema, densepose, preprocess, xla_flags
 from m2e_jax.models import tryon as tryon_lib
 from m2e_jax.readers import detectron2_dump, images, iuv_png
 from m2e_jax.readers.photos import DumpIndex, ImageRef, IuvRef, Photo, RecordError, check_person, load_photo
-from m2e_jax.readers.photos import stem as photo_stem
 
 GENERATORS = tryon_lib.STAGES  # ("pan", "trn", "ftn")
 STAGE_FILES = {"warped": "warp", "aligned": "pan", "refined": "trn", "output": "ftn"}
@@ -192,10 +191,9 @@ def photo_ref(image: str, iuv: str | None = None, parse: str | None = None, role
             index = DumpIndex(iuv)
         except detectron2_dump.DumpError as e:
             raise InferError(str(e)) from None
-        ref = index.ref(os.path.basename(image))
-        if ref is None:
-            why = "twice" if photo_stem(image) in index.ambiguous else "no entry"
-            raise InferError(f"{iuv}: {why} for {os.path.basename(image)} in this dump")
+        ref = index.ref(image)
+        if ref is None or ref.problem:
+            raise InferError(f"{iuv}: {ref.problem if ref else 'no entry'} for {os.path.basename(image)}")
     if parse is None and os.path.isfile(stem + "_parse.png"):
         parse = stem + "_parse.png"
     return ImageRef(name=os.path.basename(stem), image=image, item="", iuv=ref, parse=parse)

@@ -10,9 +10,7 @@ so an interrupted build never looks complete.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from data_prep import assemble, validate
 from data_prep.catalog import Problem, SplitCatalog
+from data_prep.pool import parallel_map
 from data_prep.readers import deepfashion, folder, mvc
 from m2e_jax import data_schema
 from m2e_jax.readers import photos
@@ -89,17 +88,6 @@ def _paired_count(cats: dict[str, SplitCatalog]) -> int:
     return max((sum(e.paired for e in c.examples) for c in cats.values()), default=0)
 
 
-def parallel_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """map(fn, items) in order, over `workers` spawned processes (0 or 1: in this process)."""
-    items = list(items)
-    if workers <= 1 or len(items) < 2:
-        yield from map(fn, items)
-        return
-    # spawn, not fork: the parent may have started JAX/TF threads
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(fn, items, chunksize=max(1, min(32, len(items) // (4 * workers))))
-
-
 @dataclasses.dataclass(frozen=True)
 class _Validate:
     select: Any
@@ -158,6 +146,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         root = Path(dl_manager.manual_dir)
         cats = read_catalog(cfg.source, root, opts)
         problems: list[Problem] = []
+        self._notes.extend(n for cat in cats.values() for n in cat.notes)
         for split, cat in cats.items():
             for p in cat.problems:
                 problems.append(Problem(p.file, p.reason, split))
@@ -209,9 +198,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             yield ex.key, rec
         self._counts[split] = n
 
+    def _recorded_options(self) -> dict:
+        # the worker count changes how, not what, is built: the report of a parallel build equals
+        # the serial one's byte for byte
+        opts = dataclasses.asdict(self.options)
+        opts.pop("workers")
+        return opts
+
     def _download_and_prepare(self, dl_manager, download_config):
-        self._problems, self._counts = [], {}
+        self._problems, self._counts, self._notes = [], {}, []
         super()._download_and_prepare(dl_manager, download_config)
         # self.data_dir is still TFDS's temporary folder here: the report moves with the dataset
         validate.write_report(os.fspath(self.data_dir), self._problems,
-                              {"examples": self._counts, "options": dataclasses.asdict(self.options)})
+                              {"examples": self._counts, "options": self._recorded_options(),
+                               "notes": self._notes})

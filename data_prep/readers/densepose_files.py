@@ -3,6 +3,7 @@ tree, or its entry in a detectron2 dump."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.catalog import Problem
@@ -39,14 +40,21 @@ def find_dump(*dirs: Path) -> Path | None:
     return None
 
 
-def iuv_ref(image: Path, mirror: Path | None = None, rel: Path | None = None,
-            dump: DumpIndex | None = None) -> IuvRef | None:
-    """DensePose for `image`: `STEM_IUV.png` beside it, else `mirror/rel.parent/STEM_IUV.png`, else the
-    dump entry; None when there is none."""
-    candidates = [image.with_name(image.stem + "_IUV.png")]
-    if mirror is not None and rel is not None:
-        candidates.append(mirror / rel.parent / (image.stem + "_IUV.png"))
-    for c in candidates:
-        if c.is_file():
-            return IuvRef(png=str(c), inds=iuv_png.inds_path_for(c))
-    return dump.ref(image.name) if dump is not None else None
+def iuv_refs(photos: Sequence[tuple[Path, Path | None]], mirror: Path | None = None,
+             dump: DumpIndex | None = None) -> list[IuvRef | None]:
+    """DensePose for each photo, given as (path, path relative to the dataset folder or None):
+    `STEM_IUV.png` beside it, else `mirror/rel.parent/STEM_IUV.png`, else its dump entry (matched by
+    path, see DumpIndex); None when there is none. Photos are matched to the dump together, so a stem
+    two photos share is never given to either by stem alone."""
+    out: list[IuvRef | None] = []
+    for image, rel in photos:
+        candidates = [image.with_name(image.stem + "_IUV.png")]
+        if mirror is not None and rel is not None:
+            candidates.append(mirror / rel.parent / (image.stem + "_IUV.png"))
+        png = next((c for c in candidates if c.is_file()), None)
+        out.append(IuvRef(png=str(png), inds=iuv_png.inds_path_for(png)) if png is not None else None)
+    if dump is not None:
+        need = [i for i, r in enumerate(out) if r is None]
+        for i, ref in zip(need, dump.refs([(str(photos[i][0]), photos[i][1]) for i in need])):
+            out[i] = ref
+    return out

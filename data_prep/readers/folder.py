@@ -44,23 +44,26 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str,
         return [(i + 2, {k: (v or "").strip() for k, v in row.items() if k}) for i, row in enumerate(reader)]
 
 
-def _scan_images(images_dir: Path, dump: photos.DumpIndex | None) -> dict[str, ImageRef]:
-    out = {}
+def _scan_images(images_dir: Path, root: Path, dump: photos.DumpIndex | None) -> dict[str, ImageRef]:
+    found: dict[str, Path] = {}
     for p in sorted(images_dir.iterdir()):
         if not (p.is_file() and dpf.is_photo(p)):
             continue
-        if p.stem in out:
+        if p.stem in found:
             raise ValueError(f"{p}: two photos named {p.stem!r} in {images_dir}")
+        found[p.stem] = p
+    iuvs = dpf.iuv_refs([(p, p.relative_to(root)) for p in found.values()], dump=dump)
+    out = {}
+    for (name, p), iuv in zip(found.items(), iuvs):
         parse = p.with_name(p.stem + "_parse.png")
-        out[p.stem] = ImageRef(p.stem, str(p), p.stem, dpf.iuv_ref(p, dump=dump),
-                               str(parse) if parse.is_file() else None)
+        out[name] = ImageRef(name, str(p), name, iuv, str(parse) if parse.is_file() else None)
     return out
 
 
 def _split_catalog(split: str, split_dir: Path, root: Path, default_kind: int, num_unpaired: int,
                    seed: int) -> SplitCatalog:
     dump, dump_problem = dpf.open_dump(split_dir, root)
-    cat = SplitCatalog(images=_scan_images(split_dir / "images", dump))
+    cat = SplitCatalog(images=_scan_images(split_dir / "images", root, dump))
     if dump_problem:
         cat.problems.append(dump_problem)
     pairs: list[tuple[str, str]] = []

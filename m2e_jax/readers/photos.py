@@ -8,8 +8,10 @@ pixels) and an optional parsing map has the same size and values 0..2.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,24 +29,85 @@ def stem(name: str) -> str:
     return root if ext.lower() in IMAGE_SUFFIXES else base
 
 
+def _parts(name: str) -> tuple[str, ...]:
+    return tuple(x for x in name.replace("\\", "/").split("/") if x not in ("", "."))
+
+
+def _common_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
+def _few(names: Sequence[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
 class DumpIndex:
-    """The entries of one dump file by photo stem; a stem seen twice is ambiguous and refused."""
+    """The entries of one detectron2 `apply_net.py dump` file, matched to photos by path.
+
+    A dump's `file_name` is the path as given to apply_net (the file, `os.path.join(dir, name)` for a
+    directory, or a glob match: relative to where it ran, or absolute). A photo matches the entry whose
+    path ends like the photo's over all of the shorter of the two (the entry's path, the photo's path
+    relative to the dataset folder; at least a folder and the name): `img/WOMEN/Dresses/id_1/01_1_front.jpg`
+    is `/data/inshop/img/WOMEN/Dresses/id_1/01_1_front.jpg`, not `.../id_2/01_1_front.jpg`. Failing
+    that, a photo takes the one entry with its file stem when no other entry or photo shares that
+    stem; otherwise its reference carries a one-line problem saying the stem is ambiguous.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self.entries: dict[str, detectron2_dump.DumpEntry] = {}
-        self.ambiguous: set[str] = set()
-        for e in detectron2_dump.load_dump(self.path):
-            s = stem(e.file_name)
-            if s in self.entries:
-                self.ambiguous.add(s)
-            self.entries[s] = e
+        self.entries = detectron2_dump.load_dump(self.path)
+        self._parts = [_parts(e.file_name) for e in self.entries]
+        self._by_stem: dict[str, list[int]] = {}
+        for k, e in enumerate(self.entries):
+            self._by_stem.setdefault(stem(e.file_name), []).append(k)
 
-    def ref(self, image_name: str) -> IuvRef | None:
-        s = stem(image_name)
-        if s in self.ambiguous or s not in self.entries:
-            return None
-        return IuvRef(dump=self.entries[s], dump_path=self.path)
+    def _path_hits(self, image: str, rel: str | None) -> list[int]:
+        photo = _parts(os.path.abspath(image))
+        within = _parts(rel) if rel is not None else photo
+        hits = []
+        for k in self._by_stem.get(stem(image), []):
+            need = min(len(self._parts[k]), len(within))
+            if need >= 2 and _common_tail(self._parts[k], photo) >= need:
+                hits.append(k)
+        return hits
+
+    def refs(self, photos: Sequence[tuple[str, str | None]]) -> list[IuvRef | None]:
+        """For photos given as (path, path relative to the dataset folder or None): each one's IuvRef,
+        None when the dump has no entry for it."""
+        photos = [(os.fspath(img), None if rel is None else os.fspath(rel)) for img, rel in photos]
+        hits = [self._path_hits(img, rel) for img, rel in photos]
+        claimed = {h[0] for h in hits if len(h) == 1}
+        asking = collections.Counter(stem(img) for (img, _), h in zip(photos, hits) if not h)
+        out: list[IuvRef | None] = []
+        for (img, rel), h in zip(photos, hits):
+            where = rel if rel is not None else img
+            if len(h) == 1:
+                out.append(IuvRef(dump=self.entries[h[0]], dump_path=self.path))
+                continue
+            if len(h) > 1:
+                out.append(IuvRef(dump_path=self.path, problem=f"{len(h)} entries have the path of {where} "
+                                  f"({_few([self.entries[k].file_name for k in h])})"))
+                continue
+            s = stem(img)
+            free = [k for k in self._by_stem.get(s, []) if k not in claimed]
+            if not free:
+                out.append(None)
+            elif len(free) == 1 and asking[s] == 1:
+                out.append(IuvRef(dump=self.entries[free[0]], dump_path=self.path))
+            else:
+                names = _few([self.entries[k].file_name for k in free])
+                out.append(IuvRef(dump_path=self.path, problem=(
+                    f"ambiguous stem {s!r}: {len(free)} entries ({names})"
+                    f" and {asking[s]} photo(s) have it, none matching {where} by path; run apply_net.py "
+                    "dump on this folder's paths or give the photos unique names")))
+        return out
+
+    def ref(self, image: str | os.PathLike) -> IuvRef | None:
+        """The IuvRef of one photo (matched by its absolute path, else its stem), or None."""
+        return self.refs([(os.fspath(image), None)])[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +118,7 @@ class IuvRef:
     inds: str | None = None
     dump: detectron2_dump.DumpEntry | None = None
     dump_path: str | None = None
+    problem: str | None = None  # why the dump's entry cannot be used (one line), e.g. an ambiguous stem
 
     def describe(self) -> str:
         return self.png if self.png else f"{self.dump_path} [{self.dump.file_name if self.dump else '?'}]"
@@ -125,6 +189,8 @@ def _load_iuv(ref: ImageRef, h: int, w: int, select: selection.Select) -> np.nda
         raise RecordError(ref.image, f"partner file missing: no DensePose output ({base}_IUV.png "
                                      "or a dump entry)")
     where = ref.iuv.describe()
+    if ref.iuv.problem is not None:
+        raise RecordError(ref.iuv.dump_path or where, ref.iuv.problem)
     if ref.iuv.png is not None:
         try:
             iuv = iuv_png.read_iuv_png(ref.iuv.png, ref.iuv.inds, select)

@@ -1,0 +1,55 @@
+"""The build's process-pool map: order kept, worker exceptions arrive as serially, a dead worker is an
+error (not a hang). The functions run in spawned workers, which import this module: it imports
+m2e_jax (and so jax) only where an error is raised, to keep the workers' start short."""
+
+import os
+import signal
+
+import pytest
+
+from data_prep import pool
+
+
+def _raise_record_error(x):
+    if x == 2:
+        from m2e_jax.readers import photos
+
+        raise photos.RecordError("x.png", "broken")
+    return x * 10
+
+
+class _Odd(Exception):
+    def __init__(self, a, b):  # not rebuildable from its args: pickles but does not unpickle
+        super().__init__(f"odd {a}")
+
+
+def _raise_unpicklable(x):
+    if x == 2:
+        raise _Odd(x, object)
+    return x
+
+
+def _die(x):
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def test_order_kept_and_record_errors_arrive_unchanged():
+    from m2e_jax.readers import photos
+
+    assert list(pool.parallel_map(_raise_record_error, [1, 3, 4, 5, 6], 2)) == [10, 30, 40, 50, 60]
+    for workers in (0, 2):
+        with pytest.raises(photos.RecordError, match="x.png: broken") as info:
+            list(pool.parallel_map(_raise_record_error, [1, 2, 3], workers))
+        assert (info.value.file, info.value.reason) == ("x.png", "broken")
+
+
+def test_unpicklable_exception_and_dead_worker_end_in_one_line():
+    with pytest.raises(_Odd, match="odd 2"):
+        list(pool.parallel_map(_raise_unpicklable, [1, 2, 3], 0))
+    with pytest.raises(RuntimeError, match="^_Odd: odd 2$"):
+        list(pool.parallel_map(_raise_unpicklable, [1, 2, 3], 2))
+    with pytest.raises(pool.WorkerDied, match="died") as info:
+        list(pool.parallel_map(_die, [1, 2, 3, 4], 2))
+    assert "\n" not in str(info.value)
