@@ -50,8 +50,9 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 ROLES = ("model", "person")
 STAGES = {"warp": "warped", "PAN": "aligned", "TRN": "refined", "FTN": "output"}
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# The exceptions infer.main reports as one line; anything else is a bug, reported as one line too.
-_USER_ERRORS = (infer.InferError, images.ReadError, detectron2_dump.DumpError, ValueError)
+# What infer reports as the user's problem (one line); anything else is a bug, answered with one line
+# too while the server keeps serving (and its traceback logged on the server's stderr).
+_USER_ERRORS = (infer.InferError, images.ReadError, detectron2_dump.DumpError, photos.RecordError)
 
 
 class DemoError(Exception):
@@ -131,10 +132,9 @@ def test_photo(source: Any, index: int, role: str) -> photos.Photo:
     """Test example `index`'s model or person side as a Photo; its garment mask becomes the parsing
     map of the example's garment kind (what make_example turns back into the mask)."""
     ex = source[index]
-    side = "model" if role == "model" else "person"
     kind = int(np.asarray(ex["garment_kind"]))
-    parse = (np.asarray(ex[f"{side}_mask"])[..., 0] > 0).astype(np.uint8) * np.uint8(kind + 1)
-    return photos.Photo(np.asarray(ex[f"{side}_image"]), np.asarray(ex[f"{side}_iuv"]), parse)
+    parse = (np.asarray(ex[f"{role}_mask"])[..., 0] > 0).astype(np.uint8) * np.uint8(kind + 1)
+    return photos.Photo(np.asarray(ex[f"{role}_image"]), np.asarray(ex[f"{role}_iuv"]), parse)
 
 
 # ---------------------------------------------------------------- the try-on
@@ -219,9 +219,7 @@ class Demo:
                 result = run_tryon(self.net, photos["model"], photos["person"], self.garment_kind,
                                    bool(request.get("stages")))
                 network_ms = (time.perf_counter() - t0) * 1e3
-        except DemoError as e:
-            return {"error": one_line(e)}
-        except _USER_ERRORS as e:
+        except (DemoError, *_USER_ERRORS) as e:
             return {"error": one_line(e)}
         reply: dict[str, Any] = {
             "result": data_url(result["result"]), "size": list(result["result"].shape[1::-1]),
@@ -277,7 +275,7 @@ _TEST_IMAGE = re.compile(r"^/api/test/(\d{1,7})/(model|person)\.png$")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """GET / (the page), GET /api/info, GET /api/test/<i>/<model|person>.png, POST /api/tryon."""
+    """GET / (the page), GET /api/test/<i>/<model|person>.png, POST /api/tryon."""
 
     server_version = "m2e_jax.demo"
     demo: Demo  # set on the subclass make_server creates
@@ -305,8 +303,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if path in ("/", "/index.html"):
                 return self._send(200, page(self.demo.info()).encode(), "text/html; charset=utf-8")
-            if path == "/api/info":
-                return self._json(200, self.demo.info())
             m = _TEST_IMAGE.match(path)
             if m:
                 return self._send(200, self.demo.test_image(int(m.group(1)), m.group(2)), "image/png")
