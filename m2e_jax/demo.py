@@ -113,11 +113,10 @@ def read_uploaded_photo(role: str, photo: Upload | None, iuv: Upload | None, par
             if iuv.data.startswith(_PNG_MAGIC):
                 ref = photos.IuvRef(png=iuv_path)
             else:
-                index = photos.DumpIndex(iuv_path)
-                ref = index.ref(photo.name)
-                if ref is None:
-                    why = "twice" if photos.stem(photo.name) in index.ambiguous else "no entry"
-                    raise DemoError(f"{iuv.name}: {why} for {photo.name} in this dump")
+                # matched on the upload's name (a string here, never opened), as infer.photo_ref does
+                ref = photos.DumpIndex(iuv_path).ref(photo.name)
+                if ref is None or ref.problem:
+                    raise DemoError(f"{iuv.name}: {ref.problem if ref else 'no entry'} for {photo.name}")
             parse_path = spool(parse, f"{role}_parse") if parse is not None else None
             return infer.read_photo(photos.ImageRef(name=role, image=image_path, item="", iuv=ref,
                                              parse=parse_path), select)

@@ -249,7 +249,7 @@ def test_bad_uploads_get_one_line_and_the_server_keeps_serving(served, tmp_path)
         "dump, no person": ({"photo": upload(photo), "densepose": upload(empty_dump)},
                             "dump.pkl [photos/"),
         "dump, other photo": ({"photo": upload(photo, "other.png"), "densepose": upload(person_dump)},
-                              "people.pkl: no entry for other.png in this dump"),
+                              "people.pkl: no entry for other.png"),
         "unreadable photo": ({"photo": upload(broken), "densepose": upload(iuv)},
                              "broken.png: unreadable image"),
         "not base64": ({"photo": {"name": "a.png", "data": "%%%"}},
