@@ -13,6 +13,7 @@ Set M2E_DEMO_SCREENSHOT=PATH to keep the browser's screenshot (docs/demo.png was
 """
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -326,3 +327,18 @@ def test_command_prints_its_address(served, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         err.close()
+
+
+def test_without_a_test_set_the_page_offers_uploads_and_says_why(served, tmp_path):
+    """A checkpoint whose dataset is not on this machine (a TFDS config, records elsewhere) still
+    serves uploads; picks get one line saying why there is no test set."""
+    from configs import deepfashion
+
+    cfg = deepfashion.get_config()
+    cfg.dataset.data_dir = str(tmp_path / "no_records_here")
+    source, note = demo.open_test_set(cfg)
+    assert source is None and note.startswith("test set unavailable (") and "\n" not in note
+    bare = dataclasses.replace(served["demo"], test_set=None, test_note=note)
+    reply = bare.answer({"model": {"pick": 0}, "person": {"pick": 0}})
+    assert reply == {"error": f"model pick 0: the test set has 0 photos ({note})"}
+    assert bare.info()["test_count"] == 0
