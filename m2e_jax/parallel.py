@@ -89,19 +89,25 @@ class DataParallel:
     def num_devices(self) -> int:
         return len(self.devices)
 
-    def compile(self, fn: Callable, donate_state: bool = True) -> Callable:
-        """fn(state, batch) -> outputs, per device -> the data-parallel function.
+    def compile(self, fn: Callable, donate_state: bool = True, num_replicated: int = 0) -> Callable:
+        """fn(state, batch, *replicated) -> outputs, per device -> the data-parallel function.
 
         `state` is in `put_state`'s layout, `batch` in `put_batch`'s; every output must be the same on
-        all devices (pmean'ed or psum'ed), and comes back in `put_state`'s layout: read it on the host
-        with `get_state`, or feed it back in as the next state.
+        all devices (pmean'ed, psum'ed or all_gather'ed), and comes back in `put_state`'s layout: read
+        it on the host with `get_state`, or feed it back in as the next state.
+
+        `num_replicated` further arguments (e.g. the perceptual loss's VGG weights, LPIPS weights) are
+        replicated in `put_state`'s layout and never donated. Passed as arguments they stay device
+        buffers put once by the caller; closed over, their tens of MB would be embedded in the
+        compiled program as constants, slowing compilation and doubling the memory.
         """
         donate = (0,) if donate_state else ()
         if self.mode == "pmap":
             return jax.pmap(fn, axis_name=AXIS, devices=self.local_devices, donate_argnums=donate)
         # check_vma=False gives pmap's semantics: with it on, the gradient of a replicated input is
         # already summed over devices by autodiff, and the step's own pmean would not average.
-        sharded = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)
+        in_specs = (P(), P(AXIS)) + (P(),) * num_replicated
+        sharded = jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
         return jax.jit(sharded, donate_argnums=donate)
 
     def put_state(self, tree: Any) -> Any:

@@ -32,17 +32,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from m2e_jax import checkpointing, config_validation, input_pipeline, losses, parallel, schedule
-from m2e_jax.metrics import image_metrics, tryon_and_baselines
-from m2e_jax.models.tryon import STAGES, build_discriminators, dummy_inputs, init_params, prepare_batch
-from m2e_jax.models.tryon import tryon_forward as _tryon_forward
-from m2e_jax.ops.uv_warp import uv_warp
+from m2e_jax import checkpointing, config_validation, input_pipeline, losses, parallel, schedule, scoring
+from m2e_jax.models import tryon as tryon_lib
+from m2e_jax.models.tryon import build_discriminators, dummy_inputs, init_params
 
 AXIS = parallel.AXIS
-GEN = STAGES  # ("pan", "trn", "ftn")
+GEN = tryon_lib.NETWORKS
 DISC = {"d_pan": "pan", "d_final": "final"}  # state key -> build_discriminators key
 # Trace counts per (kind, stage): a trace is a compilation; tests bound them.
 TRACES: collections.Counter = collections.Counter()
@@ -63,13 +60,8 @@ def compiled(kind: str, stage: int, par: parallel.DataParallel, config, vgg=None
     key = (kind, stage, par.mode, tuple(d.id for d in par.devices), config.to_json_best_effort(),
            vgg is None)
     if key not in _COMPILED:
-        if kind == "train" and vgg is not None:
-            _COMPILED[key] = _compile_with_weights(par, functools.partial(train_step, config=config,
-                                                                          stage=stage))
-        elif kind == "train":
-            _COMPILED[key] = par.compile(functools.partial(train_step, config=config, stage=stage))
-        else:
-            _COMPILED[key] = par.compile(functools.partial(eval_step, config=config), donate_state=False)
+        fn = functools.partial(train_step, config=config, stage=stage)
+        _COMPILED[key] = par.compile(fn, num_replicated=int(vgg is not None))
     if kind == "train" and vgg is not None:
         step = _COMPILED[key]
         wkey = (id(vgg), par.mode, tuple(d.id for d in par.devices))
@@ -78,21 +70,6 @@ def compiled(kind: str, stage: int, par: parallel.DataParallel, config, vgg=None
         weights = _DEVICE_WEIGHTS[wkey][1]
         return lambda state, batch: step(state, batch, weights)
     return _COMPILED[key]
-
-
-def _compile_with_weights(par: parallel.DataParallel, fn):
-    """par.compile for a per-device fn(state, batch, weights), weights replicated and not donated.
-
-    `weights` (the perceptual loss's VGG, a pytree) must be in `par.put_state`'s layout. Passed as an
-    argument it stays device buffers; closed over, its ~59 MB were embedded in the compiled program
-    as constants, which slowed compilation and doubled the memory.
-    """
-    if par.mode == "pmap":
-        return jax.pmap(fn, axis_name=AXIS, devices=par.local_devices, donate_argnums=(0,))
-    # check_vma=False for pmap's pmean semantics, as in parallel.DataParallel.compile.
-    sharded = jax.shard_map(fn, mesh=par.mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(),
-                            check_vma=False)
-    return jax.jit(sharded, donate_argnums=(0,))
 
 
 def stage_groups(stage: int, freeze_earlier: bool) -> tuple[tuple[str, ...], tuple[str, ...], str]:
@@ -139,21 +116,6 @@ def _init_state_cached(model_json: str, seed: int, ema: bool) -> dict:
     if ema:
         state["ema"] = {k: params[k] for k in GEN}
     return jax.tree.map(np.asarray, jax.device_get(state))
-
-
-def _inputs(batch: dict, model_cfg) -> dict:
-    """prepare_batch plus the (parameter-free, non-differentiated) UV warp W, V."""
-    inputs = prepare_batch(batch, model_cfg)
-    warped, valid = uv_warp(inputs["model_image"], inputs["model_iuv"], inputs["person_iuv"],
-                            tile_size=model_cfg.warp_tile, fill_iters=model_cfg.warp_fill_iters)
-    inputs["warped"] = jax.lax.stop_gradient(warped.astype(jnp.float32))
-    inputs["valid"] = jax.lax.stop_gradient(valid.astype(jnp.float32))
-    return inputs
-
-
-def tryon(params: dict, inputs: dict, model_cfg, upto: str = "ftn") -> dict:
-    """The generator pipeline on `_inputs` output (models.tryon.tryon_forward)."""
-    return _tryon_forward({k: params[k] for k in GEN[: GEN.index(upto) + 1]}, inputs, model_cfg, upto)
 
 
 def _disc(config, key: str, params, image, person_iuv):
@@ -217,14 +179,14 @@ def train_step(state: dict, batch: dict, vgg=None, *, config, stage: int) -> tup
     """
     TRACES[("train", stage)] += 1
     gens, discs, upto = stage_groups(stage, config.schedule.freeze_earlier)
-    inputs = _inputs(batch, config.model)
+    inputs = tryon_lib.network_inputs(batch, config.model)
     # Every device's batch comes from one stream, so its paired share is 0 or 1 (a batch weight).
     paired = jax.lax.pmean(jnp.mean(inputs["paired"]), AXIS)
     params = state["params"]
 
     def g_loss(trained):
         p = {**params, **trained}
-        out = tryon(p, inputs, config.model, upto)
+        out = tryon_lib.tryon_forward(p, inputs, config.model, upto)
         terms = generator_terms(config, p, out, inputs, paired, gens, vgg)
         return sum(terms.values()), (terms, out)
 
@@ -267,70 +229,13 @@ def train_step(state: dict, batch: dict, vgg=None, *, config, stage: int) -> tup
     return new_state, metrics
 
 
-# ---------------------------------------------------------------- evaluation
-
-def eval_step(gen_params: dict, batch: dict, *, config) -> dict:
-    """Per device: sums over the batch of SSIM / PSNR (whole and inside R_P) against ground truth.
-
-    batch holds a "weight" field ([B] float, 0 for padding). Returns {"paired/tryon/ssim": sum, ...,
-    "paired/count": n, ...} psum'ed over AXIS; divide by the counts for means.
-    """
-    TRACES[("eval", 0)] += 1
-    weight = batch["weight"]
-    inputs = _inputs({k: v for k, v in batch.items() if k != "weight"}, config.model)
-    out = tryon(gen_params, inputs, config.model, "ftn")
-    weight = weight * inputs["has_target"]
-    sums = {}
-    for subset, share in (("paired", inputs["paired"]), ("unpaired", 1.0 - inputs["paired"])):
-        w = weight * share
-        sums[f"{subset}/count"] = jnp.sum(w)
-        for method, pred in tryon_and_baselines(out, inputs).items():
-            for name, values in image_metrics(pred, inputs["target_image"], out["region"]).items():
-                sums[f"{subset}/{method}/{name}"] = jnp.sum(w * values)
-    return jax.lax.psum(sums, AXIS)
-
-
-def summarize_eval(sums: dict) -> dict[str, dict[str, dict[str, float]]]:
-    """{subset: {method: {metric: mean}}} from eval_step sums (subsets without examples dropped)."""
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    for key, value in sums.items():
-        parts = key.split("/")
-        if len(parts) != 3 or float(sums[f"{parts[0]}/count"]) == 0:
-            continue
-        subset, method, name = parts
-        mean = float(value) / float(sums[f"{subset}/count"])
-        table.setdefault(subset, {}).setdefault(method, {})[name] = mean
-    for subset in table:
-        table[subset]["count"] = {"examples": float(sums[f"{subset}/count"])}
-    return table
-
-
-def evaluate(par: parallel.DataParallel, eval_fn, gen_params_dev, source, config) -> dict:
-    totals: dict[str, float] = collections.defaultdict(float)
-    batches = input_pipeline.eval_batches(source, config.eval_batch_size, config.num_eval_examples,
-                                          jax.process_index(), jax.process_count())
-    for batch, weight in batches:
-        batch["weight"] = weight
-        sums = par.get_state(eval_fn(gen_params_dev, par.put_batch(batch)))
-        for k, v in sums.items():
-            totals[k] += float(v)
-    return summarize_eval(totals)
-
-
 # ---------------------------------------------------------------- images
-
-def make_forward(config):
-    """Jitted (gen_params, data_schema batch) -> tryon outputs, on one device (images, inference)."""
-    key = ("forward", config.model.to_json_best_effort())
-    if key not in _COMPILED:
-        _COMPILED[key] = jax.jit(lambda p, b: tryon(p, _inputs(b, config.model), config.model, "ftn"))
-    return _COMPILED[key]
-
 
 def image_grid(forward, gen_params: dict, examples: dict) -> np.ndarray:
     """uint8 [rows * H, 7 * W, 3]: per example M, P, warp W, PAN A, TRN T, FTN P', ground truth.
 
-    forward: `make_forward(config)`; gen_params host or device; examples a stacked uint8 batch.
+    forward: jitted models.tryon.forward (params, batch) -> outputs; gen_params host or device;
+    examples a stacked uint8 batch.
     """
     out = jax.device_get(forward(gen_params, examples))
     to_u8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
@@ -454,10 +359,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
         from m2e_jax.models.vgg import load_vgg
 
         vgg = load_vgg(config.loss.vgg)
-    eval_fn = compiled("eval", 0, par, config)
+    scorer = scoring.Scorer(config.model, par, lpips_net=config.eval_lpips_net)
     end = total if max_steps is None else min(total, start + max_steps)
     n_img = min(config.num_image_examples, len(test_source))
-    forward = make_forward(config)
+    model_cfg = ml_collections.FrozenConfigDict(config.model)
+    forward = jax.jit(functools.partial(tryon_lib.forward, model_cfg=model_cfg))
     image_examples = (input_pipeline.stack_examples([test_source[i] for i in range(n_img)])
                       if n_img else None)
 
@@ -506,10 +412,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
                     save(done)
                 if done % config.eval_every == 0 or last:
                     gen = state["ema"] if "ema" in state else {k: state["params"][k] for k in GEN}
-                    result = evaluate(par, eval_fn, gen, test_source, config)
-                    flat = {f"eval/{s}/{m}/{n}": v for s, ms in result.items() for m, ns in ms.items()
-                            for n, v in ns.items()}
-                    writer.write_scalars(done, flat)
+                    result = scorer.evaluate(gen, test_source, config.num_eval_examples,
+                                             config.eval_batch_size)
+                    writer.write_scalars(done, scoring.flat_scalars(result))
                     if lead:
                         os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
                         with open(os.path.join(workdir, "eval", f"step_{done:07d}.json"), "w") as f:

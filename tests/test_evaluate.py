@@ -83,16 +83,6 @@ def test_batch_size_does_not_change_the_table(setup):
                     np.testing.assert_allclose(v, setup["table"][subset][method][k], rtol=1e-4, atol=1e-6)
 
 
-def test_markdown_rows_are_methods_and_columns_metrics():
-    table = {"unpaired": {"count": 2, "count_with_target": 2,
-                          "tryon": {"ssim": 0.5, "psnr": 20.0}, "identity": {"ssim": 0.25, "psnr": 10.0}}}
-    md = evaluate.markdown(table, "synthetic / test (step 5)")
-    lines = md.splitlines()
-    assert lines[0] == "## synthetic / test (step 5)"
-    assert "| method | SSIM | PSNR |" in lines
-    assert "| M2E-TON (ours) | 0.5000 | 20.00 |" in lines and "| P unchanged | 0.2500 | 10.00 |" in lines
-
-
 def test_cli_writes_json_and_markdown(setup, capsys):
     root = setup["root"]
     rc = evaluate.main(["--workdir", str(root / "work"), "--split", "test", "--batch_size", "3",

@@ -51,6 +51,30 @@ def test_pmap_shard_map_and_one_device_agree():
 
 
 @pytest.mark.parametrize("mode", parallel.MODES)
+def test_replicated_arguments_are_kept_and_gathered_outputs_are_global(mode):
+    """compile(num_replicated=1): state donated and pmean'ed per device, the extra argument
+    replicated and not donated; an all_gather'ed output is the whole global batch, in order."""
+    par = parallel.DataParallel(mode, devices=jax.devices()[:2])
+
+    def fn(state, batch, weights):
+        g = jax.lax.pmean(jnp.mean(batch["x"]) * weights["w"], parallel.AXIS)
+        rows = jax.lax.all_gather(batch["x"] * weights["w"], parallel.AXIS, tiled=True)
+        return {"s": state["s"] + g}, {"g": g, "rows": rows}
+
+    step = par.compile(fn, num_replicated=1)
+    weights = par.put_state({"w": np.float32(3.0)})
+    state = par.put_state({"s": np.float32(1.0)})
+    batch = {"x": np.arange(4, dtype=np.float32)}
+    for _ in range(2):
+        state, metrics = step(state, par.put_batch(batch), weights)
+    host = par.get_state(metrics)
+    assert float(host["g"]) == 4.5  # mean(0..3) * 3
+    np.testing.assert_array_equal(host["rows"], 3.0 * batch["x"])
+    assert float(par.get_state(state)["s"]) == 10.0
+    assert float(par.get_state(weights)["w"]) == 3.0  # not donated: still readable
+
+
+@pytest.mark.parametrize("mode", parallel.MODES)
 def test_layouts(mode):
     par = parallel.DataParallel(mode)
     host = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.int32(3)}

@@ -5,7 +5,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -194,23 +193,3 @@ def test_vgg_is_an_argument_of_the_step(fixed_batch, data_dir):
     assert abs(a["ftn_perceptual"] - b["ftn_perceptual"]) > 1e-3 * a["ftn_perceptual"]
     np.testing.assert_allclose(a["ftn_l1"], b["ftn_l1"], rtol=1e-6)  # same networks, same output
     assert 0.0 < a["ftn_mask"] < 0.3
-
-
-@pytest.mark.parametrize("mode", parallel.MODES)
-def test_step_with_weights_replicates_them_in_both_modes(mode):
-    """_compile_with_weights: state donated and pmean'ed per device, weights replicated and kept."""
-    par = parallel.DataParallel(mode, devices=jax.devices()[:2])
-
-    def fn(state, batch, weights):
-        g = jax.lax.pmean(jnp.mean(batch["x"]) * weights["w"], parallel.AXIS)
-        return {"s": state["s"] + g}, {"g": g}
-
-    step = train._compile_with_weights(par, fn)
-    weights = par.put_state({"w": np.float32(3.0)})
-    state = par.put_state({"s": np.float32(1.0)})
-    batch = {"x": np.arange(4, dtype=np.float32)}
-    for _ in range(2):
-        state, metrics = step(state, par.put_batch(batch), weights)
-    assert float(par.get_state(metrics)["g"]) == 4.5  # mean(0..3) * 3
-    assert float(par.get_state(state)["s"]) == 10.0
-    assert float(par.get_state(weights)["w"]) == 3.0  # not donated: still readable

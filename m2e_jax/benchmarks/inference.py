@@ -1,7 +1,7 @@
 """Inference benchmark: `python -m m2e_jax.benchmarks.inference [--quick] [--json PATH]`.
 
-Times the jitted try-on forward pass that `train.make_forward` builds for image grids and the
-infer command (uint8 batch -> prepare_batch -> UV warp -> PAN -> TRN -> FTN): latency of one
+Times the jitted try-on forward pass `models.tryon.forward` that image grids, the infer command
+and evaluation run (uint8 batch -> prepare_batch -> UV warp -> PAN -> TRN -> FTN): latency of one
 try-on (batch 1) and throughput (try-ons/s) for larger batches, per size and compute dtype, with
 compile time and XLA's FLOPs per try-on. Random parameters (speed does not depend on training).
 """
@@ -9,6 +9,7 @@ compile time and XLA's FLOPs per try-on. Random parameters (speed does not depen
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Sequence
 
@@ -22,13 +23,16 @@ QUICK_SIZES, QUICK_BATCHES = "64x48", "1,4"
 
 
 def bench_one(config, repeats: int) -> dict:
-    from m2e_jax import train
-    from m2e_jax.models.tryon import init_params
+    import ml_collections
+
+    from m2e_jax.models import tryon
 
     h, w, b = config.model.height, config.model.width, config.batch_size
-    params = jax.device_put(init_params(config.model, jax.random.key(0)))
+    params = jax.device_put(tryon.init_params(config.model, jax.random.key(0)))
     batch = jax.device_put(paired_batch(h, w, b))
-    exe, compile_s = common.compile_timed(train.make_forward(config), params, batch)
+    model_cfg = ml_collections.FrozenConfigDict(config.model)
+    forward = jax.jit(functools.partial(tryon.forward, model_cfg=model_cfg))
+    exe, compile_s = common.compile_timed(forward, params, batch)
     ms = common.median_ms(lambda: exe(params, batch)["output"], repeats, warmup=1)
     flops = common.flops_of(exe)
     return {"size": f"{h}x{w}", "dtype": config.model.dtype, "batch": b, "compile_s": compile_s,

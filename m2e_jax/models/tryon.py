@@ -11,8 +11,13 @@ the pipeline pass `upto="pan"` / `"trn"` and only those subtrees are needed. One
 `TryOnNet(cfg).apply({"params": {"pan": p}}, ..., method=TryOnNet.run_pan)` (also `run_trn`,
 `run_ftn`), or the modules `PAN` / `TRN` / `FTN` directly.
 
-The warp W, V = uv_warp(M, I_M -> I_P) has no parameters; if `inputs` already holds `warped` and
-`valid` (e.g. computed once per batch outside the generator's gradient) they are used as given.
+The one forward pass every caller uses (training, image grids, infer, evaluate, the benchmarks):
+`forward(params, batch, model_cfg, upto)` on a data_schema batch, or its two halves
+`network_inputs(batch, model_cfg)` (prepare_batch + the UV warp) and `tryon_forward(params, inputs,
+model_cfg, upto)` when the caller also needs the inputs (the losses and scores read them).
+The warp W, V = uv_warp(M, I_M -> I_P) has no parameters: `network_inputs` computes it once per
+batch outside the generators' gradient (`coarse_warp`); TryOnNet computes it only when `inputs`
+lacks `warped` / `valid`.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from m2e_jax.models.discriminators import PatchDiscriminator
 from m2e_jax.models.ftn import FTN
 from m2e_jax.models.pan import PAN
 from m2e_jax.models.trn import TRN
+from m2e_jax.ops.uv_warp import uv_warp
 
-STAGES = ("pan", "trn", "ftn")
+# The three generators in pipeline order (also the keys of their parameter trees). The schedule's
+# stages 1..4 (schedule.py) are something else: which of these networks train when.
+NETWORKS = ("pan", "trn", "ftn")
 
 
 def image_to_float(x):
@@ -110,10 +118,7 @@ class TryOnNet(nn.Module):
     def warp(self, inputs) -> tuple[jax.Array, jax.Array]:
         if "warped" in inputs and "valid" in inputs:
             return inputs["warped"], inputs["valid"]
-        from m2e_jax.ops.uv_warp import uv_warp  # written concurrently; imported where used.
-
-        return uv_warp(inputs["model_image"], inputs["model_iuv"], inputs["person_iuv"],
-                       tile_size=self.model_cfg.warp_tile, fill_iters=self.model_cfg.warp_fill_iters)
+        return coarse_warp(inputs, self.model_cfg)
 
     def run_pan(self, inputs, warped, valid):
         return self.pan(inputs["model_image"], inputs["model_iuv"], inputs["person_iuv"], warped, valid)
@@ -131,8 +136,6 @@ class TryOnNet(nn.Module):
         """
         if not self.model_cfg.get("parse_region", False):
             return inputs["region"]
-        from m2e_jax.ops.uv_warp import uv_warp
-
         g, _ = uv_warp(inputs["model_mask"], inputs["model_iuv"], inputs["person_iuv"],
                        tile_size=self.model_cfg.warp_tile, fill_iters=self.model_cfg.warp_fill_iters)
         g = jax.lax.stop_gradient(jnp.clip(g.astype(jnp.float32), 0.0, 1.0) * valid)
@@ -149,8 +152,8 @@ class TryOnNet(nn.Module):
         return {"output": output} if mask is None else {"output": output, "ftn_mask": mask}
 
     def __call__(self, inputs, upto: str = "ftn"):
-        if upto not in STAGES:
-            raise ValueError(f"TryOnNet: upto must be one of {STAGES}, got {upto!r}")
+        if upto not in NETWORKS:
+            raise ValueError(f"TryOnNet: upto must be one of {NETWORKS}, got {upto!r}")
         check_image_size(self.model_cfg, *inputs["person_image"].shape[1:3])
         warped, valid = self.warp(inputs)
         warped = warped.astype(jnp.float32)
@@ -166,6 +169,35 @@ class TryOnNet(nn.Module):
         out["ftn_region"] = self.replace_region(inputs, valid)
         out.update(self.run_ftn(inputs, out["refined"], out["ftn_region"]))
         return out
+
+
+def coarse_warp(inputs: dict[str, jax.Array], model_cfg) -> tuple[jax.Array, jax.Array]:
+    """The UV warp of M into P's pose: W `[B, H, W, 3]` in [-1, 1] and V `[B, H, W, 1]` in {0, 1}, float32.
+
+    Parameter-free, so no gradient is taken through it (stop_gradient keeps XLA from building one).
+    """
+    warped, valid = uv_warp(inputs["model_image"], inputs["model_iuv"], inputs["person_iuv"],
+                            tile_size=model_cfg.warp_tile, fill_iters=model_cfg.warp_fill_iters)
+    return (jax.lax.stop_gradient(warped.astype(jnp.float32)),
+            jax.lax.stop_gradient(valid.astype(jnp.float32)))
+
+
+def network_inputs(batch: dict[str, Any], model_cfg) -> dict[str, jax.Array]:
+    """prepare_batch output plus the coarse warp `warped` W and `valid` V (jit-friendly)."""
+    inputs = prepare_batch(batch, model_cfg)
+    inputs["warped"], inputs["valid"] = coarse_warp(inputs, model_cfg)
+    return inputs
+
+
+def forward(params: dict[str, Any], batch: dict[str, Any], model_cfg,
+            upto: str = "ftn") -> dict[str, jax.Array]:
+    """data_schema batch (uint8 `[B, ...]`) -> TryOnNet outputs; the forward pass of every caller.
+
+    Pure and jit-friendly: callers jit it themselves (`jax.jit(forward, static_argnames=
+    ("model_cfg", "upto"))` with a FrozenConfigDict, so jax's cache shares one compilation per
+    config and batch shape).
+    """
+    return tryon_forward(params, network_inputs(batch, model_cfg), model_cfg, upto)
 
 
 def make_tryon(model_cfg) -> TryOnNet:
@@ -195,7 +227,7 @@ def tryon_forward(params: dict[str, Any], inputs: dict[str, jax.Array], model_cf
 
     Only the networks up to `upto` need parameters.
     """
-    needed = STAGES[: STAGES.index(upto) + 1] if upto in STAGES else STAGES
+    needed = NETWORKS[: NETWORKS.index(upto) + 1] if upto in NETWORKS else NETWORKS
     missing = [k for k in needed if k not in params]
     if missing:
         raise ValueError(f"tryon_forward(upto={upto!r}): no parameters for {missing}")
