@@ -6,6 +6,7 @@ Detectron's flipped one) and masks, so the TFDS Image feature needs no TensorFlo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -66,3 +67,21 @@ def example_arrays(ex: ExampleRef, refs: dict[str, ImageRef], height: int, width
 def encode_record(arrays: dict[str, np.ndarray | str]) -> dict:
     """example_arrays output -> a TFDS feature dict (PNG bytes for every image-like field)."""
     return {k: png_bytes(v) if isinstance(v, np.ndarray) and v.ndim == 3 else v for k, v in arrays.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordMaker:
+    """example_arrays + encode_record at the dataset size, as a picklable callable for the build's worker
+    pool: (example, {name: ImageRef}) -> (example, feature dict or the RecordError that stopped it)."""
+
+    height: int
+    width: int
+    select: selection.Select
+
+    def __call__(self, job: tuple[ExampleRef, dict[str, ImageRef]]
+                 ) -> tuple[ExampleRef, dict | photos.RecordError]:
+        ex, refs = job
+        try:
+            return ex, encode_record(example_arrays(ex, refs, self.height, self.width, self.select))
+        except photos.RecordError as e:
+            return ex, e

@@ -3,8 +3,8 @@
     python -m data_prep.build --dataset folder --manual_dir DIR --data_dir DIR --height 256 --width 192 \
         [--strict] [--num_unpaired N] [--seed S] [--workers W]
 
-Where apache-beam is installed, `tfds build data_prep/m2e_dataset --manual_dir DIR --config folder_256x192`
-(from the repo root, with it on PYTHONPATH) builds the same records.
+`tfds build data_prep/m2e_dataset --manual_dir DIR --data_dir DIR --config folder_256x192` builds the
+same records where the tfds command line's extra needs are installed (requirements-tfds-build.txt).
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
     config_arg = config.name if config.name in mb.Builder.builder_configs else config
     options = mb.BuildOptions(strict=strict, num_unpaired=num_unpaired, seed=seed, select=select,
                               garment_kind=garment_kind, workers=workers, test_fraction=test_fraction)
-    builder = mb.Builder(config=config_arg, data_dir=os.fspath(Path(data_dir).expanduser()), options=options,
-                         file_format="array_record")
+    builder = mb.Builder(config=config_arg, data_dir=os.fspath(Path(data_dir).expanduser()), options=options)
     mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else \
         tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(

@@ -25,6 +25,19 @@ def validate_photo(ref: ImageRef, select: selection.Select = "largest", need_iuv
         return e
 
 
+@dataclasses.dataclass(frozen=True)
+class PhotoCheck:
+    """validate_photo with the build's options, as a picklable callable for the build's worker pool
+    (a module of data_prep, so workers import it by this name however the builder was loaded)."""
+
+    select: selection.Select
+    min_person_fraction: float
+
+    def __call__(self, job: tuple[ImageRef, bool]) -> tuple[int, int] | RecordError:
+        ref, need_iuv = job
+        return validate_photo(ref, self.select, need_iuv, self.min_person_fraction)
+
+
 def write_report(directory: str | os.PathLike, problems: Sequence[Problem], counts: dict) -> str:
     """Writes `build_report.json` and `build_report.txt` (one `split: file: reason` line each)."""
     os.makedirs(directory, exist_ok=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -23,7 +22,6 @@ from data_prep.pool import parallel_map
 from data_prep.readers import deepfashion, folder, mvc
 from m2e_jax import data_schema
 from m2e_jax.readers import photos
-from m2e_jax.readers.photos import ImageRef
 
 SOURCES = ("synthetic", "deepfashion", "mvc", "folder")
 DEFAULT_SIZES = ((256, 192), (128, 96), (64, 48))
@@ -88,31 +86,6 @@ def _paired_count(cats: dict[str, SplitCatalog]) -> int:
     return max((sum(e.paired for e in c.examples) for c in cats.values()), default=0)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Validate:
-    select: Any
-    min_person_fraction: float
-
-    def __call__(self, job: tuple[ImageRef, bool]):
-        ref, need_iuv = job
-        return validate.validate_photo(ref, self.select, need_iuv, self.min_person_fraction)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Assemble:
-    height: int
-    width: int
-    select: Any
-
-    def __call__(self, job):
-        ex, refs = job
-        try:
-            return ex, assemble.encode_record(assemble.example_arrays(ex, refs, self.height, self.width,
-                                                                      self.select))
-        except photos.RecordError as e:
-            return ex, e
-
-
 class Builder(tfds.core.GeneratorBasedBuilder):
     """M2E-TON try-on examples (data_schema fields, ids and letterbox transforms)."""
 
@@ -127,6 +100,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def __init__(self, *, options: BuildOptions | None = None, **kwargs):
         self.options = options or BuildOptions()
+        # array_record, the random-access format the trainer reads, also under `tfds build` (whose
+        # own default is TFRecord) unless --file_format says otherwise
+        kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -174,7 +150,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 jobs.append((cat.images[name], name not in targets_only))
                 owners.append((split, name))
         bad: dict[str, set[str]] = {s: set() for s in cats}
-        fn = _Validate(self.options.select, self.options.min_person_fraction)
+        fn = validate.PhotoCheck(self.options.select, self.options.min_person_fraction)
         for (split, name), result in zip(owners, parallel_map(fn, jobs, self.options.workers)):
             if isinstance(result, photos.RecordError):
                 if self.options.strict:
@@ -186,7 +162,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, cat: SplitCatalog, examples):
         cfg = self.builder_config
         jobs = [(e, {n: cat.images[n] for n in (e.model, e.person, e.target) if n}) for e in examples]
-        fn = _Assemble(cfg.height, cfg.width, self.options.select)
+        fn = assemble.RecordMaker(cfg.height, cfg.width, self.options.select)
         n = 0
         for ex, rec in parallel_map(fn, jobs, self.options.workers):
             if isinstance(rec, photos.RecordError):
