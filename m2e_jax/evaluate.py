@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from m2e_jax import infer, input_pipeline, metrics, scoring, xla_flags
+from m2e_jax import checkpointing, infer, input_pipeline, metrics, scoring, xla_flags
 
 Features = scoring.Features
 
@@ -114,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--workdir", help="training workdir (its latest checkpoint, or --step)")
     src.add_argument("--checkpoint", help="a checkpoint folder: WORKDIR/checkpoints[/<step>]")
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--no_fallback", action="store_true",
+                   help="refuse when the newest checkpoint is damaged instead of using an older one")
     p.add_argument("--config", default=None, help="configs/NAME.py[:ARG] instead of the saved config")
     p.add_argument("--split", default="test")
     p.add_argument("--data_dir", default=None, help="override config.dataset.data_dir")
@@ -131,24 +133,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     xla_flags.configure(args.cpu_convolutions)  # before the first JAX computation
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
-        step_dir = infer.find_checkpoint(args.workdir, args.checkpoint, args.step)
+        located = checkpointing.find_step(args.workdir, args.checkpoint, args.step)
         override = infer.load_config_file(args.config) if args.config else None
-        config, params = infer.load_generator(step_dir, override)
+        config, params, step_dir = checkpointing.load_generators(
+            located, override, not args.no_fallback,
+            lambda m: print(f"m2e_jax.evaluate: warning: {' '.join(m.split())}", file=sys.stderr))
         if args.data_dir:
             config.dataset.data_dir = args.data_dir
         features = load_feature_extractor(args.inception_weights) if args.inception_weights else None
         table = evaluate(config, params, args.split, args.num_examples, args.batch_size, args.lpips_net,
                          features)
-    except (infer.InferError, EvalError) as e:
+    except (infer.InferError, checkpointing.CheckpointError, EvalError) as e:
         print(f"m2e_jax.evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    step = os.path.basename(os.path.normpath(step_dir))
-    workdir = os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
-    out_dir = args.output_dir or os.path.join(workdir, "eval")
+    step = os.path.basename(step_dir)
+    out_dir = args.output_dir or os.path.join(located.workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     name = config.dataset.get("name", "dataset")
     meta = {"dataset": name, "split": args.split, "step": int(step) if step.isdigit() else step,
-            "checkpoint": os.path.abspath(step_dir), "lpips_net": args.lpips_net,
+            "checkpoint": step_dir, "lpips_net": args.lpips_net,
             "inception_weights": args.inception_weights, "metrics": table}
     base = os.path.join(out_dir, f"metrics_{args.split}_step{step}")
     _write_text(base + ".json", json.dumps(meta, indent=2) + "\n")

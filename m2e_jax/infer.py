@@ -8,7 +8,8 @@ DensePose for each photo: `NAME_IUV.png` beside it (Detectron, OpenCV channel or
 picks one person) unless `--*_iuv` names a PNG or a detectron2 `apply_net.py dump` file. An optional
 `NAME_parse.png` (0 other, 1 upper, 2 lower garment) beside a photo is used as its garment mask, as
 in training. The config saved with the checkpoint rebuilds the networks; only the generator
-parameters (the EMA copy when training kept one) are read from it.
+parameters (the EMA copy when training kept one) are read from it (m2e_jax.checkpointing: the newest
+complete checkpoint that verifies; a damaged newer one is named on stderr, `--no_fallback` refuses).
 
 Photos of any size are letterboxed to the network's size (preprocess.fit), and the result is pasted
 back into the full-resolution person photo (preprocess.paste_back): outside the garment region the
@@ -24,24 +25,21 @@ import csv
 import dataclasses
 import functools
 import importlib.util
-import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from m2e_jax import data_schema, densepose, preprocess, xla_flags
+from m2e_jax import checkpointing, data_schema, densepose, preprocess, xla_flags
 from m2e_jax.models import tryon as tryon_lib
 from m2e_jax.readers import detectron2_dump, images, iuv_png
 from m2e_jax.readers.photos import DumpIndex, ImageRef, IuvRef, Photo, RecordError, check_person, load_photo
 
-GENERATORS = tryon_lib.NETWORKS
 STAGE_FILES = {"warped": "warp", "aligned": "pan", "refined": "trn", "output": "ftn"}
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,33 +48,7 @@ class InferError(Exception):
     """A problem with the user's inputs or checkpoint; the message is one line naming the file."""
 
 
-# ---------------------------------------------------------------- checkpoint and config
-
-def find_checkpoint(workdir: str | None = None, checkpoint: str | None = None,
-                    step: int | None = None) -> str:
-    """The step directory to restore: `checkpoint` itself (a `.../checkpoints/<step>` folder, or a
-    checkpoints folder whose latest step is used), or `workdir/checkpoints/<step or latest>`."""
-    if (workdir is None) == (checkpoint is None):
-        raise InferError("give exactly one of --workdir and --checkpoint")
-    path = checkpoint if checkpoint is not None else os.path.join(workdir, "checkpoints")
-    flag = "--checkpoint" if checkpoint is not None else "--workdir"
-    if not os.path.isdir(path):
-        raise InferError(f"{flag} {path}: no such checkpoint directory")
-    if _is_step_dir(path):
-        return path
-    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit() and _is_step_dir(os.path.join(path, d)))
-    if not steps:
-        raise InferError(f"{flag} {path}: no checkpoint found (expected <step>/state written by training)")
-    if step is not None:
-        if step not in steps:
-            raise InferError(f"{flag} {path}: no checkpoint at step {step} (have {steps})")
-        return os.path.join(path, str(step))
-    return os.path.join(path, str(steps[-1]))
-
-
-def _is_step_dir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "state"))
-
+# ---------------------------------------------------------------- config
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """`configs/NAME.py[:ARG]` -> its get_config(ARG) (as `--config` of the training command)."""
@@ -92,84 +64,6 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         return module.get_config(arg or None)
     except Exception as e:  # a user file: report, do not trace back
         raise InferError(f"--config {spec}: {type(e).__name__}: {e}") from None
-
-
-def saved_config(step_dir: str) -> ml_collections.ConfigDict:
-    """The resolved config saved beside the checkpoint (else the workdir's config.json)."""
-    candidates = [os.path.join(step_dir, "config", "metadata"),
-                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(step_dir))), "config.json")]
-    for path in candidates:
-        if os.path.isfile(path):
-            try:
-                with open(path) as f:
-                    return ml_collections.ConfigDict(json.load(f))
-            except (OSError, ValueError) as e:
-                raise InferError(f"{path}: unreadable saved config ({e})") from None
-    raise InferError(f"{step_dir}: no config saved with this checkpoint; pass --config configs/NAME.py")
-
-
-def _checkpoint_tree(state_dir: str) -> dict:
-    import orbax.checkpoint as ocp
-
-    try:
-        meta = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
-    except Exception as e:  # orbax raises many types for unreadable folders
-        raise InferError(f"{state_dir}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    return dict(meta.tree if hasattr(meta, "tree") else meta)
-
-
-def generator_shapes(model_cfg) -> dict:
-    """ShapeDtypeStructs of the generator parameters `{"pan", "trn", "ftn"}` for `model_cfg`."""
-    net = tryon_lib.make_tryon(model_cfg)
-    inputs = tryon_lib.dummy_inputs(model_cfg)
-    return jax.eval_shape(net.init, jax.random.key(0), inputs)["params"]
-
-
-def _first_mismatch(want: dict, have: Any, where: str) -> str | None:
-    """A one-line description of the first difference between two parameter trees, else None."""
-    flat_want = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(want)}
-    flat_have = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(have)}
-    missing = sorted(set(flat_want) - set(flat_have))
-    if missing:
-        return f"{where}{missing[0]} is missing from the checkpoint ({len(missing)} parameters missing)"
-    extra = sorted(set(flat_have) - set(flat_want))
-    if extra:
-        return f"{where}{extra[0]} is in the checkpoint but not in the config's networks"
-    for key, x in flat_want.items():
-        if tuple(flat_have[key].shape) != tuple(x.shape):
-            return (f"{where}{key} has shape {tuple(flat_have[key].shape)} in the checkpoint but "
-                    f"{tuple(x.shape)} for the config")
-    return None
-
-
-def load_generator(step_dir: str, config: ml_collections.ConfigDict | None = None
-                   ) -> tuple[ml_collections.ConfigDict, dict]:
-    """(config, generator params `{"pan", "trn", "ftn"}` as host numpy) from a checkpoint step folder.
-
-    Only the generator subtrees are read (orbax partial restore); the EMA copy when the checkpoint
-    has one. `config` overrides the saved one; a checkpoint whose parameters do not fit the config's
-    networks is refused with the first differing parameter named.
-    """
-    import orbax.checkpoint as ocp
-
-    config = config if config is not None else saved_config(step_dir)
-    state_dir = os.path.join(step_dir, "state")
-    tree = _checkpoint_tree(state_dir)
-    group = "ema" if "ema" in tree else "params"
-    if group not in tree or not all(k in tree[group] for k in GENERATORS):
-        raise InferError(f"{state_dir}: not a try-on training checkpoint (no {group}.pan/trn/ftn)")
-    want = generator_shapes(config.model)
-    problem = _first_mismatch(want, {k: tree[group][k] for k in GENERATORS}, f"{group}")
-    if problem:
-        raise InferError(f"{step_dir}: checkpoint from another config: {problem}")
-    item = {group: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), want)}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    try:
-        args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
-        restored = ocp.PyTreeCheckpointer().restore(state_dir, args=args)
-    except Exception as e:
-        raise InferError(f"{state_dir}: cannot restore the generators ({type(e).__name__}: {e})") from None
-    return config, jax.tree.map(np.asarray, restored[group])
 
 
 # ---------------------------------------------------------------- photos
@@ -383,6 +277,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--workdir", help="training workdir (its latest checkpoint, or --step)")
     src.add_argument("--checkpoint", help="a checkpoint folder: WORKDIR/checkpoints[/<step>]")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--no_fallback", action="store_true",
+                   help="refuse when the newest checkpoint is damaged instead of using an older one")
     p.add_argument("--config", default=None,
                    help="configs/NAME.py[:ARG] instead of the config saved with the checkpoint")
     p.add_argument("--model_image", help="photo of the model wearing the garment")
@@ -421,6 +317,11 @@ def _jobs_from_args(args) -> list[Job]:
                 photo_ref(args.person_image, args.person_iuv, args.person_parse, "person"), args.output)]
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr (a damaged checkpoint skipped, ...)."""
+    print(f"m2e_jax.infer: warning: {' '.join(message.split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     xla_flags.configure(args.cpu_convolutions)  # before the first JAX computation
@@ -429,14 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise InferError(f"--batch_size must be >= 1, got {args.batch_size}")
         jobs = _jobs_from_args(args)
-        step_dir = find_checkpoint(args.workdir, args.checkpoint, args.step)
+        located = checkpointing.find_step(args.workdir, args.checkpoint, args.step)
         override = load_config_file(args.config) if args.config else None
-        config, params = load_generator(step_dir, override)
+        config, params, _ = checkpointing.load_generators(located, override, not args.no_fallback, warn)
         kind = densepose.GARMENT_KINDS.index(args.garment_kind or config.model.garment_kind)
         batch_size = 1 if len(jobs) == 1 else args.batch_size
         run_jobs(TryOn(config, params), jobs, kind, batch_size, args.select, args.save_stages,
                  progress=len(jobs) > 1)
-    except (InferError, images.ReadError, detectron2_dump.DumpError) as e:
+    except (InferError, checkpointing.CheckpointError, images.ReadError, detectron2_dump.DumpError) as e:
         print(f"m2e_jax.infer: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     return 0

@@ -2,6 +2,8 @@
 
 Validates the config, then trains and evaluates (m2e_jax.train.train_and_evaluate); rerunning the
 same command resumes from the workdir's latest checkpoint. Exits 0 after a SIGTERM (state saved).
+A problem the user can act on (a config value, the workdir: unwritable, full, in use by another run;
+a checkpoint; a non-finite loss) ends with one line on stderr and exit code 1, no traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from m2e_jax import config_validation, xla_flags
 
-    config_validation.validate(FLAGS.config)  # before TensorFlow / JAX start up
+    try:
+        config_validation.validate(FLAGS.config)  # before TensorFlow / JAX start up
+    except config_validation.ConfigError as e:
+        _exit_with(e)
     xla_flags.configure(FLAGS.config.cpu_convolutions)
     try:  # clu's writers import TensorFlow: keep it off the accelerators.
         import tensorflow as tf
@@ -41,10 +46,20 @@ def main(argv: list[str]) -> None:
 
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.config.compilation_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from m2e_jax import train
+    from m2e_jax import checkpointing, train
 
     logging.info("workdir %s", FLAGS.workdir)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (config_validation.ConfigError, checkpointing.WorkdirError, checkpointing.CheckpointError,
+            FloatingPointError) as e:
+        _exit_with(e)
+
+
+def _exit_with(error: Exception) -> None:
+    """The user's error as the last thing printed, without a traceback; exit code 1."""
+    print(f"m2e_jax.main: error: {error}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

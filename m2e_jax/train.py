@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
@@ -288,32 +287,6 @@ class SpikeGuard:
         self.seen[key] = (n + 1, total if n == 0 else self.decay * mean + (1 - self.decay) * total)
 
 
-def check_workdir(workdir: str) -> None:
-    """Raises WorkdirError when `workdir` cannot be created or written (a probe file is written)."""
-    probe = os.path.join(workdir, f".write_probe.{os.getpid()}")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)
-        os.remove(probe)
-    except OSError as e:
-        raise WorkdirError(f"workdir {workdir}: not writable ({e.strerror or e}); nothing was "
-                           "trained") from None
-
-
-def check_free_space(workdir: str, state: Any, keep: int) -> None:
-    """Raises WorkdirError unless the workdir's disk holds keep + 1 checkpoints of `state`."""
-    need = (keep + 1) * sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
-    free = shutil.disk_usage(workdir).free
-    if free < need:
-        raise WorkdirError(f"workdir {workdir}: {free / 2**20:.1f} MiB free, checkpoints need "
-                           f"{need / 2**20:.1f} MiB ({keep} kept + 1 being written); nothing was trained")
-
-
-class WorkdirError(OSError):
-    """The workdir cannot hold the run (unwritable, or too little free space)."""
-
-
 def _compile_counts() -> dict[str, int]:
     return {f"{kind}{stage or ''}": n for (kind, stage), n in TRACES.items()}
 
@@ -328,8 +301,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
     eval/step_*.json (process 0 only, except checkpoints, which every process takes part in).
     """
     config_validation.validate(config)
-    check_workdir(workdir)
+    checkpointing.check_workdir(workdir)
     parallel.initialize_distributed(config.distributed)
+    with checkpointing.disk_full_is_workdir_error(workdir, "training"):
+        with checkpointing.WorkdirLock(workdir, jax.process_index(), jax.process_count()):
+            return _train_and_evaluate(config, workdir, max_steps)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps: int | None) -> dict:
     from clu import metric_writers, periodic_actions  # imports TensorFlow: after the config check.
 
     par = parallel.DataParallel(config.parallel)
@@ -346,12 +325,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
     total = schedule.total_steps(config.schedule)
 
     host_state = init_state(config)
-    check_free_space(workdir, host_state, config.keep_checkpoints)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
                                       config.async_checkpointing)
-    start = ckpt.latest_step() or 0
+    try:  # room for one more checkpoint, then the newest one that verifies (damaged ones moved aside)
+        ckpt.check_free_space(host_state)
+        start, host_state = ckpt.restore_latest(host_state)
+    except BaseException:
+        ckpt.close()
+        raise
+    start = start or 0
     if start:
-        host_state = ckpt.restore(start, host_state)
         logging.info("Resumed from step %d", start)
     state = par.put_state(host_state)
     vgg = None
@@ -429,8 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
                     break
             check_pending()
     finally:
-        ckpt.wait()
-        ckpt.close()
+        ckpt.close()  # waits for the last save (a full disk: WorkdirError), stops orbax's threads
         writer.flush()
     logging.info("compilations: %s", _compile_counts())
     return result

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from m2e_jax import checkpointing, evaluate, infer, input_pipeline, metrics
+from m2e_jax import checkpointing, evaluate, input_pipeline, metrics
 from tests.test_infer import random_params
 
 NUM = 7
@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     cfg = synthetic.get_config("test")
     cfg.dataset.update(data_dir=str(root / "data"), num_test=NUM)
-    params = random_params(infer.generator_shapes(cfg.model), seed=2)
+    params = random_params(checkpointing.generator_shapes(cfg.model), seed=2)
     with checkpointing.Checkpointer(str(root / "work" / "checkpoints"), async_save=False) as ck:
         ck.save(5, {"step": np.int32(5), "params": params}, cfg)
     source = input_pipeline.open_source(cfg, "test")

@@ -41,7 +41,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
     cfg = synthetic.get_config("test")
     cfg.dataset.data_dir = str(root / "data")
-    params = random_params(infer.generator_shapes(cfg.model), seed=1)
+    params = random_params(checkpointing.generator_shapes(cfg.model), seed=1)
     # Other subtrees (optimizer state) sit beside the generators, as in train.py's state.
     opt = {"pan": jax.tree.map(np.zeros_like, params["pan"])}
     state = {"step": np.int32(STEP), "params": params, "opt": opt}
@@ -203,9 +203,8 @@ def test_restores_what_the_trainer_wrote(tmp_path):
     cfg.dataset.data_dir = str(tmp_path / "data")
     workdir = str(tmp_path / "w")
     train.train_and_evaluate(cfg, workdir, max_steps=2)
-    step_dir = infer.find_checkpoint(workdir=workdir)
+    config, params, step_dir = checkpointing.load_generators(checkpointing.find_step(workdir=workdir))
     assert os.path.basename(step_dir) == "2"
-    config, params = infer.load_generator(step_dir)
     assert config.model.to_dict() == cfg.model.to_dict()
     init = train.init_state(cfg)
     with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")) as ck:

@@ -136,7 +136,7 @@ def infer_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
     cfg = synthetic.get_config("test")
     cfg.dataset.data_dir = str(root / "data")
-    shapes = infer.generator_shapes(cfg.model)
+    shapes = checkpointing.generator_shapes(cfg.model)
     params = jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes)
     with checkpointing.Checkpointer(str(root / "work" / "checkpoints"), async_save=False) as ck:
         ck.save(1, {"step": np.int32(1), "params": params}, cfg)
