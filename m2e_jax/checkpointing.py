@@ -47,6 +47,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -484,6 +485,24 @@ class _QuietOrbaxErrors(logging.Filter):
         return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
+def _drop_closed_loop_errors(previous: Callable) -> Callable:
+    """sys.unraisablehook dropping `RuntimeError: Event loop is closed`, passing the rest to `previous`.
+
+    When one write or read of an orbax save / restore fails, orbax closes the asyncio loop it ran
+    them on while tensorstore still completes the others; each completion then fails to reach the
+    closed loop and is printed by tensorstore as an unraisable error, dozens of tracebacks, some
+    after the run has ended. The failure itself reaches the Checkpointer's caller.
+    """
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_closed_loop_errors = True
+    return hook
+
+
 class Checkpointer:
     """orbax CheckpointManager over `directory` keeping the newest `max_to_keep` steps, with the
     layout above: complete steps only, SHA256SUMS after each commit, verified restores."""
@@ -495,6 +514,10 @@ class Checkpointer:
         self._state_bytes: int | None = None  # of the last save: what one more checkpoint needs
         self._quiet = _QuietOrbaxErrors()
         logging.getLogger("absl").addFilter(self._quiet)
+        self._unraisable = sys.unraisablehook
+        if not getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
+            sys.unraisablehook = _drop_closed_loop_errors(sys.unraisablehook)
+        self._failed = False  # a save or restore failed: tensorstore may still report to orbax's loop
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True)
@@ -579,8 +602,12 @@ class Checkpointer:
 
     @contextlib.contextmanager
     def _translated(self, doing: str):
-        with disk_full_is_workdir_error(self.workdir, doing, self._state_bytes):
-            yield
+        try:
+            with disk_full_is_workdir_error(self.workdir, doing, self._state_bytes):
+                yield
+        except BaseException:
+            self._failed = True
+            raise
 
     def restore(self, step: int, like: Any) -> Any:
         """The state saved at `step`, with the structure, shapes and dtypes of host pytree `like`.
@@ -596,6 +623,7 @@ class Checkpointer:
         try:
             restored = jax.tree.map(np.asarray, self.manager.restore(step, args=args)["state"])
         except Exception as e:
+            self._failed = True
             raise _read_error(step_dir, e) from None
         bad = _non_finite(restored)
         if bad:
@@ -631,6 +659,8 @@ class Checkpointer:
                 self.manager.close()
             finally:
                 logging.getLogger("absl").removeFilter(self._quiet)
+                if not self._failed:  # after a failure, late completions may come until exit
+                    sys.unraisablehook = self._unraisable
 
     def __enter__(self) -> Checkpointer:
         return self
