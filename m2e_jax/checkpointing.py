@@ -11,9 +11,10 @@ position needs no saving: the batch of step s is a pure function of s (input_pip
 
 Damage. orbax and tensorstore do not checksum the arrays they write: OCDBT protects its manifest
 and B+tree / version nodes with CRC-32C, zarr v3 only its shard index, and orbax's default (zarr
-v2 chunks, zstd level 1) stores no checksum of the data. Flipping 4 KiB in the middle of the
-largest data file of a checkpoint restored without any error. Hence `SHA256SUMS`: checked before
-every restore, together with a read-back and a finiteness check of the values.
+v2 chunks, zstd level 1) stores no checksum of the data: damage is caught only when it happens to
+break a zstd frame. Flipping 4 KiB in the middle of the largest data file of a trainer's checkpoint
+restored without any error (the run resumed from it). Hence `SHA256SUMS`: checked before every
+restore; steps without it are read back in full, and every restore checks the values are finite.
 
 - Trainer (`Checkpointer.restore_latest`): a damaged newest step is moved aside to
   `<step>.corrupt` (never deleted) with one warning naming the step and the file, and training

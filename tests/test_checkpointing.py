@@ -2,7 +2,10 @@
 
 import json
 import os
+import re
+import shutil
 import signal
+import subprocess
 
 import numpy as np
 import pytest
@@ -67,3 +70,144 @@ def test_preemption_flag_catches_sigterm_and_restores_handler():
         os.kill(os.getpid(), signal.SIGTERM)
         assert flag.is_set()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ---------------------------------------------------------------- the step layout and damage
+
+def big_tree(seed: int):
+    """A state whose largest array (64 KiB) gets a data file of its own, larger than 4 KiB."""
+    t = tree(seed)
+    t["params"]["big"] = np.random.default_rng(seed).normal(size=(128, 128)).astype(np.float32)
+    return t
+
+
+def flip_4k(step_dir) -> str:
+    """Inverts 4 KiB in the middle of the largest data file below `step_dir/state` (as a bad disk or
+    an interrupted copy does); returns that file relative to step_dir."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs
+             if os.sep + "d" + os.sep in os.path.join(d, f)]
+    path = max(files, key=os.path.getsize)
+    size = os.path.getsize(path)
+    assert size > 8192, size
+    with open(path, "r+b") as f:
+        f.seek(size // 2 - 2048)
+        block = f.read(4096)
+        f.seek(size // 2 - 2048)
+        f.write(bytes(b ^ 0xFF for b in block))
+    return os.path.relpath(path, step_dir)
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_hashes_of_every_file_after_commit_in_sha256sum_format(tmp_path, async_save):
+    cfg = synthetic.get_config("test")
+    with checkpointing.Checkpointer(str(tmp_path), max_to_keep=2, async_save=async_save) as ck:
+        for step in (1, 2, 3):
+            ck.save(step, big_tree(step), cfg)
+    for step in (2, 3):
+        step_dir = tmp_path / str(step)
+        listed = sorted(line.split("  ", 1)[1].strip() for line in open(step_dir / checkpointing.HASHES))
+        on_disk = sorted(os.path.relpath(os.path.join(d, f), step_dir) for d, _, fs in os.walk(step_dir)
+                         for f in fs if f != checkpointing.HASHES)
+        assert listed == on_disk and any(p.startswith("state/") for p in listed)
+        assert checkpointing.check_hashes(str(step_dir))
+        if shutil.which("sha256sum"):  # the coreutils tool reads the same file
+            r = subprocess.run(["sha256sum", "--quiet", "-c", checkpointing.HASHES], cwd=step_dir,
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_flipped_bytes_in_the_newest_step_move_it_aside_and_resume_from_the_previous(tmp_path, caplog):
+    cfg = synthetic.get_config("test")
+    with checkpointing.Checkpointer(str(tmp_path), async_save=False) as ck:
+        for step in (1, 2):
+            ck.save(step, big_tree(step), cfg)
+    damaged = flip_4k(tmp_path / "2")
+    with checkpointing.Checkpointer(str(tmp_path)) as ck:
+        step, state = ck.restore_latest(big_tree(0))
+        assert step == 1 and ck.all_steps() == [1]
+    for a, b in zip(_leaves(state), _leaves(big_tree(1)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    lines = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(lines) == 1 and "checkpoint step 2" in lines[0] and damaged in lines[0], lines
+    assert (tmp_path / "2.corrupt").is_dir() and not (tmp_path / "2").exists()  # moved, never deleted
+
+
+def test_unhashed_steps_are_read_back_non_finite_and_truncated_ones_refused(tmp_path, caplog, capfd):
+    """Steps without SHA256SUMS (older ones, or killed before hashing) are checked by reading them."""
+    cfg = synthetic.get_config("test")
+    with checkpointing.Checkpointer(str(tmp_path), async_save=False) as ck:
+        ck.save(1, big_tree(1), cfg)
+        ck.save(2, big_tree(2), cfg)
+        nan = big_tree(3)
+        nan["params"]["w"][1, 2] = np.inf
+        args = checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardSave(nan),
+                                                config=checkpointing.ocp.args.JsonSave({}))
+        ck.manager.save(3, args=args, force=True)  # past Checkpointer.save's refusal, as a bad disk could
+    os.remove(tmp_path / "2" / checkpointing.HASHES)
+    data = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "2" / "state") for f in fs
+            if os.sep + "d" + os.sep in os.path.join(d, f)]
+    os.truncate(max(data, key=os.path.getsize), 100)
+    with checkpointing.Checkpointer(str(tmp_path)) as ck:
+        assert ck.restore_latest(big_tree(0))[0] == 1
+    lines = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "step 3" in lines[0] and "state['params']['w']: non-finite values" in lines[0]
+    assert "step 2" in lines[1] and re.search(r"state array params\.\w+/[\d.]+: unreadable", lines[1])
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Event loop is closed" not in err, err
+
+
+def gen_checkpoints(root, steps, seed=0):
+    """A workdir with generator checkpoints of the tiny config at `steps`; returns (cfg, params by step)."""
+    from tests.test_infer import random_params
+
+    cfg = synthetic.get_config("test")
+    shapes = checkpointing.generator_shapes(cfg.model)
+    params = {s: random_params(shapes, seed + s) for s in steps}
+    with checkpointing.Checkpointer(str(root / "checkpoints"), async_save=False) as ck:
+        for s in steps:
+            ck.save(s, {"step": np.int32(s), "params": params[s]}, cfg)
+    return cfg, params
+
+
+def test_readers_take_the_newest_complete_step_by_relative_path_and_fall_back_past_damage(tmp_path,
+                                                                                          monkeypatch):
+    cfg, params = gen_checkpoints(tmp_path / "w", (1, 2))
+    (tmp_path / "w" / "checkpoints" / "3" / "state").mkdir(parents=True)  # a half-copied step
+    monkeypatch.chdir(tmp_path)
+    located = checkpointing.find_step(workdir="w")  # relative, as the README's commands are
+    assert located.steps == (1, 2) and located.directory == str(tmp_path / "w" / "checkpoints")
+    config, got, step_dir = checkpointing.load_generators(located)
+    assert step_dir == str(tmp_path / "w" / "checkpoints" / "2") and config.model == cfg.model
+    for a, b in zip(_leaves(got), _leaves(params[2]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    damaged = flip_4k(tmp_path / "w" / "checkpoints" / "2")
+    warnings = []
+    located = checkpointing.find_step(workdir="w")
+    _, got, step_dir = checkpointing.load_generators(located, warn=warnings.append)
+    assert step_dir.endswith(os.path.join("checkpoints", "1"))
+    for a, b in zip(_leaves(got), _leaves(params[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(warnings) == 1 and re.search(rf"checkpoints/2 is damaged: {damaged}: .*; using step 1 instead",
+                                            warnings[0]), warnings
+    with pytest.raises(checkpointing.CheckpointError, match=r"checkpoints/2 is damaged.*--no_fallback"):
+        checkpointing.load_generators(checkpointing.find_step(workdir="w"), fallback=False)
+    with pytest.raises(checkpointing.CheckpointError, match=r"checkpoints/2 is damaged"):
+        checkpointing.load_generators(checkpointing.find_step(workdir="w", step=2))
+    assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["1", "2", "3"]  # readers move nothing
+
+
+def test_not_a_checkpoint_or_another_projects_is_one_line(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "model.pt").write_bytes(b"PK\x03\x04 not ours")
+    error = checkpointing.CheckpointError
+    with pytest.raises(error, match=r"--checkpoint .*photos: no m2e_jax checkpoint there"):
+        checkpointing.find_step(checkpoint=str(tmp_path / "photos"))
+    with pytest.raises(error, match=r"--workdir .*nowhere: no such checkpoint directory"):
+        checkpointing.find_step(workdir=str(tmp_path / "nowhere"))
+    other = {"step": np.int32(5), "encoder": {"w": np.ones((3, 3), np.float32)}}
+    with checkpointing.Checkpointer(str(tmp_path / "other" / "checkpoints"), async_save=False) as ck:
+        ck.save(5, other, synthetic.get_config("test"))
+    with pytest.raises(checkpointing.CheckpointError, match=r"not an m2e_jax try-on checkpoint"):
+        checkpointing.load_generators(checkpointing.find_step(workdir=str(tmp_path / "other")))
