@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from m2e_jax import densepose, infer, input_pipeline, preprocess, xla_flags
+from m2e_jax import checkpointing, densepose, infer, input_pipeline, preprocess, xla_flags
 from m2e_jax.readers import detectron2_dump, images, photos
 
 DEFAULT_PORT = 7860  # Gradio's default: where users of try-on demos look first
@@ -52,7 +52,8 @@ STAGES = {"warp": "warped", "PAN": "aligned", "TRN": "refined", "FTN": "output"}
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # What infer reports as the user's problem (one line); anything else is a bug, answered with one line
 # too while the server keeps serving (and its traceback logged on the server's stderr).
-_USER_ERRORS = (infer.InferError, images.ReadError, detectron2_dump.DumpError, photos.RecordError)
+_USER_ERRORS = (infer.InferError, checkpointing.CheckpointError, images.ReadError, detectron2_dump.DumpError,
+                photos.RecordError)
 
 
 class DemoError(Exception):
@@ -350,8 +351,9 @@ def server_url(server: http.server.HTTPServer) -> str:
 def load_demo(workdir: str | None = None, checkpoint: str | None = None, step: int | None = None,
               select: str = "largest", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> Demo:
     """Restores the checkpoint (as infer does), opens its test set, compiles the forward pass."""
-    step_dir = infer.find_checkpoint(workdir, checkpoint, step)
-    config, params = infer.load_generator(step_dir)
+    located = checkpointing.find_step(workdir, checkpoint, step)
+    config, params, step_dir = checkpointing.load_generators(
+        located, warn=lambda m: print(f"m2e_jax.demo: warning: {' '.join(m.split())}", file=sys.stderr))
     net = infer.TryOn(config, params)
     warm_up(net)
     test_set, note = open_test_set(config)

@@ -51,7 +51,7 @@ def served(tmp_path_factory):
     if not os.environ.get("M2E_DEMO_WORKDIR"):
         cfg = synthetic.get_config("test")
         cfg.dataset.data_dir = str(root / "data")
-        params = random_params(infer.generator_shapes(cfg.model), seed=3)
+        params = random_params(checkpointing.generator_shapes(cfg.model), seed=3)
         with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False) as ck:
             ck.save(2, {"step": np.int32(2), "params": params}, cfg)
     the_demo = demo.load_demo(workdir=workdir, max_upload_mb=1.0)
