@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_prep.catalog import ExampleRef
 from m2e_jax import densepose, letterbox
-from m2e_jax.readers import photos, selection
+from m2e_jax.readers import images, photos, selection
 from m2e_jax.readers.photos import ImageRef
 
 
@@ -34,13 +34,14 @@ def garment_mask(photo: photos.Photo, kind: int) -> np.ndarray:
 
 
 def example_arrays(ex: ExampleRef, refs: dict[str, ImageRef], height: int, width: int,
-                   select: selection.Select = "largest") -> dict[str, np.ndarray | str]:
+                   select: selection.Select = "largest",
+                   max_pixels: int = images.MAX_PIXELS) -> dict[str, np.ndarray | str]:
     """The data_schema arrays of one example at `height` x `width`, plus ids and letterbox transforms."""
     out: dict[str, np.ndarray | str] = {}
     person_lb = None
     for role in ("model", "person"):
         ref = refs[getattr(ex, role)]
-        photo = photos.load_photo(ref, select)
+        photo = photos.load_photo(ref, select, max_pixels=max_pixels)
         lb = letterbox.letterbox(*photo.image.shape[:2], height, width)
         out[f"{role}_image"] = letterbox.resize_image(photo.image, lb)
         out[f"{role}_iuv"] = letterbox.resize_labels(photo.iuv, lb)
@@ -51,7 +52,7 @@ def example_arrays(ex: ExampleRef, refs: dict[str, ImageRef], height: int, width
     if ex.target is None:
         out["target_image"] = np.zeros((height, width, 3), np.uint8)
     else:
-        target = photos.load_photo(refs[ex.target], select, need_iuv=False).image
+        target = photos.load_photo(refs[ex.target], select, need_iuv=False, max_pixels=max_pixels).image
         if target.shape[:2] != (person_lb.h, person_lb.w):
             raise photos.RecordError(refs[ex.target].image, f"target is {target.shape[0]}x{target.shape[1]}"
                                        f" but the person photo is {person_lb.h}x{person_lb.w}")
@@ -77,11 +78,13 @@ class RecordMaker:
     height: int
     width: int
     select: selection.Select
+    max_pixels: int = images.MAX_PIXELS
 
     def __call__(self, job: tuple[ExampleRef, dict[str, ImageRef]]
                  ) -> tuple[ExampleRef, dict | photos.RecordError]:
         ex, refs = job
         try:
-            return ex, encode_record(example_arrays(ex, refs, self.height, self.width, self.select))
+            return ex, encode_record(example_arrays(ex, refs, self.height, self.width, self.select,
+                                                    self.max_pixels))
         except photos.RecordError as e:
             return ex, e

@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 
 from m2e_jax import tfds_source
+from m2e_jax.readers import images
 
 
 def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike, height: int, width: int,
           *, strict: bool = False, num_unpaired: int | None = None, seed: int = 0,
           select: str | int = "largest", garment_kind: str | None = None, workers: int = 0,
-          overwrite: bool = False,
+          overwrite: bool = False, max_pixels: int = images.MAX_PIXELS,
           synthetic_counts: tuple[int, int] = (64, 16), test_fraction: float = 0.1) -> str:
     """Builds (or reuses) one config; returns its folder DATA_DIR/m2e_dataset/<dataset>_<H>x<W>/1.0.0.
 
@@ -47,7 +48,8 @@ def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
     # TFDS refuses a config object named like a predefined one: pass predefined ones by name
     config_arg = config.name if config.name in mb.Builder.builder_configs else config
     options = mb.BuildOptions(strict=strict, num_unpaired=num_unpaired, seed=seed, select=select,
-                              garment_kind=garment_kind, workers=workers, test_fraction=test_fraction)
+                              garment_kind=garment_kind, workers=workers, test_fraction=test_fraction,
+                              max_pixels=max_pixels)
     builder = mb.Builder(config=config_arg, data_dir=os.fspath(Path(data_dir).expanduser()), options=options)
     mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else \
         tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
@@ -76,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--garment_kind", choices=("upper", "lower"), default=None)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--max_pixels", type=int, default=images.MAX_PIXELS,
+                   help="refuse (skip, or stop with --strict) images of more pixels, before decoding them")
     a = p.parse_args(argv)
     try:
         path = build(a.dataset, a.manual_dir, a.data_dir, a.height, a.width, strict=a.strict,
                      num_unpaired=a.num_unpaired, seed=a.seed, select=a.select, garment_kind=a.garment_kind,
-                     workers=a.workers, overwrite=a.overwrite)
+                     workers=a.workers, overwrite=a.overwrite, max_pixels=a.max_pixels)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1

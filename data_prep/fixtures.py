@@ -16,7 +16,9 @@ import collections
 import io
 import os
 import pickle
+import struct
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,19 @@ def chart_field(h: int, w: int, seed: int = 0) -> np.ndarray:
 def write_rgb(path: str | os.PathLike, image: np.ndarray) -> None:
     """Writes uint8 `[H, W, 3]` RGB; the format follows the suffix (.png lossless, .jpg lossy)."""
     Image.fromarray(np.asarray(image, np.uint8), "RGB").save(path)
+
+
+def write_png_bomb(path: str | os.PathLike, height: int, width: int) -> None:
+    """An image bomb: a valid PNG header saying `height` x `width` RGB, followed by a few KB of
+    compressed zeros (a real one compresses hundreds of MB of zeros this small). Readers must refuse
+    it from the header; decoding it would fail (truncated) after allocating the whole image."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+                + chunk(b"IEND", b""))
 
 
 def person_iuv(height: int, width: int, box: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:

@@ -9,15 +9,16 @@ import os
 from collections.abc import Sequence
 
 from data_prep.catalog import Problem
-from m2e_jax.readers import selection
+from m2e_jax.readers import images, selection
 from m2e_jax.readers.photos import MIN_PERSON_FRACTION, ImageRef, RecordError, check_person, load_photo
 
 
 def validate_photo(ref: ImageRef, select: selection.Select = "largest", need_iuv: bool = True,
-                   min_person_fraction: float = MIN_PERSON_FRACTION) -> tuple[int, int] | RecordError:
+                   min_person_fraction: float = MIN_PERSON_FRACTION,
+                   max_pixels: int = images.MAX_PIXELS) -> tuple[int, int] | RecordError:
     """(H, W) of a usable photo, or the RecordError saying why it is not."""
     try:
-        photo = load_photo(ref, select, need_iuv)
+        photo = load_photo(ref, select, need_iuv, max_pixels)
         if photo.iuv is not None:
             check_person(photo.iuv, ref.iuv.describe(), min_person_fraction)
         return photo.image.shape[:2]
@@ -32,10 +33,11 @@ class PhotoCheck:
 
     select: selection.Select
     min_person_fraction: float
+    max_pixels: int = images.MAX_PIXELS
 
     def __call__(self, job: tuple[ImageRef, bool]) -> tuple[int, int] | RecordError:
         ref, need_iuv = job
-        return validate_photo(ref, self.select, need_iuv, self.min_person_fraction)
+        return validate_photo(ref, self.select, need_iuv, self.min_person_fraction, self.max_pixels)
 
 
 def write_report(directory: str | os.PathLike, problems: Sequence[Problem], counts: dict) -> str:

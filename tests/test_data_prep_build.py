@@ -113,8 +113,10 @@ def _bad_folder(root: Path):
     _photo(d, "badlabel", 12, iuv=big)
     _photo(d, "empty", 13, iuv=np.zeros((H, W, 3), np.uint8))
     _photo(d, "noiuv", 14, iuv=False, parse=False)
+    _photo(d, "bomb", 15)
+    fixtures.write_png_bomb(d / "bomb.png", 12000, 16000)  # refused from its header, never decoded
     rows = [("a1", "a2"), ("b1", "b2"), ("corrupt", "a1"), ("small", "b1"), ("badlabel", "a2"),
-            ("empty", "b2"), ("a1", "ghost"), ("noiuv", "a1")]
+            ("empty", "b2"), ("a1", "ghost"), ("noiuv", "a1"), ("bomb", "b2")]
     _csv(root / "train" / "pairs.csv", "source,target", rows)
     # a truncated dump in the folder: reported once, the PNG outputs still build
     fixtures.write_torch_dump(root / "train" / "densepose.pkl", [])
@@ -133,6 +135,7 @@ def test_bad_records_reported_and_skipped(tmp_path):
               "badlabel_IUV.png: part index I up to 40", "empty_IUV.png: no person found",
               "pairs.csv: row 8: partner file images/ghost missing",
               "noiuv.png: partner file missing: no DensePose output",
+              "bomb.png: image too large to decode safely",
               "densepose.pkl: not a torch.save zip archive (truncated"}
     for e in expect:
         assert sum(e in line for line in lines) == 1, (e, lines)
@@ -235,4 +238,4 @@ def test_parallel_build_equals_serial_byte_for_byte_with_bad_records(tmp_path):
         assert x.keys() == y.keys()
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
-    assert len(Path(serial, "build_report.txt").read_text().splitlines()) == 1 + 7
+    assert len(Path(serial, "build_report.txt").read_text().splitlines()) == 1 + 8

@@ -21,7 +21,7 @@ from data_prep.catalog import Problem, SplitCatalog
 from data_prep.pool import parallel_map
 from data_prep.readers import deepfashion, folder, mvc
 from m2e_jax import data_schema
-from m2e_jax.readers import photos
+from m2e_jax.readers import images, photos
 
 SOURCES = ("synthetic", "deepfashion", "mvc", "folder")
 DEFAULT_SIZES = ((256, 192), (128, 96), (64, 48))
@@ -63,6 +63,7 @@ class BuildOptions:
     test_fraction: float = 0.1
     max_pairs_per_item: int | None = None
     min_person_fraction: float = photos.MIN_PERSON_FRACTION
+    max_pixels: int = images.MAX_PIXELS  # larger images are refused before decoding
     workers: int = 0                 # processes for decode/validate/resize; 0: in this process
 
 
@@ -150,7 +151,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 jobs.append((cat.images[name], name not in targets_only))
                 owners.append((split, name))
         bad: dict[str, set[str]] = {s: set() for s in cats}
-        fn = validate.PhotoCheck(self.options.select, self.options.min_person_fraction)
+        opts = self.options
+        fn = validate.PhotoCheck(opts.select, opts.min_person_fraction, opts.max_pixels)
         for (split, name), result in zip(owners, parallel_map(fn, jobs, self.options.workers)):
             if isinstance(result, photos.RecordError):
                 if self.options.strict:
@@ -162,7 +164,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, cat: SplitCatalog, examples):
         cfg = self.builder_config
         jobs = [(e, {n: cat.images[n] for n in (e.model, e.person, e.target) if n}) for e in examples]
-        fn = assemble.RecordMaker(cfg.height, cfg.width, self.options.select)
+        fn = assemble.RecordMaker(cfg.height, cfg.width, self.options.select, self.options.max_pixels)
         n = 0
         for ex, rec in parallel_map(fn, jobs, self.options.workers):
             if isinstance(rec, photos.RecordError):

@@ -58,12 +58,12 @@ def keep_instance(iuv: np.ndarray, inds: np.ndarray, select: selection.Select = 
 
 
 def read_iuv_png(iuv_path: str | os.PathLike, inds_path: str | os.PathLike | None = None,
-                 select: selection.Select = "largest") -> np.ndarray:
+                 select: selection.Select = "largest", max_pixels: int = images.MAX_PIXELS) -> np.ndarray:
     """Reads a Detectron IUV PNG (and instance map) -> uint8 `[H, W, 3]` (I, U, V), one person."""
-    iuv = images.read_iuv_rgb_png(iuv_path)
+    iuv = images.read_iuv_rgb_png(iuv_path, max_pixels)
     if inds_path is None:
         return iuv
-    inds = images.read_labels(inds_path)
+    inds = images.read_labels(inds_path, max_pixels)
     try:
         return keep_instance(iuv, inds, select, where=os.fspath(inds_path))
     except ValueError as e:

@@ -158,19 +158,21 @@ class RecordError(ValueError):
         return type(self), (self.file, self.reason)
 
 
-def load_photo(ref: ImageRef, select: selection.Select = "largest", need_iuv: bool = True) -> Photo:
-    """Decodes and checks one photo and its DensePose/parsing files; raises RecordError."""
+def load_photo(ref: ImageRef, select: selection.Select = "largest", need_iuv: bool = True,
+               max_pixels: int = images.MAX_PIXELS) -> Photo:
+    """Decodes and checks one photo and its DensePose/parsing files; raises RecordError. Every image
+    over `max_pixels` is refused before it is decoded (images.open_image)."""
     try:
-        image = images.read_rgb(ref.image)
+        image = images.read_rgb(ref.image, max_pixels)
     except images.ReadError as e:
         raise RecordError(ref.image, str(e).removeprefix(f"{ref.image}: ")) from None
     h, w = image.shape[:2]
     iuv = parse = None
     if need_iuv:
-        iuv = _load_iuv(ref, h, w, select)
+        iuv = _load_iuv(ref, h, w, select, max_pixels)
     if ref.parse is not None:
         try:
-            parse = images.read_labels(ref.parse)
+            parse = images.read_labels(ref.parse, max_pixels)
         except images.ReadError as e:
             raise RecordError(ref.parse, str(e).removeprefix(f"{ref.parse}: ")) from None
         if parse.shape != (h, w):
@@ -183,7 +185,7 @@ def load_photo(ref: ImageRef, select: selection.Select = "largest", need_iuv: bo
     return Photo(image, iuv, parse)
 
 
-def _load_iuv(ref: ImageRef, h: int, w: int, select: selection.Select) -> np.ndarray:
+def _load_iuv(ref: ImageRef, h: int, w: int, select: selection.Select, max_pixels: int) -> np.ndarray:
     if ref.iuv is None:
         base = os.path.splitext(ref.image)[0]
         raise RecordError(ref.image, f"partner file missing: no DensePose output ({base}_IUV.png "
@@ -193,7 +195,7 @@ def _load_iuv(ref: ImageRef, h: int, w: int, select: selection.Select) -> np.nda
         raise RecordError(ref.iuv.dump_path or where, ref.iuv.problem)
     if ref.iuv.png is not None:
         try:
-            iuv = iuv_png.read_iuv_png(ref.iuv.png, ref.iuv.inds, select)
+            iuv = iuv_png.read_iuv_png(ref.iuv.png, ref.iuv.inds, select, max_pixels)
         except images.ReadError as e:
             raise RecordError(ref.iuv.png, str(e).removeprefix(f"{ref.iuv.png}: ")) from None
         if iuv.shape[:2] != (h, w):
