@@ -69,7 +69,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------- photos
 
 def photo_ref(image: str, iuv: str | None = None, parse: str | None = None, role: str = "photo") -> ImageRef:
-    """An ImageRef for data_prep's loader: DensePose from `iuv` (an `_IUV.png` or a dump file) or
+    """An ImageRef for readers.photos.load_photo: DensePose from `iuv` (an `_IUV.png` or a dump file) or
     `NAME_IUV.png` beside the photo; parsing from `parse` or `NAME_parse.png` beside it if present."""
     stem = os.path.splitext(image)[0]
     if iuv is None:

@@ -3,7 +3,7 @@
 Reading needs neither TensorFlow nor the builder class (data_prep/m2e_dataset): the version folder
 is self-describing (dataset_info.json + features.json), opened with `tfds.builder_from_directory`
 and read through `.as_data_source(split)`, which needs the array_record file format (the one
-`python -m data_prep.build` writes, and `tfds build --file_format=array_record`).
+`python -m data_prep.build` and `tfds build data_prep/m2e_dataset` write by default).
 """
 
 from __future__ import annotations
