@@ -105,9 +105,15 @@ def test_inshop_release_pairs_within_item_and_variant(tmp_path, partition_at, ma
     assert any("query + gallery -> test" in n for n in train.notes)
 
 
-def test_inshop_build_at_letterboxed_size_from_the_release_root(tmp_path):
+def test_inshop_build_at_letterboxed_size_from_the_release_root(tmp_path, capsys):
     _inshop_release(tmp_path / "release")
-    path = build.build("deepfashion", tmp_path / "release", tmp_path / "out", 32, 32, num_unpaired=0)
+    assert build.main(["--dataset", "deepfashion", "--manual_dir", str(tmp_path / "release"), "--data_dir",
+                       str(tmp_path / "out"), "--height", "32", "--width", "32", "--num_unpaired", "0",
+                       "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    part = tmp_path / "release" / "Eval" / "list_eval_partition.txt"
+    assert f"note: split from {part}: train -> train, query + gallery -> test" in out
+    path = tfds_source.dataset_dir(tmp_path / "out", "deepfashion_32x32")
     src = tfds_source.load_source(tmp_path / "out", "deepfashion_32x32", "test", with_meta=True)
     assert len(src) == 4
     for r in src:
