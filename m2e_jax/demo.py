@@ -86,11 +86,12 @@ def too_large_message(size: int, limit: int) -> str:
 # ---------------------------------------------------------------- photos
 
 def read_uploaded_photo(role: str, photo: Upload | None, iuv: Upload | None, parse: Upload | None,
-                        select: str = "largest") -> photos.Photo:
+                        select: str = "largest", max_pixels: int = images.MAX_PIXELS) -> photos.Photo:
     """A checked photo (as infer.read_photo returns) from uploaded bytes.
 
     DensePose is a Detectron `_IUV.png` (told apart by its PNG signature) or a detectron2 dump whose
-    entry is found by the photo's upload name, as the CLI finds it by file name. Raises DemoError
+    entry is found by the photo's upload name, as the CLI finds it by file name. An image over
+    `max_pixels` is refused from its header, before it is decoded. Raises DemoError
     with the CLI's message, the temporary paths replaced by the upload names.
     """
     if photo is None:
@@ -120,7 +121,7 @@ def read_uploaded_photo(role: str, photo: Upload | None, iuv: Upload | None, par
                     raise DemoError(f"{iuv.name}: {ref.problem if ref else 'no entry'} for {photo.name}")
             parse_path = spool(parse, f"{role}_parse") if parse is not None else None
             return infer.read_photo(photos.ImageRef(name=role, image=image_path, item="", iuv=ref,
-                                             parse=parse_path), select)
+                                             parse=parse_path), select, max_pixels)
         except _USER_ERRORS as e:
             message = one_line(e)
             for path, name in names.items():
@@ -177,6 +178,7 @@ class Demo:
     test_note: str = ""
     select: str = "largest"
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1e6)
+    max_pixels: int = images.MAX_PIXELS
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
@@ -205,7 +207,8 @@ class Demo:
         if "pick" in spec:
             return self.pick(role, spec["pick"])
         files = {key: _decode_file(spec.get(key), f"{role} {key}") for key in ("photo", "densepose", "parse")}
-        return read_uploaded_photo(role, files["photo"], files["densepose"], files["parse"], self.select)
+        return read_uploaded_photo(role, files["photo"], files["densepose"], files["parse"], self.select,
+                                   self.max_pixels)
 
     def answer(self, request: Any) -> dict:
         """The JSON reply to a try-on request: images as data URLs, or {"error": one line}."""
@@ -349,7 +352,8 @@ def server_url(server: http.server.HTTPServer) -> str:
 
 
 def load_demo(workdir: str | None = None, checkpoint: str | None = None, step: int | None = None,
-              select: str = "largest", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> Demo:
+              select: str = "largest", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+              max_pixels: int = images.MAX_PIXELS) -> Demo:
     """Restores the checkpoint (as infer does), opens its test set, compiles the forward pass."""
     located = checkpointing.find_step(workdir, checkpoint, step)
     config, params, step_dir = checkpointing.load_generators(
@@ -358,7 +362,7 @@ def load_demo(workdir: str | None = None, checkpoint: str | None = None, step: i
     warm_up(net)
     test_set, note = open_test_set(config)
     kind = densepose.GARMENT_KINDS.index(config.model.garment_kind)
-    return Demo(net, kind, step_dir, test_set, note, select, int(max_upload_mb * 1e6))
+    return Demo(net, kind, step_dir, test_set, note, select, int(max_upload_mb * 1e6), max_pixels)
 
 
 # ---------------------------------------------------------------- the page
@@ -381,6 +385,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free one)")
     p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                    help="largest try-on request accepted (all its files, base64-encoded)")
+    p.add_argument("--max_pixels", type=int, default=images.MAX_PIXELS,
+                   help="largest uploaded image (width x height), refused from its header")
     p.add_argument("--select", choices=("largest", "central", "score"), default="largest",
                    help="which person to use when DensePose found several")
     xla_flags.add_argument(p)
@@ -394,7 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.max_upload_mb <= 0:
             raise infer.InferError(f"--max_upload_mb must be > 0, got {args.max_upload_mb}")
-        demo = load_demo(args.workdir, args.checkpoint, args.step, args.select, args.max_upload_mb)
+        if args.max_pixels <= 0:
+            raise infer.InferError(f"--max_pixels must be > 0, got {args.max_pixels}")
+        demo = load_demo(args.workdir, args.checkpoint, args.step, args.select, args.max_upload_mb,
+                         args.max_pixels)
         server = make_server(demo, args.host, args.port)
     except (*_USER_ERRORS, OSError) as e:
         print(f"m2e_jax.demo: error: {one_line(e)}", file=sys.stderr)

@@ -94,10 +94,11 @@ def photo_ref(image: str, iuv: str | None = None, parse: str | None = None, role
     return ImageRef(name=os.path.basename(stem), image=image, item="", iuv=ref, parse=parse)
 
 
-def read_photo(ref: ImageRef, select: str = "largest") -> Photo:
-    """Decodes and checks a photo, its DensePose (same size, a person present) and parsing map."""
+def read_photo(ref: ImageRef, select: str = "largest", max_pixels: int = images.MAX_PIXELS) -> Photo:
+    """Decodes and checks a photo, its DensePose (same size, a person present) and parsing map; an
+    image over `max_pixels` is refused from its header."""
     try:
-        photo = load_photo(ref, select)
+        photo = load_photo(ref, select, max_pixels=max_pixels)
         check_person(photo.iuv, ref.iuv.describe())
     except RecordError as e:
         raise InferError(str(e)) from None

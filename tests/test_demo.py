@@ -245,6 +245,8 @@ def test_bad_uploads_get_one_line_and_the_server_keeps_serving(served, tmp_path)
     labels = np.full((54, 36), 2, np.int64)
     fixtures.write_torch_dump(person_dump, [{"file_name": f"x/{name}.jpg", "scores": [0.9], "boxes": [box],
                                              "results": [(labels, np.full((2, 54, 36), 0.5, np.float32))]}])
+    bomb = tmp_path / "bomb.png"  # 8000x6000 in a few KB: refused from the header, not decoded
+    fixtures.write_png_bomb(bomb, 6000, 8000)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     pick = {"pick": 1}
@@ -256,6 +258,8 @@ def test_bad_uploads_get_one_line_and_the_server_keeps_serving(served, tmp_path)
                               "people.pkl: no entry for other.png"),
         "unreadable photo": ({"photo": upload(broken), "densepose": upload(iuv)},
                              "broken.png: unreadable image"),
+        "image bomb": ({"photo": upload(bomb), "densepose": upload(iuv)},
+                       "bomb.png: image is 8000x6000 (48.0 megapixels), over the limit of 40.0 megapixels"),
         "not base64": ({"photo": {"name": "a.png", "data": "%%%"}},
                        "person photo: the upload is not valid base64"),
         "pick out of range": ({"pick": n}, f"person pick {n}: the test set has {n} photos (0..{n - 1})"),
@@ -273,6 +277,10 @@ def test_bad_uploads_get_one_line_and_the_server_keeps_serving(served, tmp_path)
     status, reply = post(url, json.dumps({"model": pick, "person": {"photo": upload(photo), "densepose":
                                                                   upload(empty_dump)}}).encode())
     assert "no person found" in reply["error"]
+    # --max_pixels is the page's limit
+    small_limit = dataclasses.replace(the_demo, max_pixels=h * w - 1)
+    reply = small_limit.answer({"model": pick, "person": {"photo": upload(photo), "densepose": upload(iuv)}})
+    assert reply["error"].startswith(f"{name}.png: image is {w}x{h} ("), reply
     # an upload named like a path reaches no file system path
     evil = "../../demo_escape_test.png"
     status, reply = post(url, json.dumps({"model": pick, "person": {"photo": upload(photo, evil)}}).encode())
