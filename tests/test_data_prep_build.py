@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,23 @@ def test_bad_records_reported_and_skipped(tmp_path):
         assert sum(e in line for line in lines) == 1, (e, lines)
     assert len(lines) == len(expect)
     assert all(line.startswith("train: ") for line in lines)
+
+
+def test_pairs_csv_as_spreadsheets_save_it(tmp_path):
+    """A UTF-8 BOM, CRLF line ends and spaces in the header (Excel's "CSV UTF-8") read like a plain CSV;
+    a missing column and non-UTF-8 bytes are one line naming the file."""
+    _folder(tmp_path / "in")
+    pairs = tmp_path / "in" / "train" / "pairs.csv"
+    pairs.write_bytes("\ufeffsource, target\r\na1,a2\r\nb1,b2\r\n".encode())
+    from data_prep.readers import folder
+
+    cat = folder.read_folder(tmp_path / "in")["train"]
+    assert sorted((e.model, e.person) for e in cat.examples if e.paired) == [("a1", "a2"), ("b1", "b2")]
+    for raw, text in ((b"src,target\na1,a2\n", "missing column(s) ['source']"),
+                      (b"source,target\na1,caf\xe9\n", "not UTF-8 text")):
+        pairs.write_bytes(raw)
+        with pytest.raises(ValueError, match=re.escape(f"pairs.csv: {text}")):
+            folder.read_folder(tmp_path / "in")
 
 
 def test_strict_stops_and_leaves_no_dataset(tmp_path):

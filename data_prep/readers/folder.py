@@ -36,12 +36,19 @@ def parse_kind(value: str | int, where: str) -> int:
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
-        return [(i + 2, {k: (v or "").strip() for k, v in row.items() if k}) for i, row in enumerate(reader)]
+    """(row number, {column: value}) of a CSV as spreadsheets save it: a UTF-8 BOM, CRLF line ends and
+    spaces around names are accepted; a missing column or non-UTF-8 bytes are one line naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            reader.fieldnames = [n.strip() for n in reader.fieldnames or []]
+            missing = [c for c in columns if c not in reader.fieldnames]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+            return [(i + 2, {k: (v or "").strip() for k, v in row.items() if k})
+                    for i, row in enumerate(reader)]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text; save it as UTF-8 CSV") from None
 
 
 def _scan_images(images_dir: Path, root: Path, dump: photos.DumpIndex | None) -> dict[str, ImageRef]:
