@@ -41,10 +41,10 @@ def test_bombs_are_refused_from_the_header_before_decoding(tmp_path, monkeypatch
     real_load = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load",
                         lambda self: decoded.append(self.size) or real_load(self))
-    _png(tmp_path / "big.png", 9000, 9000, 2)  # 81 M: under PIL's own limit, over ours (64 M)
+    _png(tmp_path / "big.png", 9000, 9000, 2)  # 81 M: under PIL's own limit, over ours (40 M)
     with pytest.raises(images.ReadError) as info:
         images.read_rgb(tmp_path / "big.png")
-    _one_line(info, "big.png: image is 9000x9000 (81.0 megapixels), over the limit of 64.0 megapixels")
+    _one_line(info, "big.png: image is 9000x9000 (81.0 megapixels), over the limit of 40.0 megapixels")
     fixtures.write_png_bomb(tmp_path / "bomb.png", 12000, 16000)  # 16000x12000: PIL's DecompressionBombError
     with pytest.raises(images.ReadError) as info:
         images.read_rgb(tmp_path / "bomb.png")

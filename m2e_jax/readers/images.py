@@ -22,8 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from m2e_jax import densepose
 
-# 64 megapixels (8000x8000; a 50 MP phone photo passes): 192 MB decoded as RGB, under PIL's 89 M warning
-MAX_PIXELS = 64_000_000
+MAX_PIXELS = 40_000_000  # 40 megapixels: 120 MB decoded as RGB; PIL's own bomb warning is at 89 M
 
 
 class ReadError(ValueError):
