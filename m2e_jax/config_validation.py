@@ -138,6 +138,9 @@ def _check_remaining(config, check, positive) -> None:
         positive(f"model.{name}", m[name], allow_zero=True)
     check(isinstance(m.ftn_mask_offset, int | float) and math.isfinite(m.ftn_mask_offset),
           f"config.model.ftn_mask_offset: must be a finite number, got {m.ftn_mask_offset!r}")
+    drop = m.get("parse_dropout", 0.0)
+    check(isinstance(drop, int | float) and not isinstance(drop, bool) and 0.0 <= drop <= 1.0,
+          f"config.model.parse_dropout: must be a share in [0, 1], got {drop!r}")
     check(m.ftn_mode in FTN_MODES, f"config.model.ftn_mode: unknown value {m.ftn_mode!r}; expected one of "
                                    f"{FTN_MODES}")
     check(w.vgg == "lpips_vgg16" or w.vgg.endswith(".npz"),

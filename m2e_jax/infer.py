@@ -11,9 +11,19 @@ in training. The config saved with the checkpoint rebuilds the networks; only th
 parameters (the EMA copy when training kept one) are read from it (m2e_jax.checkpointing: the newest
 complete checkpoint that verifies; a damaged newer one is named on stderr, `--no_fallback` refuses).
 
-Photos of any size are letterboxed to the network's size (preprocess.fit), and the result is pasted
-back into the full-resolution person photo (preprocess.paste_back): outside the garment region the
-person's own pixels are kept. One compilation per batch size; the last batch is padded, so a photo
+Photos of any size are letterboxed to the network's size (preprocess.fit) for the networks; the
+try-on is then made at the person photo's own resolution (`--resolution full`, the default:
+models.tryon.full_resolution_tryon redoes the UV warp, the regions and TRN's / FTN's output formulas
+at the photo's size with the networks' maps upsampled, so the garment keeps the photo's detail) or
+pasted back from the network's size (`--resolution network`, preprocess.paste_back). Either way the
+person's own bytes are kept outside the garment region.
+
+Parsing maps are optional. Without them (DensePose alone: either photo lacks one, so both are
+dropped) the replace region is the DensePose garment region R_P (models.tryon.replace_region); a
+checkpoint trained with model.parse_region but never without parsing (model.parse_dropout = 0)
+says so in one line. A try-on that leaves the garment region as it was says why.
+
+One compilation per batch size; the last batch is padded, so a photo
 gets the same result alone or in a batch. Errors in the inputs are one line on stderr and exit code
 1; outputs are written to temporary names and renamed at the end, so nothing is half-written.
 """
@@ -106,9 +116,7 @@ def read_photo(ref: ImageRef, select: str = "largest", max_pixels: int = images.
 
 
 def _mask(parse: np.ndarray | None, kind: int, shape: tuple[int, int]) -> np.ndarray:
-    if parse is None:
-        return np.zeros(shape + (1,), np.uint8)
-    return (parse == kind + 1).astype(np.uint8)[..., None]
+    return preprocess.parse_mask(parse, kind, shape)
 
 
 def make_example(model: preprocess.Fitted, person: preprocess.Fitted, garment_kind: int) -> dict:
@@ -142,20 +150,43 @@ class TryOn:
         self.params = jax.device_put(params)
         # models.tryon.forward, compiled once per batch size for this TryOn's life.
         self._forward = jax.jit(functools.partial(tryon_lib.forward, model_cfg=self.model_cfg))
+        # One compilation per (photo size, scaled config); scaled_model_config is static.
+        self._full = jax.jit(tryon_lib.full_resolution_tryon, static_argnames="model_cfg")
+
+    @property
+    def needs_parsing(self) -> bool:
+        """Trained with model.parse_region on parsing masks only (model.parse_dropout = 0): photos
+        without parsing maps get the DensePose-only region R_P, which it never saw in training."""
+        m = self.model_cfg
+        return bool(m.get("parse_region", False)) and float(m.get("parse_dropout", 0.0)) == 0.0
+
+    def full_resolution(self, model: Photo, person: Photo, out: dict[str, np.ndarray],
+                        box, garment_kind: int) -> dict[str, np.ndarray]:
+        """The try-on at the person photo's size (models.tryon.full_resolution_tryon) from one
+        example's network outputs `out` (`run`) and the person's Letterbox `box`; float numpy
+        `[h, w, C]`: output, soft_region, warped, refined, ..."""
+        maps = preprocess.upsample_maps(out, box, tryon_lib.RESOLUTION_FREE)
+        mask = lambda photo: preprocess.parse_mask(photo.parse, garment_kind, photo.image.shape[:2])
+        batch = preprocess.full_resolution_example(model.image, model.iuv, mask(model), person.image,
+                                                   person.iuv, mask(person), garment_kind)
+        cfg = tryon_lib.scaled_model_config(self.model_cfg, preprocess.photo_scale(box))
+        res = jax.device_get(self._full({k: v[None] for k, v in maps.items()}, batch, model_cfg=cfg))
+        return {k: np.asarray(v[0]) for k, v in res.items()}
 
     def run(self, examples: Sequence[dict], batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
         """Network outputs (warped, aligned, refined, output, soft_region; float numpy, network size)
         per example; batches of `batch_size` (default: all), the last padded with empty examples."""
         n = len(examples)
         bs = batch_size or n
-        keys = ("warped", "aligned", "refined", "output", "soft_region")
+        keys = ("warped", "aligned", "refined", "output", "soft_region", "region") + tryon_lib.RESOLUTION_FREE
         results: list[dict[str, np.ndarray]] = []
         for start in range(0, n, bs):
             chunk = list(examples[start: start + bs])
             chunk += [data_schema.empty_example(self.height, self.width)] * (bs - len(chunk))
             batch = {k: np.stack([np.asarray(ex[k]) for ex in chunk]) for k in data_schema.KEYS}
             out = jax.device_get(self._forward(self.params, batch))
-            results += [{k: np.asarray(out[k][i]) for k in keys} for i in range(min(bs, n - start))]
+            results += [{k: np.asarray(out[k][i]) for k in keys if k in out}
+                        for i in range(min(bs, n - start))]
         return results
 
 
@@ -190,13 +221,76 @@ def stage_files(output: str) -> dict[str, str]:
     return names
 
 
+RESOLUTIONS = ("full", "network")
+
+
+def tryon_image(net: TryOn, job_photos: tuple[Photo, Photo],
+                fitted: tuple[preprocess.Fitted, ...], out: dict[str, np.ndarray], garment_kind: int,
+                resolution: str = "full") -> tuple[np.ndarray, np.ndarray]:
+    """(try-on uint8 `[h, w, 3]`, its soft region R~ float `[h, w, 1]`) at the person photo's size.
+
+    resolution "full": made at the photo's resolution (TryOn.full_resolution); "network": the
+    network-size try-on pasted back (preprocess.paste_back). P's own bytes wherever R~ is 0.
+    """
+    model, person = job_photos
+    if resolution not in RESOLUTIONS:
+        raise InferError(f"--resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    p_fit = fitted[1]
+    if resolution == "network":
+        image = preprocess.paste_back(person.image, out["output"], preprocess.to_float(p_fit.image),
+                                      out["soft_region"], p_fit.box)
+        return image, preprocess.unfit(out["soft_region"], p_fit.box)
+    full = net.full_resolution(model, person, out, p_fit.box, garment_kind)
+    return preprocess.keep_person(person.image, full["output"], full["soft_region"]), full["soft_region"]
+
+
+def unchanged_reason(person: np.ndarray, image: np.ndarray, soft_region: np.ndarray, person_name: str,
+                     garment_kind: int) -> str | None:
+    """One line saying why the try-on `image` equals the `person` photo in the garment region, else None."""
+    inside = np.asarray(soft_region)[..., 0] > 0
+    kind = densepose.GARMENT_KINDS[garment_kind]
+    if not inside.any():
+        return (f"{person_name}: DensePose finds none of the {kind} garment's body parts on the person, "
+                f"so there is nothing to replace: the output is the person photo unchanged")
+    if np.array_equal(image[inside], person[inside]):
+        return (f"{person_name}: the try-on equals the person photo inside the {kind} garment region "
+                f"({int(inside.sum())} pixels): the networks kept the person's own pixels there")
+    return None
+
+
+def drop_unpaired_parsing(photos: tuple[Photo, Photo], job: Job,
+                          needs_parsing: bool) -> tuple[tuple[Photo, Photo], list[str]]:
+    """The two photos with parsing maps kept only when both have one (an example has parsing for
+    both photos or for neither, as in training), and the one-line notes to print."""
+    model, person = photos
+    missing = [ref.image for p, ref in ((model, job.model), (person, job.person)) if p.parse is None]
+    notes = []
+    if missing and len(missing) < 2:
+        notes.append(f"{missing[0]}: no parsing map (NAME_parse.png or --*_parse) while the other photo "
+                     f"has one; both are ignored and the DensePose garment region is replaced")
+    if missing and needs_parsing:
+        notes.append(f"{job.output}: this checkpoint needs parsing maps (trained with "
+                     f"model.parse_region=True and model.parse_dropout=0) and {missing[0]} has none: "
+                     f"it replaces the whole DensePose garment region instead, which it never trained "
+                     f"on; give NAME_parse.png for both photos or use a checkpoint trained with "
+                     f"model.parse_dropout > 0")
+    if missing:
+        model = dataclasses.replace(model, parse=None)
+        person = dataclasses.replace(person, parse=None)
+    return (model, person), notes
+
+
 def result_images(job_photos: tuple[Photo, Photo], fitted: tuple[preprocess.Fitted, ...],
-                  out: dict[str, np.ndarray], output: str, save_stages: bool) -> dict[str, np.ndarray]:
-    """{path: uint8 image}: the full-resolution try-on and, if asked, the network-size stages."""
+                  out: dict[str, np.ndarray], output: str, save_stages: bool,
+                  image: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """{path: uint8 image}: the try-on at the person photo's size (`image`, else the network-size
+    try-on pasted back) and, if asked, the network-size stages."""
     _, person = job_photos
     m_fit, p_fit = fitted
-    files = {output: preprocess.paste_back(person.image, out["output"], preprocess.to_float(p_fit.image),
-                                           out["soft_region"], p_fit.box)}
+    if image is None:
+        image = preprocess.paste_back(person.image, out["output"], preprocess.to_float(p_fit.image),
+                                      out["soft_region"], p_fit.box)
+    files = {output: image}
     if save_stages:
         names = stage_files(output)
         stages = {key: preprocess.to_uint8(out[key]) for key in STAGE_FILES}
@@ -206,9 +300,10 @@ def result_images(job_photos: tuple[Photo, Photo], fitted: tuple[preprocess.Fitt
 
 
 def run_jobs(net: TryOn, jobs: Sequence[Job], garment_kind: int, batch_size: int = 8, select: str = "largest",
-             save_stages: bool = False, progress: bool = False) -> None:
+             save_stages: bool = False, progress: bool = False, resolution: str = "full") -> None:
     """Checks every job's inputs first (one bad file stops the run before anything is written), then
-    runs them in batches of `batch_size` and writes each result atomically."""
+    runs them in batches of `batch_size` and writes each result atomically (`tryon_image` at
+    `resolution`); notes on missing parsing maps and unchanged results go to stderr, one line each."""
     for job in jobs:  # validation pass: decode, check, discard
         read_photo(job.model, select), read_photo(job.person, select)
     from tqdm import tqdm
@@ -216,12 +311,22 @@ def run_jobs(net: TryOn, jobs: Sequence[Job], garment_kind: int, batch_size: int
     batches = range(0, len(jobs), batch_size)
     for start in tqdm(batches, desc="try-on", unit="batch", disable=not progress):
         chunk = jobs[start: start + batch_size]
-        photos = [(read_photo(j.model, select), read_photo(j.person, select)) for j in chunk]
+        photos = []
+        for j in chunk:
+            pair, notes = drop_unpaired_parsing((read_photo(j.model, select), read_photo(j.person, select)),
+                                                j, net.needs_parsing)
+            photos.append(pair)
+            for note in notes:
+                warn(note)
         fitted = [tuple(preprocess.fit(p.image, p.iuv, net.height, net.width, p.parse, where=ref.image)
                         for p, ref in zip(pair, (j.model, j.person))) for pair, j in zip(photos, chunk)]
         outs = net.run([make_example(m, p, garment_kind) for m, p in fitted], batch_size)
         for job, pair, fit, out in zip(chunk, photos, fitted, outs):
-            _write_atomic(result_images(pair, fit, out, job.output, save_stages))
+            image, soft = tryon_image(net, pair, fit, out, garment_kind, resolution)
+            reason = unchanged_reason(pair[1].image, image, soft, job.person.image, garment_kind)
+            if reason:
+                warn(reason)
+            _write_atomic(result_images(pair, fit, out, job.output, save_stages, image))
 
 
 # ---------------------------------------------------------------- pairs files
@@ -297,6 +402,9 @@ def parser() -> argparse.ArgumentParser:
                    help="garment to transfer (default: the config's model.garment_kind)")
     p.add_argument("--select", choices=("largest", "central", "score"), default="largest",
                    help="which person to use when DensePose found several")
+    p.add_argument("--resolution", choices=RESOLUTIONS, default="full",
+                   help="full: the try-on made at the person photo's resolution (default); network: "
+                        "made at the network's size and pasted back")
     p.add_argument("--save_stages", action="store_true",
                    help="also write the warp, PAN, TRN, FTN outputs and a side-by-side PNG")
     xla_flags.add_argument(p)
@@ -337,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = densepose.GARMENT_KINDS.index(args.garment_kind or config.model.garment_kind)
         batch_size = 1 if len(jobs) == 1 else args.batch_size
         run_jobs(TryOn(config, params), jobs, kind, batch_size, args.select, args.save_stages,
-                 progress=len(jobs) > 1)
+                 progress=len(jobs) > 1, resolution=args.resolution)
     except (InferError, checkpointing.CheckpointError, images.ReadError, detectron2_dump.DumpError) as e:
         print(f"m2e_jax.infer: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1

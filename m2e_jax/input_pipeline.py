@@ -121,6 +121,7 @@ class TrainData:
     def __init__(self, source, config: Any, process_index: int = 0, process_count: int = 1):
         self.source, self.seed, self.sched = source, config.seed, config.schedule
         self.batch_size = config.batch_size
+        self.parse_dropout = float(config.model.get("parse_dropout", 0.0))
         if self.batch_size % process_count:
             raise ValueError(f"config.batch_size={self.batch_size} not divisible by "
                              f"{process_count} processes")
@@ -169,7 +170,12 @@ class TrainData:
         """This process's rows of the global batch of `step`, `{key: [B_local, ...]}` numpy."""
         p = schedule.plan(step, self.sched)
         get = self._paired_example if p.paired else self._unpaired_example
-        return stack_examples([get(pos) for pos in self._positions(p.position)])
+        batch = stack_examples([get(pos) for pos in self._positions(p.position)])
+        if self.parse_dropout > 0:
+            rows = slice(self.row0, self.row0 + self.local_size)
+            batch = drop_parsing(batch, parse_dropout_rows(self.seed, step, self.batch_size,
+                                                           self.parse_dropout)[rows])
+        return batch
 
     def iterate(self, start_step: int, end_step: int, put: Callable = lambda b: b,
                 prefetch: int = 2) -> Iterator[tuple[int, Any]]:
@@ -181,6 +187,24 @@ class TrainData:
                     if s not in pending:
                         pending[s] = pool.submit(lambda s=s: put(self.batch(s)))
                 yield step, pending.pop(step).result()
+
+
+_PARSE_DROPOUT_TAG = 1_000_005
+
+
+def parse_dropout_rows(seed: int, step: int, batch_size: int, rate: float) -> np.ndarray:
+    """`[batch_size]` bool: which rows of step `step`'s global batch lose their parsing masks
+    (config.model.parse_dropout); a pure function of (seed, step), so resumed runs and every host agree."""
+    return np.random.default_rng([seed, _PARSE_DROPOUT_TAG, step]).random(batch_size) < rate
+
+
+def drop_parsing(batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The batch with both parsing masks zeroed on `rows` (`[B]` bool): those examples look like
+    photos with DensePose alone, which models.tryon.replace_region answers with R_P itself."""
+    out = dict(batch)
+    for key in data_schema.MASK_KEYS:
+        out[key] = np.where(rows[:, None, None, None], np.zeros_like(batch[key]), batch[key])
+    return out
 
 
 def eval_batches(source, batch_size: int, num: int, process_index: int = 0,

@@ -7,6 +7,12 @@ content area, resize to the photo's size. `paste_back` merges the network-size t
 full-resolution person photo: where the feathered garment region R~ is zero the original pixels
 are kept bit for bit; inside it the network's output; in between, the network's change added to
 the full-resolution photo, so no seam and no blur outside the garment.
+
+The full-resolution path (infer's default) keeps the garment's detail instead: `upsample_maps`
+brings the networks' resolution-free maps (TRN's alpha and T_g, PAN's A, FTN's mask and G_img) to
+the photo's size, `full_resolution_example` holds both photos at their own sizes, and
+models.tryon.full_resolution_tryon recomputes the UV warp, the regions and the two output formulas
+there; `keep_person` then copies P's own bytes wherever the full-resolution R~ is 0.
 """
 
 from __future__ import annotations
@@ -95,3 +101,41 @@ def paste_back(person: np.ndarray, output: np.ndarray, person_net: np.ndarray, s
     full = to_float(person)
     merged = unfit(output, box) + (1.0 - r) * (full - unfit(person_net, box))
     return np.where(r > 0, to_uint8(merged), person).astype(np.uint8)
+
+
+def photo_scale(box: Letterbox) -> float:
+    """How many photo pixels one network pixel spans (1 / letterbox scale): >1 for large photos."""
+    return 1.0 / box.scale
+
+
+def upsample_maps(maps: dict[str, np.ndarray], box: Letterbox,
+                  keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The network-size maps `keys` (float `[H, W, C]`) at the photo's size `[h, w, C]` (`unfit`:
+    content crop, bilinear); keys missing from `maps` are skipped."""
+    return {k: unfit(maps[k], box) for k in keys if k in maps}
+
+
+def parse_mask(parse: np.ndarray | None, kind: int, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 `[h, w, 1]`: 1 where the parsing map shows garment `kind` (index into
+    densepose.GARMENT_KINDS; parsing labels are kind + 1), all 0 without a parsing map."""
+    if parse is None:
+        return np.zeros(tuple(shape) + (1,), np.uint8)
+    return (np.asarray(parse) == kind + 1).astype(np.uint8)[..., None]
+
+
+def full_resolution_example(model_image: np.ndarray, model_iuv: np.ndarray, model_mask: np.ndarray,
+                            person_image: np.ndarray, person_iuv: np.ndarray, person_mask: np.ndarray,
+                            garment_kind: int) -> dict[str, np.ndarray]:
+    """A one-example batch `{key: [1, ...]}` of the two photos at their own sizes (uint8 images and
+    IUV `[h, w, 3]`, masks `[h, w, 1]`; M and P may differ in size), for full_resolution_tryon."""
+    fields = dict(model_image=model_image, model_iuv=model_iuv, model_mask=model_mask,
+                  person_image=person_image, person_iuv=person_iuv, person_mask=person_mask)
+    batch = {k: np.asarray(v, np.uint8)[None] for k, v in fields.items()}
+    batch["garment_kind"] = np.full((1,), garment_kind, np.int32)
+    return batch
+
+
+def keep_person(person: np.ndarray, output: np.ndarray, soft_region: np.ndarray) -> np.ndarray:
+    """uint8 `[h, w, 3]`: the try-on `output` (float `[h, w, 3]` in [-1, 1], P's size) where the
+    full-resolution R~ (`[h, w, 1]`) is > 0, the person photo's own bytes everywhere else."""
+    return np.where(np.asarray(soft_region) > 0, to_uint8(output), person).astype(np.uint8)

@@ -119,13 +119,15 @@ def test_single_cli_with_dump_and_stages(world, tmp_path):
     assert not glob.glob(str(out.parent / ".*tmp*"))
 
 
-def test_any_photo_size_keeps_the_person_outside_the_garment(world, tmp_path, capsys):
+@pytest.mark.parametrize("resolution", infer.RESOLUTIONS)
+def test_any_photo_size_keeps_the_person_outside_the_garment(world, tmp_path, capsys, resolution):
     d = world["root"] / "syn_big" / "test" / "images"
     rows = (world["root"] / "syn_big" / "test" / "triplets.csv").read_text().splitlines()[1:]
     model, person, _ = rows[0].split(",")
     out = tmp_path / "big.png"
     rc = infer.main(["--workdir", world["workdir"], "--model_image", str(d / f"{model}.png"),
-                     "--person_image", str(d / f"{person}.png"), "--output", str(out)])
+                     "--person_image", str(d / f"{person}.png"), "--output", str(out),
+                     "--resolution", resolution])
     assert rc == 0, capsys.readouterr().err
     p = images.read_rgb(d / f"{person}.png")
     got = images.read_rgb(out)
@@ -139,6 +141,90 @@ def test_any_photo_size_keeps_the_person_outside_the_garment(world, tmp_path, ca
     allowed = densepose.garment_region(iuv[None], "upper", 16, (parse == 1)[None, ..., None])[0, ..., 0] > 0
     assert changed.sum() > 20 and not np.any(changed & ~allowed)
     assert np.mean(~allowed) > 0.2
+
+
+@pytest.fixture(scope="module")
+def pass_through(world, tmp_path_factory):
+    """Two checkpoints of one parse_region network whose FTN passes its input composite through
+    (model.ftn_mask_offset=30: mask m = 1), so P' = P wherever FTN's replace region is 0 (the
+    failure of issue 15.2): one trained with parsing maps only (model.parse_dropout=0), one with
+    parse_dropout=0.5. And a folder of 64x48 photos (the network is 32x32) with their DensePose
+    `_IUV.png` and no parsing maps."""
+    root = tmp_path_factory.mktemp("pass_through")
+    params = random_params(checkpointing.generator_shapes(world["cfg"].model), seed=2)
+    workdirs = {}
+    for drop in (0.0, 0.5):
+        cfg = synthetic.get_config("test")
+        cfg.model.update(ftn_mask_offset=30.0, parse_dropout=drop)
+        assert cfg.model.parse_region
+        workdirs[drop] = str(root / f"work_{drop}")
+        with checkpointing.Checkpointer(os.path.join(workdirs[drop], "checkpoints"), async_save=False) as ck:
+            ck.save(STEP, {"step": np.int32(STEP), "params": params}, cfg)
+    src = world["root"] / "syn_big" / "test"
+    model, person, _ = (src / "triplets.csv").read_text().splitlines()[1].split(",")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in (model, person):
+        for suffix in (".png", "_IUV.png"):
+            (photos / f"{name}{suffix}").write_bytes((src / "images" / f"{name}{suffix}").read_bytes())
+    return {"workdirs": workdirs, "photos": photos, "model": model, "person": person,
+            "parse_dir": src / "images"}
+
+
+def _tryon(capsys, workdir, model, person, out, *extra):
+    capsys.readouterr()
+    rc = infer.main(["--workdir", workdir, "--model_image", str(model), "--person_image", str(person),
+                     "--output", str(out), *extra])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    return images.read_rgb(out), [ln for ln in err.splitlines() if ln.strip()]
+
+
+def test_densepose_only_tryon_replaces_the_garment_region_at_full_resolution(pass_through, tmp_path, capsys):
+    """No parsing maps (DensePose alone): the replace region is R_P, so the garment region changes,
+    at the photo's 64x48 (twice the network's size); every pixel outside R_P keeps its bytes."""
+    d = pass_through["photos"]
+    person = images.read_rgb(d / f"{pass_through['person']}.png")
+    got, warnings = _tryon(capsys, pass_through["workdirs"][0.5], d / f"{pass_through['model']}.png",
+                           d / f"{pass_through['person']}.png", tmp_path / "out.png")
+    assert warnings == []  # trained with parse_dropout: DensePose alone is a case it knows
+    assert got.shape == person.shape == (64, 48, 3)
+    iuv = images.read_iuv_rgb_png(d / f"{pass_through['person']}_IUV.png")
+    # configs/synthetic.py: no dilation or feather, so R~ = R_P = the upper-garment parts.
+    region = densepose.garment_region(iuv[None], "upper", 0)[0, ..., 0] > 0
+    changed = np.any(got != person, axis=-1)
+    assert region.mean() > 0.05 and not np.any(changed & ~region)
+    assert changed[region].mean() > 0.5, changed[region].mean()
+
+
+def test_checkpoint_needing_parsing_maps_says_so(pass_through, tmp_path, capsys):
+    d = pass_through["photos"]
+    model, person = d / f"{pass_through['model']}.png", d / f"{pass_through['person']}.png"
+    got, warnings = _tryon(capsys, pass_through["workdirs"][0.0], model, person, tmp_path / "a.png")
+    assert len(warnings) == 1 and warnings[0].startswith("m2e_jax.infer: warning: "), warnings
+    assert "needs parsing maps" in warnings[0] and "model.parse_dropout" in warnings[0]
+    assert np.any(got != images.read_rgb(person))  # still a try-on (R_P replaced), not P
+    # With both parsing maps given: no warning.
+    parse = pass_through["parse_dir"]
+    _, warnings = _tryon(capsys, pass_through["workdirs"][0.0], model, person, tmp_path / "b.png",
+                         "--model_parse", str(parse / f"{pass_through['model']}_parse.png"),
+                         "--person_parse", str(parse / f"{pass_through['person']}_parse.png"))
+    assert warnings == []
+
+
+def test_nothing_to_replace_says_why(pass_through, tmp_path, capsys):
+    """A person whose DensePose has none of the garment's parts comes back unchanged, with a reason."""
+    d = pass_through["photos"]
+    iuv = images.read_iuv_rgb_png(d / f"{pass_through['person']}_IUV.png").copy()
+    upper = densepose.garment_parts_mask(iuv, "upper")[..., 0] > 0
+    iuv[upper] = 0
+    assert iuv[..., 0].max() > 0  # head, hands, legs: still a person
+    fixtures.write_iuv_png(tmp_path / "bare_IUV.png", iuv)
+    person = d / f"{pass_through['person']}.png"
+    got, warnings = _tryon(capsys, pass_through["workdirs"][0.5], d / f"{pass_through['model']}.png",
+                           person, tmp_path / "out.png", "--person_iuv", str(tmp_path / "bare_IUV.png"))
+    np.testing.assert_array_equal(got, images.read_rgb(person))
+    assert len(warnings) == 1 and "none of the upper garment's body parts" in warnings[0], warnings
 
 
 def _bad_inputs(world, tmp_path):

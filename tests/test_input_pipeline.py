@@ -60,6 +60,36 @@ def test_batches_are_a_pure_function_of_the_step():
     assert [ids(other_seed.batch(s)) for s in range(9)] != run
 
 
+def test_parse_dropout_zeroes_both_masks_of_whole_rows_deterministically():
+    """model.parse_dropout: a share of each batch's rows loses both parsing masks (DensePose alone),
+    the same rows on a resumed run and on every host; nothing else changes."""
+    paired = np.array([1, 0] * 10)
+    source = fake_source(20, paired)
+    source.arrays["model_mask"][:] = 1
+    source.arrays["person_mask"][:, :4] = 1
+    base = input_pipeline.TrainData(source, config(batch=8))
+    c = config(batch=8)
+    c.model.parse_dropout = 0.5
+    drop = input_pipeline.TrainData(source, c)
+    dropped = []
+    for step in range(12):
+        a, b = base.batch(step), drop.batch(step)
+        gone = (b["model_mask"].max(axis=(1, 2, 3)) == 0)
+        assert np.array_equal(gone, b["person_mask"].max(axis=(1, 2, 3)) == 0)  # both or neither
+        np.testing.assert_array_equal(b["model_mask"][~gone], a["model_mask"][~gone])
+        np.testing.assert_array_equal(b["person_mask"][~gone], a["person_mask"][~gone])
+        for key in data_schema.KEYS:
+            if key not in data_schema.MASK_KEYS:
+                np.testing.assert_array_equal(b[key], a[key])
+        np.testing.assert_array_equal(gone, input_pipeline.parse_dropout_rows(c.seed, step, 8, 0.5))
+        dropped.append(gone)
+    share = np.mean(dropped)
+    assert 0.3 < share < 0.7, share  # 96 rows at rate 0.5
+    # Host 1 of 2 gets rows 4..7 of the same global decision.
+    half = input_pipeline.TrainData(source, c, process_index=1, process_count=2).batch(5)
+    np.testing.assert_array_equal(half["model_mask"].max(axis=(1, 2, 3)) == 0, dropped[5][4:])
+
+
 def test_streams_are_separated_and_epochs_cover_every_example():
     paired = np.array([1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 1])  # 7 paired, 5 unpaired
     data = input_pipeline.TrainData(fake_source(12, paired), config(batch=7, pan=4, joint=0))

@@ -45,7 +45,7 @@ def test_pipeline_outputs(setup):
     cfg, inputs, params, _, out = setup
     assert set(params) == {"pan", "trn", "ftn"}
     expected = {"warped", "valid", "region", "soft_region", "aligned", "texture", "alpha", "refined",
-                "output", "ftn_mask", "ftn_region"}
+                "output", "ftn_mask", "ftn_generated", "ftn_region"}
     assert set(out) == expected
     for k in ("aligned", "texture", "refined", "output"):
         assert out[k].shape == (2, 32, 32, 3) and out[k].dtype == jnp.float32
@@ -116,7 +116,7 @@ def test_parse_region_keeps_uncovered_skin():
     inputs = tryon.prepare_batch(batch, cfg)
     valid = jax.jit(lambda i: net.apply({"params": {}}, i, method=tryon.TryOnNet.warp))(inputs)[1]
     region, old, v = np.asarray(inputs["region"]), np.asarray(inputs["person_mask"]), np.asarray(valid)
-    # No new garment anywhere: only P's old garment (inside R_P) is replaced.
+    # No new garment anywhere (M's parsing shows none): only P's old garment (inside R_P) is replaced.
     none = replace({**inputs, "model_mask": jnp.zeros_like(inputs["model_mask"])}, valid)
     np.testing.assert_allclose(none, region * old, atol=1e-6)
     # M entirely garment: the new garment lands wherever the warp has a source (V).
@@ -124,7 +124,44 @@ def test_parse_region_keeps_uncovered_skin():
     np.testing.assert_allclose(full, region * (1 - (1 - v) * (1 - old)), atol=1e-6)
     assert float(full.sum()) < float(region.sum())  # R_P pixels without a source and not P's garment
     assert 0 < float(none.sum()) < float(full.sum())
+    # No parsing maps at all (DensePose alone: both masks empty): R_P itself, never the empty region.
+    # Mixed batch: the second example keeps its parsing masks and its parsing-guided region.
+    bare = {**inputs, "model_mask": inputs["model_mask"].at[0].set(0.0),
+            "person_mask": inputs["person_mask"].at[0].set(0.0)}
+    mixed = np.asarray(replace(bare, valid))
+    np.testing.assert_array_equal(mixed[0], region[0])
+    np.testing.assert_allclose(mixed[1], region[1] * old[1], atol=1e-6)
+    assert float(region[0].sum()) > 0
+    np.testing.assert_array_equal(np.asarray(tryon.has_parsing(bare["model_mask"], bare["person_mask"])),
+                                  [False, True])
     # Off by default: R_P itself.
     plain = tryon.make_tryon(tiny_model_config())
     np.testing.assert_array_equal(plain.apply({"params": {}}, inputs, valid,
                                               method=tryon.TryOnNet.replace_region), inputs["region"])
+
+
+def test_recompose_at_the_network_size_is_the_forward_pass(setup):
+    """recompose re-evaluates TRN's and FTN's formulas from the networks' maps: on the inputs the
+    networks saw it gives back their refined T, replace region and output P'."""
+    cfg, inputs, _, _, out = setup
+    maps = {k: out[k] for k in tryon.RESOLUTION_FREE}
+    again = jax.jit(lambda m, i: tryon.recompose(m, i, cfg))(
+        maps, {**inputs, "warped": out["warped"], "valid": out["valid"]})
+    for key in ("refined", "ftn_region", "output"):
+        np.testing.assert_allclose(again[key], out[key], atol=1e-5, err_msg=key)
+    # It really uses the maps: another alpha gives another T and P'.
+    other = jax.jit(lambda m, i: tryon.recompose(m, i, cfg))(
+        {**maps, "alpha": 1.0 - maps["alpha"]}, {**inputs, "warped": out["warped"], "valid": out["valid"]})
+    assert float(jnp.abs(other["output"] - out["output"]).max()) > 0.1
+
+
+def test_scaled_model_config_scales_pixel_lengths():
+    cfg = tiny_model_config(garment_dilation=1, soft_dilation=2, feather=1, warp_tile=16)
+    big = tryon.scaled_model_config(cfg, 4.0)
+    assert (big.garment_dilation, big.soft_dilation, big.feather, big.warp_tile) == (4, 8, 4, 64)
+    assert (big.height, big.width, big.base_channels) == (cfg.height, cfg.width, cfg.base_channels)
+    assert tryon.scaled_model_config(cfg, 64.0).warp_tile == tryon.MAX_WARP_TILE
+    same = tryon.scaled_model_config(cfg, 1.0)
+    assert same.to_dict() == cfg.to_dict()
+    with pytest.raises(ValueError, match="scale"):
+        tryon.scaled_model_config(cfg, 0.0)

@@ -9,7 +9,11 @@ config.model:
                                     paints R~ from scratch (method.md's formula); see models/ftn.py
   ftn_mask_offset      3.0        added to the mask logit: m ~ sigmoid(3) = 0.95 at initialisation
   parse_region         False      FTN replaces only warp(M's garment mask) | P's garment mask inside R_P
-                                  and keeps P's uncovered skin (needs model_mask / person_mask data)
+                                  and keeps P's uncovered skin (needs model_mask / person_mask data);
+                                  examples without parsing masks (both empty) replace R_P itself
+  parse_dropout        0.0        share of training examples whose parsing masks are dropped (both
+                                  zeroed), so one network serves photos with and without parsing maps
+                                  (DensePose alone); 0 with parse_region: the checkpoint needs them
   norm                 "instance" | "group" | "none"
   upsample             "resize_conv" | "transpose" | "pixel_shuffle"
   iuv_encoding         "onehot" (27 channels) | "raw" (3 channels)
@@ -33,6 +37,7 @@ def model_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         height=256, width=192, base_channels=64, num_downsamples=2, pan_blocks=9, trn_blocks=3,
         ftn_blocks=6, ftn_mode="composite", ftn_mask_offset=3.0, parse_region=False,
+        parse_dropout=0.0,
         norm="instance", upsample="resize_conv",
         iuv_encoding="onehot", dtype="float32",
         garment_kind="upper", garment_dilation=2, soft_dilation=3, feather=2, warp_tile=32,

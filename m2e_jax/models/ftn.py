@@ -38,13 +38,28 @@ def input_composite(person, refined, region):
     return person * (1.0 - region) + refined * region
 
 
+def fit_output(person, refined, region, soft_region, image, mask=None):
+    """P' from FTN's own outputs: G_img `image` and, in "composite" mode, the composition mask m.
+
+    "composite": P' = R~ (m x + (1 - m) G_img) + (1 - R~) P with x = input_composite(P, T, R);
+    "direct" (mask None): P' = R~ G_img + (1 - R~) P. Any resolution: `recompose` in models/tryon.py
+    evaluates it on full-resolution P, T and regions with FTN's maps upsampled.
+    """
+    if mask is None:
+        return composite(image, person, soft_region)
+    generated = mask * input_composite(person, refined, region) + (1.0 - mask) * image
+    return composite(generated, person, soft_region)
+
+
 class FTN(GeneratorNet):
     """FTN generator (`model.ftn_blocks` residual blocks, `model.ftn_mode` output formula).
 
     Inputs (float32 `[B, H, W, C]`): person P and refined T in [-1, 1] (C=3), region R_P and
     soft_region R~ in [0, 1] (C=1), person_iuv I_P as float IUV.
     Returns P', float32 `[B, H, W, 3]` in [-1, 1]; with `with_mask=True` the pair (P', m) where m is
-    the composition mask `[B, H, W, 1]` in [0, 1] ("composite") or None ("direct").
+    the composition mask `[B, H, W, 1]` in [0, 1] ("composite") or None ("direct"); with
+    `with_parts=True` a dict: `output` P', `generated` G_img `[B, H, W, 3]` in [-1, 1] and, in
+    "composite" mode, `mask` m (what `recompose` needs to redo the formula at another resolution).
     """
 
     num_blocks: int = 6
@@ -60,17 +75,19 @@ class FTN(GeneratorNet):
         return super().from_config(model_cfg, **fields)
 
     @nn.compact
-    def __call__(self, person, refined, region, soft_region, person_iuv, with_mask: bool = False):
+    def __call__(self, person, refined, region, soft_region, person_iuv, with_mask: bool = False,
+                 with_parts: bool = False):
         check_choice("model.ftn_mode", self.mode, FTN_MODES)
         dt = person.dtype
         x = jnp.concatenate([person * (1.0 - region), refined * region, region.astype(dt),
                              self.encode(person_iuv).astype(dt)], axis=-1)
         if self.mode == "direct":
-            generated, mask = jnp.tanh(self.generate(x, 3)), None
+            image, mask = jnp.tanh(self.generate(x, 3)), None
         else:
             logits = self.generate(x, 4)
+            image = jnp.tanh(logits[..., :3])
             mask = nn.sigmoid(logits[..., 3:] + self.mask_offset)
-            pasted = input_composite(person, refined, region)
-            generated = mask * pasted + (1.0 - mask) * jnp.tanh(logits[..., :3])
-        output = composite(generated, person, soft_region)
+        output = fit_output(person, refined, region, soft_region, image, mask)
+        if with_parts:
+            return {"output": output, "generated": image, **({} if mask is None else {"mask": mask})}
         return (output, mask) if with_mask else output

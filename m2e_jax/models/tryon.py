@@ -32,14 +32,18 @@ import ml_collections
 from m2e_jax import densepose
 from m2e_jax.models.defaults import model_config
 from m2e_jax.models.discriminators import PatchDiscriminator
-from m2e_jax.models.ftn import FTN
+from m2e_jax.models.ftn import FTN, fit_output
 from m2e_jax.models.pan import PAN
-from m2e_jax.models.trn import TRN
+from m2e_jax.models.trn import TRN, blend_texture
 from m2e_jax.ops.uv_warp import uv_warp
 
 # The three generators in pipeline order (also the keys of their parameter trees). The schedule's
 # stages 1..4 (schedule.py) are something else: which of these networks train when.
 NETWORKS = ("pan", "trn", "ftn")
+# The networks' maps that `recompose` resizes to another resolution (ftn_mask only in "composite").
+RESOLUTION_FREE = ("aligned", "texture", "alpha", "ftn_generated", "ftn_mask")
+# Largest UV atlas tile of `scaled_model_config` (24 x 256 x 256 texels: ~25 MB of float32 planes).
+MAX_WARP_TILE = 256
 
 
 def image_to_float(x):
@@ -93,6 +97,31 @@ def check_image_size(model_cfg, height: int, width: int) -> None:
                          f"2**model.d_layers = {2 ** model_cfg.d_layers}); resize or crop the images")
 
 
+def has_parsing(model_mask: jax.Array, person_mask: jax.Array) -> jax.Array:
+    """`[B]` bool: the example carries parsing masks (either photo's mask has a garment pixel).
+
+    A photo without a parsing map has an all-zero mask (data_schema), so an example whose two masks
+    are both empty has no parsing information at all: DensePose alone, as most users have it.
+    model_mask, person_mask: `[B, H, W, 1]` (the two may differ in size).
+    """
+    return (jnp.max(model_mask, axis=(1, 2, 3)) > 0) | (jnp.max(person_mask, axis=(1, 2, 3)) > 0)
+
+
+def replace_region(region: jax.Array, new_garment: jax.Array, person_mask: jax.Array,
+                   parsed: jax.Array) -> jax.Array:
+    """FTN's replace region with model.parse_region `[B, H, W, 1]` in [0, 1].
+
+    With parsing masks (`parsed` `[B]` bool, see `has_parsing`): R_P * (1 - (1 - g) * (1 - mask_P)),
+    g = `new_garment` (M's garment mask warped into P's pose, times V), mask_P = `person_mask`.
+    Pixels that neither the new garment nor P's old garment cover are P's own skin in the result
+    too, so FTN keeps them from P instead of painting them with M's skin (our design choice, as in
+    parsing-guided try-on such as CP-VTON). Without parsing masks that formula is 0 everywhere
+    (FTN would return P unchanged), so those examples get the DensePose-only region R_P itself.
+    """
+    parsed_region = region * (1.0 - (1.0 - new_garment) * (1.0 - person_mask))
+    return jnp.where(parsed[:, None, None, None], parsed_region, region)
+
+
 def _frozen(cfg) -> ml_collections.FrozenConfigDict:
     return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
 
@@ -103,7 +132,8 @@ class TryOnNet(nn.Module):
     Output keys (float32): warped W `[B, H, W, 3]`, valid V `[B, H, W, 1]`, region, soft_region
     `[B, H, W, 1]`, aligned A; with upto >= "trn": texture T_g, alpha `[B, H, W, 1]`, refined T;
     with upto == "ftn": ftn_region (the part of R_P that FTN replaces, `replace_region`), output P'
-    `[B, H, W, 3]` (and ftn_mask `[B, H, W, 1]` in [0, 1] when model.ftn_mode == "composite").
+    `[B, H, W, 3]`, ftn_generated (FTN's own image G_img `[B, H, W, 3]`) and, when model.ftn_mode ==
+    "composite", ftn_mask `[B, H, W, 1]` in [0, 1].
     Images in [-1, 1].
     """
 
@@ -127,19 +157,18 @@ class TryOnNet(nn.Module):
         return self.trn(aligned, warped, valid, inputs["region"], inputs["person_iuv"])
 
     def replace_region(self, inputs, valid) -> jax.Array:
-        """The part of R_P that FTN replaces `[B, H, W, 1]` in [0, 1].
+        """The part of R_P that FTN replaces `[B, H, W, 1]` in [0, 1] (module function `replace_region`).
 
-        R_P itself, or with model.parse_region: R_P * (1 - (1 - g) * (1 - person_mask)), g = M's garment
-        mask warped into P's pose (times V). Pixels that neither the new garment (g) nor P's old
-        garment cover are P's own skin in the result too, so FTN keeps them from P instead of
-        painting them with M's skin (our design choice, as in parsing-guided try-on such as CP-VTON).
+        R_P itself, or with model.parse_region the parsing-guided region (g = M's garment mask
+        warped into P's pose, times V) for examples that have parsing masks; R_P for those without.
         """
         if not self.model_cfg.get("parse_region", False):
             return inputs["region"]
         g, _ = uv_warp(inputs["model_mask"], inputs["model_iuv"], inputs["person_iuv"],
                        tile_size=self.model_cfg.warp_tile, fill_iters=self.model_cfg.warp_fill_iters)
         g = jax.lax.stop_gradient(jnp.clip(g.astype(jnp.float32), 0.0, 1.0) * valid)
-        return inputs["region"] * (1.0 - (1.0 - g) * (1.0 - inputs["person_mask"]))
+        return replace_region(inputs["region"], g, inputs["person_mask"],
+                              has_parsing(inputs["model_mask"], inputs["person_mask"]))
 
     def run_ftn(self, inputs, refined, region=None):
         """FTN's dict: `output` P', and `ftn_mask` (composition mask m) in model.ftn_mode "composite".
@@ -147,9 +176,12 @@ class TryOnNet(nn.Module):
         region: the part of R_P to replace (default R_P; see `replace_region`).
         """
         region = inputs["region"] if region is None else region
-        output, mask = self.ftn(inputs["person_image"], refined, region, inputs["soft_region"],
-                                inputs["person_iuv"], with_mask=True)
-        return {"output": output} if mask is None else {"output": output, "ftn_mask": mask}
+        parts = self.ftn(inputs["person_image"], refined, region, inputs["soft_region"],
+                         inputs["person_iuv"], with_parts=True)
+        out = {"output": parts["output"], "ftn_generated": parts["generated"]}
+        if "mask" in parts:
+            out["ftn_mask"] = parts["mask"]
+        return out
 
     def __call__(self, inputs, upto: str = "ftn"):
         if upto not in NETWORKS:
@@ -238,3 +270,56 @@ def build_discriminators(model_cfg, **overrides) -> dict[str, PatchDiscriminator
     """The two pose-conditional PatchGANs: "pan" scores A, "final" scores P' (both with enc(I_P))."""
     return {name: PatchDiscriminator.from_config(model_cfg, **overrides)
             for name in ("pan", "final")}
+
+
+# ---------------------------------------------------------------- other resolutions
+
+def scaled_model_config(model_cfg, scale: float) -> ml_collections.FrozenConfigDict:
+    """model_cfg for the same networks' formulas on images `scale` times the network's size.
+
+    The pixel lengths scale with the image (model.garment_dilation, soft_dilation, feather, rounded)
+    and the UV atlas tile with it (model.warp_tile, capped at MAX_WARP_TILE), so a full-resolution
+    photo gets the regions and the warp detail the network size had, at its own pixel density.
+    height / width are left as they are: nothing here runs a network.
+    """
+    cfg = ml_collections.ConfigDict(_frozen(model_cfg))
+    if scale <= 0:
+        raise ValueError(f"scaled_model_config: scale must be positive, got {scale}")
+    for name in ("garment_dilation", "soft_dilation", "feather"):
+        cfg[name] = int(round(cfg[name] * scale))
+    cfg.warp_tile = int(min(MAX_WARP_TILE, max(cfg.warp_tile, round(cfg.warp_tile * scale))))
+    return _frozen(cfg)
+
+
+def recompose(maps: dict[str, jax.Array], inputs: dict[str, jax.Array], model_cfg) -> dict[str, jax.Array]:
+    """TRN's and FTN's output formulas evaluated at the resolution of `inputs`.
+
+    TRN's T = R_P (alpha W + (1 - alpha) T_g) + (1 - R_P) A and FTN's composite (ftn.fit_output) are
+    pixel-wise, so with the networks' resolution-free maps resized to a photo's size (`maps`:
+    RESOLUTION_FREE keys, `[B, h, w, C]`; ftn_mask absent in "direct" mode) and the warp W, V,
+    regions and P computed at that size (`inputs`: prepare_batch output at any size, with warped and
+    valid), the garment keeps the warp's full-resolution detail where TRN's alpha and FTN's mask pass
+    it through, and the networks' own pixels (T_g, G_img, A) arrive upsampled where they paint.
+    Returns refined T, ftn_region and output P' `[B, h, w, C]` float32 in [-1, 1].
+    """
+    refined = blend_texture(maps["aligned"], inputs["warped"], maps["texture"], maps["alpha"],
+                            inputs["region"])
+    net = make_tryon(model_cfg)
+    region = net.apply({"params": {}}, inputs, inputs["valid"], method=TryOnNet.replace_region)
+    output = fit_output(inputs["person_image"], refined, region, inputs["soft_region"],
+                        maps["ftn_generated"], maps.get("ftn_mask"))
+    return {"refined": refined, "ftn_region": region, "output": output}
+
+
+def full_resolution_tryon(maps: dict[str, jax.Array], batch: dict[str, Any],
+                          model_cfg) -> dict[str, jax.Array]:
+    """The try-on at the photos' own resolution from the networks' maps (see `recompose`).
+
+    batch: data_schema fields at the photos' sizes (uint8; M's fields may have another size than
+    P's), one batch per size; model_cfg: `scaled_model_config` for P's scale. Returns warped, valid,
+    region, soft_region, refined, ftn_region, output at P's size (float32).
+    """
+    cfg = _frozen(model_cfg)
+    inputs = network_inputs(batch, cfg)
+    return {"warped": inputs["warped"], "valid": inputs["valid"], "region": inputs["region"],
+            "soft_region": inputs["soft_region"], **recompose(maps, inputs, cfg)}

@@ -1,0 +1,203 @@
+"""Try-on at the photo's resolution: `python -m m2e_jax.benchmarks.fullres --workdir W [--quick]`.
+
+Held-out synthetic unpaired triplets (their own seed, rendered at 1x, 2x and 4x the network's size,
+with exact ground truth P*) go through the infer command's functions (infer.TryOn, tryon_image),
+and each try-on is scored against P* inside the person's garment region R_P at the photo's size
+(masked SSIM, higher is better; masked LPIPS AlexNet, lower is better), with and without parsing
+maps (DensePose alone). Methods:
+
+  network    letterbox -> networks at their size -> paste back (`infer --resolution network`)
+  full       networks at their size, then the warp, regions and TRN / FTN formulas at the photo's
+             size with the networks' maps upsampled (`infer --resolution full`, the default)
+  conv       the fully convolutional networks themselves run at the photo's size (warp tile and
+             region pixel lengths scaled as in `full`); compared, not offered by infer
+  warp       the UV warp pasted into R_P at the photo's size (no network; baseline)
+  identity   P unchanged (baseline)
+
+Then the latency of one try-on of a `--latency_size` photo pair (default 512x384) from decoded
+arrays to the uint8 result, per infer path: median of `--repeats` after a warm-up call (results
+fetched to the host, which blocks until ready). Without `--workdir` the networks get random
+parameters (for a smoke run only: the scores then mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from m2e_jax import checkpointing, densepose, infer, metrics, preprocess
+from m2e_jax.benchmarks import common
+from m2e_jax.models import tryon as tryon_lib
+from m2e_jax.readers.photos import Photo
+
+METHODS = ("network", "full", "conv", "warp", "identity")
+DEFAULT_SEED = 20261201  # not a training seed: identities, garments and poses the networks never saw
+
+
+def load_networks(workdir: str | None, quick: bool) -> tuple[ml_collections.ConfigDict, dict]:
+    """(config, generator params): the workdir's latest checkpoint, else random parameters for
+    configs/synthetic.py (its `test` variant with --quick)."""
+    if workdir:
+        config, params, _ = checkpointing.load_generators(checkpointing.find_step(workdir))
+        return config, params
+    from configs import synthetic
+
+    config = synthetic.get_config("test" if quick else None)
+    return config, jax.device_get(tryon_lib.init_params(config.model, jax.random.key(0)))
+
+
+def held_out(seed: int, num: int, height: int, width: int, kind: str) -> list[dict]:
+    """`num` unpaired test triplets with ground truth at height x width (synthetic world)."""
+    from m2e_jax.synthetic import dataset
+
+    return dataset.make_examples(seed, "test", num, height, width, paired_fraction=0.0, garment_kind=kind)
+
+
+def photos(ex: dict, kind: int, parsing: bool) -> tuple[Photo, Photo]:
+    """(model, person) as infer reads them: parsing label maps (kind + 1 on the garment) or None."""
+    def one(role):
+        parse = (ex[f"{role}_mask"][..., 0] * (kind + 1)).astype(np.uint8) if parsing else None
+        return Photo(ex[f"{role}_image"], ex[f"{role}_iuv"], parse)
+
+    return one("model"), one("person")
+
+
+def conv_config(config: ml_collections.ConfigDict, height: int, width: int, scale: float):
+    """The config with the networks at height x width and the pixel lengths scaled by `scale`."""
+    scaled = ml_collections.ConfigDict(tryon_lib.scaled_model_config(config.model, scale))
+    out = ml_collections.ConfigDict(config)
+    out.model = scaled
+    out.model.update(height=height, width=width)
+    return out
+
+
+def score_region(person_iuv: np.ndarray, person_mask: np.ndarray, model_cfg, kind: str, scale: float):
+    """R_P `[B, h, w, 1]` at the photos' size: the DensePose garment parts (dilation scaled) joined with
+    the person's true garment mask, the same pixels for every method and parsing condition."""
+    cfg = tryon_lib.scaled_model_config(model_cfg, scale)
+    region = densepose.garment_region(jnp.asarray(person_iuv), kind, cfg.garment_dilation,
+                                      jnp.asarray(person_mask, jnp.float32))
+    return region
+
+
+def bench_scale(config, params, factor: int, num: int, seed: int, lpips_net: str = "alexnet",
+                with_conv: bool = True) -> list[dict]:
+    """Rows {scale, parsing, method, ssim_r, lpips_r, count} for photos `factor` x the network size."""
+    h, w = config.model.height * factor, config.model.width * factor
+    kind_name = config.model.garment_kind
+    kind = densepose.GARMENT_KINDS.index(kind_name)
+    examples = held_out(seed, num, h, w, kind_name)
+    net = infer.TryOn(config, params)
+    conv_net = None
+    if with_conv and factor > 1:
+        conv_net = infer.TryOn(conv_config(config, h, w, float(factor)), params)
+    target = jnp.asarray(np.stack([preprocess.to_float(ex["target_image"]) for ex in examples]))
+    region = score_region(np.stack([ex["person_iuv"] for ex in examples]),
+                          np.stack([ex["person_mask"] for ex in examples]), config.model, kind_name, factor)
+    lp = metrics.lpips_params(lpips_net)
+    rows = []
+    for parsing in (True, False):
+        pairs = [photos(ex, kind, parsing) for ex in examples]
+        fitted = [tuple(preprocess.fit(p.image, p.iuv, net.height, net.width, p.parse) for p in pair)
+                  for pair in pairs]
+        outs = net.run([infer.make_example(m, p, kind) for m, p in fitted], batch_size=min(8, num))
+        images: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
+        for pair, fit, out in zip(pairs, fitted, outs):
+            images["network"].append(infer.tryon_image(net, pair, fit, out, kind, "network")[0])
+            full = net.full_resolution(pair[0], pair[1], out, fit[1].box, kind)
+            images["full"].append(preprocess.keep_person(pair[1].image, full["output"], full["soft_region"]))
+            paste = full["region"] * full["valid"]
+            person = preprocess.to_float(pair[1].image)
+            images["warp"].append(preprocess.to_uint8(person * (1 - paste) + full["warped"] * paste))
+            images["identity"].append(pair[1].image)
+        if conv_net is not None:
+            conv_fit = [tuple(preprocess.fit(p.image, p.iuv, h, w, p.parse) for p in pair) for pair in pairs]
+            conv_outs = conv_net.run([infer.make_example(m, p, kind) for m, p in conv_fit], batch_size=1)
+            images["conv"] = [infer.tryon_image(conv_net, pair, fit, out, kind, "network")[0]
+                              for pair, fit, out in zip(pairs, conv_fit, conv_outs)]
+        elif factor == 1:
+            images["conv"] = images["network"]  # at the network's size the two are one path
+        for method in METHODS:
+            if not images[method]:
+                continue
+            pred = jnp.asarray(np.stack([preprocess.to_float(x) for x in images[method]]))
+            ssim = float(jnp.mean(metrics.masked_ssim(pred, target, region)))
+            lpips = float(jnp.mean(metrics.masked_lpips(pred, target, region, lpips_net, lp)))
+            rows.append({"photo": f"{h}x{w}", "scale": f"{factor}x", "parsing": "yes" if parsing else "no",
+                         "method": method, "ssim_r": ssim, "lpips_r": lpips, "count": num})
+    return rows
+
+
+def bench_latency(config, params, size: tuple[int, int], repeats: int, seed: int) -> list[dict]:
+    """ms for one try-on of a photo pair of `size`, from decoded arrays to the uint8 result."""
+    kind_name = config.model.garment_kind
+    kind = densepose.GARMENT_KINDS.index(kind_name)
+    (ex,) = held_out(seed + 1, 1, size[0], size[1], kind_name)
+    pair = photos(ex, kind, parsing=False)
+    net = infer.TryOn(config, params)
+    rows = []
+    for resolution in infer.RESOLUTIONS:
+        def one(resolution=resolution):
+            fit = tuple(preprocess.fit(p.image, p.iuv, net.height, net.width, p.parse) for p in pair)
+            (out,) = net.run([infer.make_example(*fit, kind)])
+            return infer.tryon_image(net, pair, fit, out, kind, resolution)[0]
+
+        t0 = time.perf_counter()
+        jax.block_until_ready(one())
+        first_s = time.perf_counter() - t0
+        rows.append({"photo": f"{size[0]}x{size[1]}", "resolution": resolution, "first_call_s": first_s,
+                     "ms": common.median_ms(one, repeats, warmup=1)})
+    return rows
+
+
+SCORE_COLUMNS = [("photo", "photo", "s"), ("scale", "scale", "s"), ("parsing", "parsing", "s"),
+                 ("method", "method", "s"), ("ssim_r", "SSIM (R_P)", ".4f"),
+                 ("lpips_r", "LPIPS (R_P)", ".4f"), ("count", "n", "d")]
+LATENCY_COLUMNS = [("photo", "photo", "s"), ("resolution", "--resolution", "s"),
+                   ("first_call_s", "first call s", ".1f"), ("ms", "ms/try-on", ".0f")]
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m m2e_jax.benchmarks.fullres",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default=None, help="trained workdir (default: random parameters)")
+    ap.add_argument("--num", type=int, default=None, help="held-out triplets per size (default 24, quick 2)")
+    ap.add_argument("--scales", default=None, help="photo sizes in network sizes (default 1,2,4; quick 1,2)")
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="synthetic world seed of the held-out set")
+    ap.add_argument("--latency_size", default=None, help="HxW of the timed try-on (default 512x384)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed try-ons (default 5, quick 1)")
+    ap.add_argument("--no_conv", action="store_true", help="skip the networks-at-photo-size method")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny smoke run: 2 triplets, 1x and 2x, 64x64 latency")
+    ap.add_argument("--json", default=None)
+    a = common.parse_args(ap, argv)
+    num = a.num or (2 if a.quick else 24)
+    scales = common.parse_ints(a.scales or ("1,2" if a.quick else "1,2,4"), "--scales")
+    (latency_size,) = common.parse_sizes(a.latency_size or ("64x64" if a.quick else "512x384"),
+                                         "--latency_size")
+    repeats = a.repeats or (1 if a.quick else 5)
+    info = common.machine_info()
+    print(common.machine_line(info))
+    config, params = load_networks(a.workdir, a.quick)
+    print(f"networks: {config.model.height}x{config.model.width}, "
+          f"{'checkpoint of ' + a.workdir if a.workdir else 'random parameters'}; held-out seed {a.seed}")
+    t0 = time.perf_counter()
+    rows = [r for f in scales for r in bench_scale(config, params, f, num, a.seed, with_conv=not a.no_conv)]
+    print(f"garment-region scores against the true try-on P*, {num} unpaired triplets per size "
+          f"({time.perf_counter() - t0:.0f} s)")
+    print(common.format_table(rows, SCORE_COLUMNS))
+    latency = bench_latency(config, params, latency_size, repeats, a.seed)
+    print(f"one try-on (decoded arrays -> uint8 result), median of {repeats} after warm-up")
+    print(common.format_table(latency, LATENCY_COLUMNS))
+    common.write_json(a.json, "fullres", info, rows, latency=latency, workdir=a.workdir, seed=a.seed)
+    return {"rows": rows, "latency": latency}
+
+
+if __name__ == "__main__":
+    main()
