@@ -16,10 +16,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # No region margins: the synthetic IUV is exact and garments are painted on the body surface, so
     # the DensePose parts bound the garment and every pixel outside them is already right in P (a
     # margin only adds background pixels to repaint; at 64x48 each costs SSIM). The parsing masks
-    # exist, so FTN keeps P's skin where neither garment lies (model.parse_region).
+    # exist, so FTN keeps P's skin where neither garment lies (model.parse_region); half of the
+    # training examples lose them (model.parse_dropout), so the checkpoint also serves photos with
+    # DensePose alone (R_P replaced), as most users have them.
     c.model.update(height=64, width=48, base_channels=16, num_downsamples=1, pan_blocks=2, trn_blocks=1,
                    ftn_blocks=2, d_channels=16, d_layers=2, warp_tile=16, garment_dilation=0,
-                   soft_dilation=0, feather=0, parse_region=True)
+                   soft_dilation=0, feather=0, parse_region=True, parse_dropout=0.5)
     # The VGG16 perceptual loss costs more than the three generators together at this size on CPU.
     c.loss.perceptual_weight = 0.0
     c.batch_size = 8

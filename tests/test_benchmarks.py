@@ -12,6 +12,7 @@ import pytest
 from m2e_jax.benchmarks import (
     common,
     convs,
+    fullres,
     gan_step,
     inference,
     profile,
@@ -142,3 +143,20 @@ def test_convs_main_quick_times_fwd_and_both_gradients(tmp_path):
         assert all(r[k] > 0 for k in ("fwd_ms", "dw_ms", "dx_ms"))
         assert r["total_ms"] == pytest.approx(r["fwd_ms"] + r["dw_ms"] + r["dx_ms"])
     assert json.loads(out.read_text())["cpu_convolutions"] == "eigen"
+
+
+def test_fullres_main_quick_scores_every_path(tmp_path):
+    """Random networks (the scores mean nothing) on photos twice the network's size: rows for every
+    method and both parsing conditions, and a latency row per infer resolution. (At the network's
+    size the full-resolution path is the network path: tests/test_infer.py, the batch CLI test.)"""
+    path = tmp_path / "fullres.json"
+    out = fullres.main(["--quick", "--no_conv", "--num", "1", "--scales", "2", "--json", str(path)])
+    rows = {(r["scale"], r["parsing"], r["method"]): r for r in out["rows"]}
+    assert set(rows) == {("2x", p, m) for p in ("yes", "no") for m in ("network", "full", "warp", "identity")}
+    for r in rows.values():
+        assert -1 <= r["ssim_r"] <= 1 and r["lpips_r"] >= 0 and r["photo"] == "64x64"
+    assert rows[("2x", "yes", "identity")]["lpips_r"] > 0  # P is not the true try-on: a real comparison
+    assert rows[("2x", "yes", "full")]["ssim_r"] != rows[("2x", "yes", "network")]["ssim_r"]
+    assert [r["method"] for r in out["latency"]] == ["full", "network"]
+    assert all(r["ms"] > 0 for r in out["latency"])
+    assert json.loads(path.read_text())["benchmark"] == "fullres"

@@ -134,24 +134,31 @@ def bench_scale(config, params, factor: int, num: int, seed: int, lpips_net: str
     return rows
 
 
-def bench_latency(config, params, size: tuple[int, int], repeats: int, seed: int) -> list[dict]:
-    """ms for one try-on of a photo pair of `size`, from decoded arrays to the uint8 result."""
+def bench_latency(config, params, size: tuple[int, int], repeats: int, seed: int,
+                  with_conv: bool = True) -> list[dict]:
+    """ms for one try-on of a photo pair of `size`, from decoded arrays to the uint8 result, per
+    method: infer's two resolutions, and (with_conv) the networks run at the photo's size."""
     kind_name = config.model.garment_kind
     kind = densepose.GARMENT_KINDS.index(kind_name)
     (ex,) = held_out(seed + 1, 1, size[0], size[1], kind_name)
     pair = photos(ex, kind, parsing=False)
     net = infer.TryOn(config, params)
+    runs = [(resolution, net, resolution) for resolution in infer.RESOLUTIONS]
+    stride = 2 ** max(config.model.num_downsamples, config.model.d_layers)
+    if with_conv and size[0] % stride == 0 and size[1] % stride == 0:
+        scale = min(size[0] / config.model.height, size[1] / config.model.width)
+        runs.append(("conv", infer.TryOn(conv_config(config, size[0], size[1], scale), params), "network"))
     rows = []
-    for resolution in infer.RESOLUTIONS:
-        def one(resolution=resolution):
-            fit = tuple(preprocess.fit(p.image, p.iuv, net.height, net.width, p.parse) for p in pair)
-            (out,) = net.run([infer.make_example(*fit, kind)])
-            return infer.tryon_image(net, pair, fit, out, kind, resolution)[0]
+    for method, tryon, resolution in runs:
+        def one(tryon=tryon, resolution=resolution):
+            fit = tuple(preprocess.fit(p.image, p.iuv, tryon.height, tryon.width, p.parse) for p in pair)
+            (out,) = tryon.run([infer.make_example(*fit, kind)])
+            return infer.tryon_image(tryon, pair, fit, out, kind, resolution)[0]
 
         t0 = time.perf_counter()
         jax.block_until_ready(one())
         first_s = time.perf_counter() - t0
-        rows.append({"photo": f"{size[0]}x{size[1]}", "resolution": resolution, "first_call_s": first_s,
+        rows.append({"photo": f"{size[0]}x{size[1]}", "method": method, "first_call_s": first_s,
                      "ms": common.median_ms(one, repeats, warmup=1)})
     return rows
 
@@ -159,7 +166,7 @@ def bench_latency(config, params, size: tuple[int, int], repeats: int, seed: int
 SCORE_COLUMNS = [("photo", "photo", "s"), ("scale", "scale", "s"), ("parsing", "parsing", "s"),
                  ("method", "method", "s"), ("ssim_r", "SSIM (R_P)", ".4f"),
                  ("lpips_r", "LPIPS (R_P)", ".4f"), ("count", "n", "d")]
-LATENCY_COLUMNS = [("photo", "photo", "s"), ("resolution", "--resolution", "s"),
+LATENCY_COLUMNS = [("photo", "photo", "s"), ("method", "method", "s"),
                    ("first_call_s", "first call s", ".1f"), ("ms", "ms/try-on", ".0f")]
 
 
@@ -173,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--latency_size", default=None, help="HxW of the timed try-on (default 512x384)")
     ap.add_argument("--repeats", type=int, default=None, help="timed try-ons (default 5, quick 1)")
     ap.add_argument("--no_conv", action="store_true", help="skip the networks-at-photo-size method")
+    ap.add_argument("--no_scores", action="store_true", help="latency only")
     ap.add_argument("--quick", action="store_true",
                     help="tiny smoke run: 2 triplets, 1x and 2x, 64x64 latency")
     ap.add_argument("--json", default=None)
@@ -188,11 +196,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"networks: {config.model.height}x{config.model.width}, "
           f"{'checkpoint of ' + a.workdir if a.workdir else 'random parameters'}; held-out seed {a.seed}")
     t0 = time.perf_counter()
-    rows = [r for f in scales for r in bench_scale(config, params, f, num, a.seed, with_conv=not a.no_conv)]
-    print(f"garment-region scores against the true try-on P*, {num} unpaired triplets per size "
-          f"({time.perf_counter() - t0:.0f} s)")
-    print(common.format_table(rows, SCORE_COLUMNS))
-    latency = bench_latency(config, params, latency_size, repeats, a.seed)
+    rows = [] if a.no_scores else [
+        r for f in scales for r in bench_scale(config, params, f, num, a.seed, with_conv=not a.no_conv)]
+    if rows:
+        print(f"garment-region scores against the true try-on P*, {num} unpaired triplets per size "
+              f"({time.perf_counter() - t0:.0f} s)")
+        print(common.format_table(rows, SCORE_COLUMNS))
+    latency = bench_latency(config, params, latency_size, repeats, a.seed, with_conv=not a.no_conv)
     print(f"one try-on (decoded arrays -> uint8 result), median of {repeats} after warm-up")
     print(common.format_table(latency, LATENCY_COLUMNS))
     common.write_json(a.json, "fullres", info, rows, latency=latency, workdir=a.workdir, seed=a.seed)
