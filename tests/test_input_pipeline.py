@@ -67,7 +67,9 @@ def test_parse_dropout_zeroes_both_masks_of_whole_rows_deterministically():
     source = fake_source(20, paired)
     source.arrays["model_mask"][:] = 1
     source.arrays["person_mask"][:, :4] = 1
-    base = input_pipeline.TrainData(source, config(batch=8))
+    plain = config(batch=8)
+    plain.model.parse_dropout = 0.0
+    base = input_pipeline.TrainData(source, plain)
     c = config(batch=8)
     c.model.parse_dropout = 0.5
     drop = input_pipeline.TrainData(source, c)
