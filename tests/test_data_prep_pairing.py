@@ -178,7 +178,9 @@ def test_patn_published_split_shares_item_ids_in_other_variants(tmp_path):
     fixtures.write_rgb(tmp_path / "train" / "notdeepfashion.jpg", np.zeros((8, 8, 3), np.uint8))
     r = list(names.values())
     (tmp_path / "fasion-resize-pairs-train.csv").write_text(f"from,to\n{r[0]},{r[1]}\n{r[1]},ghost.jpg\n")
-    (tmp_path / "fasion-resize-pairs-test.csv").write_text(f"from,to\n{r[2]},{r[3]}\n{r[3]},{r[2]}\n")
+    # written by pandas with its index column, saved on Windows (BOM, CRLF): read the same
+    (tmp_path / "fasion-resize-pairs-test.csv").write_bytes(
+        f"\ufeff,from,to\r\n0,{r[2]},{r[3]}\r\n1,{r[3]},{r[2]}\r\n".encode())
     cats = deepfashion.read_deepfashion(tmp_path)
     train, test = cats["train"], cats["test"]
     assert train.images[r[0][:-4]].item == "id_00000080/01"

@@ -94,9 +94,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [M2EConfig(source=s, height=h, width=w) for s in SOURCES for h, w in DEFAULT_SIZES]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
-    Put the photos and DensePose outputs in manual_dir in the layout of the source: `folder` and
-    `synthetic` (data_prep/readers/folder.py), `deepfashion` (readers/deepfashion.py), `mvc`
-    (readers/mvc.py). For `synthetic`, `python -m data_prep.build` writes the world first.
+    Point manual_dir at the photos and DensePose outputs in the layout of the source (README,
+    "Your own photos -> dataset": which files of each release, what is read from each): `folder` and
+    `synthetic` (data_prep/readers/folder.py), `deepfashion` (readers/deepfashion.py: the In-shop
+    release root or Pose-Transfer's fashion_data/), `mvc` (readers/mvc.py). For `synthetic`,
+    `python -m data_prep.build` writes the world first.
     """
 
     def __init__(self, *, options: BuildOptions | None = None, **kwargs):

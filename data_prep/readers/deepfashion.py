@@ -152,7 +152,8 @@ def _read_flat(root: Path, forced: str | None, num_unpaired: int, seed: int) -> 
         if csv_path.is_file():
             with open(csv_path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
-                if not {"from", "to"} <= set(reader.fieldnames or []):
+                reader.fieldnames = [n.strip() for n in reader.fieldnames or []]
+                if not {"from", "to"} <= set(reader.fieldnames):
                     raise ValueError(f"{csv_path}: expected columns from,to; header is {reader.fieldnames}")
                 pairs[split] = [(Path(r["from"].strip()).stem, Path(r["to"].strip()).stem,
                                  f"{csv_path} row {i + 2}") for i, r in enumerate(reader)]
