@@ -4,6 +4,8 @@ m2e_jax (and so jax) only where an error is raised, to keep the workers' start s
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +29,11 @@ def _raise_unpicklable(x):
     if x == 2:
         raise _Odd(x, object)
     return x
+
+
+def _touch(path):
+    Path(path).touch()
+    return path
 
 
 def _die(x):
@@ -53,3 +60,13 @@ def test_unpicklable_exception_and_dead_worker_end_in_one_line():
     with pytest.raises(pool.WorkerDied, match="died") as info:
         list(pool.parallel_map(_die, [1, 2, 3, 4], 2))
     assert "\n" not in str(info.value)
+
+
+def test_at_most_a_window_of_items_is_in_flight(tmp_path):
+    """Results are not produced far ahead of the consumer (a build holds a few records per worker):
+    with 2 workers x 2, after k results at most k + 4 items have started, however slow the consumer."""
+    items = [str(tmp_path / f"{i}.started") for i in range(12)]
+    for k, got in enumerate(pool.parallel_map(_touch, items, 2, per_worker=2)):
+        assert got == items[k]
+        time.sleep(0.05)  # a slow consumer: unbounded, all 12 would have started by now
+        assert len(list(tmp_path.iterdir())) <= k + 1 + 4
