@@ -337,9 +337,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._json(200 if "error" not in reply else 422, reply)
 
 
-def make_server(demo: Demo, host: str = "127.0.0.1",
+def make_server(demo: Demo | None, host: str = "127.0.0.1",
                 port: int = DEFAULT_PORT) -> http.server.ThreadingHTTPServer:
-    """A threading HTTP server for `demo` bound to (host, port); port 0 picks a free one."""
+    """A threading HTTP server for `demo` bound to (host, port); port 0 picks a free one. (main binds
+    before loading the checkpoint and sets `server.RequestHandlerClass.demo` after.)"""
     handler = type("DemoHandler", (Handler,), {"demo": demo})
     server = http.server.ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
@@ -397,6 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     xla_flags.configure(args.cpu_convolutions)  # before the first JAX computation
     logging.getLogger("absl").setLevel(logging.ERROR)
+    try:  # listen first: a taken port is reported before the checkpoint is loaded
+        server = make_server(None, args.host, args.port)
+    except OSError as e:  # port taken, address not on this machine, ...
+        print(f"m2e_jax.demo: error: --host {args.host} --port {args.port}: cannot listen there "
+              f"({e.strerror or e})", file=sys.stderr)
+        return 1
     try:
         if args.max_upload_mb <= 0:
             raise infer.InferError(f"--max_upload_mb must be > 0, got {args.max_upload_mb}")
@@ -404,8 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise infer.InferError(f"--max_pixels must be > 0, got {args.max_pixels}")
         demo = load_demo(args.workdir, args.checkpoint, args.step, args.select, args.max_upload_mb,
                          args.max_pixels)
-        server = make_server(demo, args.host, args.port)
-    except (*_USER_ERRORS, OSError) as e:
+        server.RequestHandlerClass.demo = demo
+    except _USER_ERRORS as e:
+        server.server_close()
         print(f"m2e_jax.demo: error: {one_line(e)}", file=sys.stderr)
         return 1
     if demo.test_note:

@@ -319,10 +319,17 @@ def test_command_prints_its_address(served, tmp_path):
     there, one line and exit 1 for a missing checkpoint."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    bad = subprocess.run([sys.executable, "-m", "m2e_jax.demo", "--workdir", str(served["root"] / "nowhere")],
+    bad = subprocess.run([sys.executable, "-m", "m2e_jax.demo", "--workdir", str(served["root"] / "nowhere"),
+                          "--port", "0"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0, bad.stderr
     assert "m2e_jax.demo: error: --workdir" in bad.stderr and "no such checkpoint directory" in bad.stderr
+    port = served["server"].server_address[1]  # taken by the test's own server
+    taken = subprocess.run([sys.executable, "-m", "m2e_jax.demo", "--workdir", served["workdir"],
+                            "--port", str(port)], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert taken.returncode == 1 and taken.stderr.strip().count("\n") == 0, taken.stderr
+    assert f"m2e_jax.demo: error: --host 127.0.0.1 --port {port}: cannot listen there (" in taken.stderr
     command = [sys.executable, "-m", "m2e_jax.demo", "--workdir", served["workdir"], "--port", "0"]
     err = open(tmp_path / "stderr.txt", "w")
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
