@@ -151,19 +151,26 @@ def data_url(image: np.ndarray) -> str:
 
 
 def run_tryon(net: infer.TryOn, model: photos.Photo, person: photos.Photo, garment_kind: int,
-              with_stages: bool) -> dict[str, np.ndarray]:
-    """{"result": uint8 [h, w, 3] at the person photo's resolution, and with stages "warp", "PAN",
-    "TRN", "FTN": uint8 [H, W, 3] at network size} through infer's letterbox / forward / paste-back."""
-    fitted = (preprocess.fit(model.image, model.iuv, net.height, net.width, model.parse, where="model photo"),
-              preprocess.fit(person.image, person.iuv, net.height, net.width, person.parse,
-                             where="person photo"))
+              with_stages: bool, names: tuple[str, str] = ("model photo", "person photo"),
+              resolution: str = "full") -> tuple[dict[str, np.ndarray], list[str]]:
+    """({"result": uint8 [h, w, 3] at the person photo's resolution, and with stages "warp", "PAN",
+    "TRN", "FTN": uint8 [H, W, 3] at network size}, notes) through the steps infer.run_jobs takes
+    for one pair: parsing kept only for both photos, letterbox, forward, infer.tryon_image at
+    `resolution`. `notes` are the lines infer prints as warnings (`names` name the photos in them)."""
+    job = infer.Job(photos.ImageRef("model", names[0], ""), photos.ImageRef("person", names[1], ""),
+                    "the try-on")
+    pair, notes = infer.drop_unpaired_parsing((model, person), job, net.needs_parsing)
+    fitted = tuple(preprocess.fit(p.image, p.iuv, net.height, net.width, p.parse, where=name)
+                   for p, name in zip(pair, names))
     out = net.run([infer.make_example(*fitted, garment_kind)], 1)[0]
-    files = infer.result_images((model, person), fitted, out, "result.png", with_stages)
+    image, soft = infer.tryon_image(net, pair, fitted, out, garment_kind, resolution)
+    reason = infer.unchanged_reason(pair[1].image, image, soft, names[1], garment_kind)
+    files = infer.result_images(pair, fitted, out, "result.png", with_stages, image)
     images_out = {"result": files["result.png"]}
     if with_stages:
-        names = infer.stage_files("result.png")
-        images_out.update({label: files[names[key]] for label, key in STAGES.items()})
-    return images_out
+        stage_names = infer.stage_files("result.png")
+        images_out.update({label: files[stage_names[key]] for label, key in STAGES.items()})
+    return images_out, notes + ([reason] if reason else [])
 
 
 @dataclasses.dataclass
@@ -179,6 +186,7 @@ class Demo:
     select: str = "largest"
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1e6)
     max_pixels: int = images.MAX_PIXELS
+    resolution: str = "full"
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
@@ -199,16 +207,17 @@ class Demo:
                             + (f" (0..{self.test_count - 1})" if self.test_count else f" ({self.test_note})"))
         return test_photo(self.test_set, index, role)
 
-    def photo(self, role: str, spec: Any) -> photos.Photo:
-        """The photo a request names for `role`: {"pick": i} or {"photo": file, "densepose": file,
-        "parse": file or null}, each file {"name": str, "data": base64}."""
+    def photo(self, role: str, spec: Any) -> tuple[photos.Photo, str]:
+        """(the photo a request names for `role`, its name for messages): {"pick": i} or {"photo":
+        file, "densepose": file, "parse": file or null}, each file {"name": str, "data": base64}."""
         if not isinstance(spec, dict):
             raise DemoError(f"{role}: pick a test-set photo or upload one")
         if "pick" in spec:
-            return self.pick(role, spec["pick"])
+            return self.pick(role, spec["pick"]), f"test-set {role} photo {spec['pick']}"
         files = {key: _decode_file(spec.get(key), f"{role} {key}") for key in ("photo", "densepose", "parse")}
-        return read_uploaded_photo(role, files["photo"], files["densepose"], files["parse"], self.select,
-                                   self.max_pixels)
+        photo = read_uploaded_photo(role, files["photo"], files["densepose"], files["parse"], self.select,
+                                    self.max_pixels)
+        return photo, files["photo"].name
 
     def answer(self, request: Any) -> dict:
         """The JSON reply to a try-on request: images as data URLs, or {"error": one line}."""
@@ -216,18 +225,20 @@ class Demo:
         try:
             if not isinstance(request, dict):
                 raise DemoError("bad request: expected a JSON object")
-            photos = {role: self.photo(role, request.get(role)) for role in ROLES}
+            (model, model_name), (person, person_name) = (self.photo(r, request.get(r)) for r in ROLES)
             with self.lock:  # one try-on at a time: bounded memory, and the timing means something
                 t0 = time.perf_counter()
-                result = run_tryon(self.net, photos["model"], photos["person"], self.garment_kind,
-                                   bool(request.get("stages")))
+                result, notes = run_tryon(self.net, model, person, self.garment_kind,
+                                          bool(request.get("stages")), (model_name, person_name),
+                                          self.resolution)
                 network_ms = (time.perf_counter() - t0) * 1e3
         except (DemoError, *_USER_ERRORS) as e:
             return {"error": one_line(e)}
         reply: dict[str, Any] = {
             "result": data_url(result["result"]), "size": list(result["result"].shape[1::-1]),
-            "model": data_url(photos["model"].image), "person": data_url(photos["person"].image),
-            "stages": {k: data_url(result[k]) for k in STAGES if k in result}}
+            "model": data_url(model.image), "person": data_url(person.image),
+            "stages": {k: data_url(result[k]) for k in STAGES if k in result},
+            "notes": [one_line(n) for n in notes]}
         picks = [request[r].get("pick") if isinstance(request[r], dict) else None for r in ROLES]
         if picks[0] is not None and picks[0] == picks[1]:  # one test example: its ground truth if known
             example = self.test_set[picks[0]]
@@ -253,11 +264,12 @@ def _decode_file(raw: Any, what: str) -> Upload | None:
     return Upload(upload_name(raw.get("name"), what), data)
 
 
-def warm_up(net: infer.TryOn) -> None:
-    """Compiles the batch-of-one forward pass so the first request answers at full speed."""
-    from m2e_jax import data_schema
-
-    net.run([data_schema.empty_example(net.height, net.width)], 1)
+def warm_up(net: infer.TryOn, garment_kind: int, resolution: str) -> None:
+    """Compiles the batch-of-one forward pass (and the full-resolution try-on at the network's size,
+    the test set's) on a blank pair, so the first request answers at full speed."""
+    blank = photos.Photo(np.zeros((net.height, net.width, 3), np.uint8),
+                         np.zeros((net.height, net.width, 3), np.uint8), None)
+    run_tryon(net, blank, blank, garment_kind, False, resolution=resolution)
 
 
 def open_test_set(config) -> tuple[Any, str]:
@@ -354,16 +366,17 @@ def server_url(server: http.server.HTTPServer) -> str:
 
 def load_demo(workdir: str | None = None, checkpoint: str | None = None, step: int | None = None,
               select: str = "largest", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-              max_pixels: int = images.MAX_PIXELS) -> Demo:
+              max_pixels: int = images.MAX_PIXELS, resolution: str = "full") -> Demo:
     """Restores the checkpoint (as infer does), opens its test set, compiles the forward pass."""
     located = checkpointing.find_step(workdir, checkpoint, step)
     config, params, step_dir = checkpointing.load_generators(
         located, warn=lambda m: print(f"m2e_jax.demo: warning: {' '.join(m.split())}", file=sys.stderr))
     net = infer.TryOn(config, params)
-    warm_up(net)
-    test_set, note = open_test_set(config)
     kind = densepose.GARMENT_KINDS.index(config.model.garment_kind)
-    return Demo(net, kind, step_dir, test_set, note, select, int(max_upload_mb * 1e6), max_pixels)
+    warm_up(net, kind, resolution)
+    test_set, note = open_test_set(config)
+    return Demo(net, kind, step_dir, test_set, note, select, int(max_upload_mb * 1e6), max_pixels,
+                resolution)
 
 
 # ---------------------------------------------------------------- the page
@@ -390,6 +403,9 @@ def parser() -> argparse.ArgumentParser:
                    help="largest uploaded image (width x height), refused from its header")
     p.add_argument("--select", choices=("largest", "central", "score"), default="largest",
                    help="which person to use when DensePose found several")
+    p.add_argument("--resolution", choices=infer.RESOLUTIONS, default="full",
+                   help="as infer's: full: the try-on made at the person photo's resolution (default); "
+                        "network: made at the network's size and pasted back")
     xla_flags.add_argument(p)
     return p
 
@@ -410,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.max_pixels <= 0:
             raise infer.InferError(f"--max_pixels must be > 0, got {args.max_pixels}")
         demo = load_demo(args.workdir, args.checkpoint, args.step, args.select, args.max_upload_mb,
-                         args.max_pixels)
+                         args.max_pixels, args.resolution)
         server.RequestHandlerClass.demo = demo
     except _USER_ERRORS as e:
         server.server_close()

@@ -277,6 +277,10 @@ def test_bad_uploads_get_one_line_and_the_server_keeps_serving(served, tmp_path)
     status, reply = post(url, json.dumps({"model": pick, "person": {"photo": upload(photo), "densepose":
                                                                   upload(empty_dump)}}).encode())
     assert "no person found" in reply["error"]
+    # a person photo without a parsing map beside a model photo with one: infer's note, on the page
+    status, reply = post(url, json.dumps({"model": pick, "person": {"photo": upload(photo), "densepose":
+                                                                  upload(iuv)}}).encode())
+    assert status == 200 and any(n.startswith(f"{name}.png: no parsing map") for n in reply["notes"]), reply
     # --max_pixels is the page's limit
     small_limit = dataclasses.replace(the_demo, max_pixels=h * w - 1)
     reply = small_limit.answer({"model": pick, "person": {"photo": upload(photo), "densepose": upload(iuv)}})
