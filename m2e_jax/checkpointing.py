@@ -529,14 +529,15 @@ class Checkpointer:
     def workdir(self) -> str:
         return os.path.dirname(self.directory)
 
-    def latest_step(self) -> int | None:
-        """The newest complete step (None if there is none); incomplete step folders are moved aside.
+    def latest_step(self, exclude: frozenset[int] = frozenset()) -> int | None:
+        """The newest complete step not in `exclude` (None if there is none); incomplete step folders
+        are moved aside.
 
         orbax lists any folder named like a step, and a partial copy of a workdir (rsync cut short,
         a quota hit mid-copy) leaves such folders without their files: restoring one would crash or
         read garbage, so the resume point is the newest folder holding a commit marker and its items.
         """
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        for step in sorted(set(self.manager.all_steps()) - exclude, reverse=True):
             missing = self.missing_files(step)
             if not missing:
                 return step
@@ -634,11 +635,13 @@ class Checkpointer:
     def restore_latest(self, like: Any) -> tuple[int | None, Any]:
         """(step, state) of the newest complete step that verifies, else (None, `like`); damaged
         newer steps are moved aside to `<step>.corrupt`, each with one warning line."""
-        while (step := self.latest_step()) is not None:
+        damaged: set[int] = set()  # in multi-host runs only process 0 moves folders: skip, not wait
+        while (step := self.latest_step(frozenset(damaged))) is not None:
             try:
                 return step, self.restore(step, like)
             except DamagedCheckpoint as e:
                 self._move_aside(step, "corrupt", f"is damaged ({e.what}: {e.why})")
+                damaged.add(step)
         return None, like
 
     def restore_config(self, step: int) -> dict:

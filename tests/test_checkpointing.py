@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -211,3 +212,49 @@ def test_not_a_checkpoint_or_another_projects_is_one_line(tmp_path):
         ck.save(5, other, synthetic.get_config("test"))
     with pytest.raises(checkpointing.CheckpointError, match=r"not an m2e_jax try-on checkpoint"):
         checkpointing.load_generators(checkpointing.find_step(workdir=str(tmp_path / "other")))
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_is_named_skipped_by_evaluate_and_resumed_past(tmp_path):
+    """The trainer's checkpoints, 4 KiB flipped in the newest: evaluate names it and uses the one
+    before (or refuses with --no_fallback); rerunning the training command moves it aside with one
+    line and resumes from the previous step to the same state as the uninterrupted run."""
+    from m2e_jax import train
+    from tests.test_reliability_workdir import ROOT, TOTAL, pan_config, run_trainer
+
+    workdir, data = tmp_path / "w", tmp_path / "data"
+    r = run_trainer(workdir, data)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckdir = workdir / "checkpoints"
+    assert checkpointing.complete_steps(str(ckdir)) == [3, 6, TOTAL]
+    like = train.init_state(pan_config())
+    with checkpointing.Checkpointer(str(ckdir)) as ck:
+        uninterrupted = ck.restore(TOTAL, like)
+    damaged = flip_4k(ckdir / str(TOTAL))
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    evaluate = [sys.executable, "-m", "m2e_jax.evaluate", "--workdir", str(workdir), "--num_examples", "4"]
+    ev = subprocess.run(evaluate, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0 and "Traceback" not in ev.stderr, ev.stderr[-3000:]
+    warned = [ln for ln in ev.stderr.splitlines() if ln.startswith("m2e_jax.evaluate: warning:")]
+    assert len(warned) == 1 and f"checkpoints/{TOTAL} is damaged: {damaged}: " in warned[0], ev.stderr[-2000:]
+    assert warned[0].endswith("using step 6 instead")
+    assert (workdir / "eval" / "metrics_test_step6.json").is_file()
+    ev = subprocess.run(evaluate + ["--no_fallback"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+    assert ev.returncode == 1 and "Traceback" not in ev.stderr, ev.stderr[-3000:]
+    refused = f"m2e_jax.evaluate: error: checkpoint {ckdir}/{TOTAL} is damaged: {damaged}"
+    assert ev.stderr.strip().splitlines()[-1].startswith(refused), ev.stderr[-2000:]
+
+    r = run_trainer(workdir, data)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in out and "Event loop is closed" not in out, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if "is damaged" in ln]
+    assert len(lines) == 1 and f"checkpoint step {TOTAL} " in lines[0] and damaged in lines[0], lines
+    assert "Resumed from step 6" in r.stderr
+    assert (ckdir / f"{TOTAL}.corrupt").is_dir() and checkpointing.complete_steps(str(ckdir)) == [3, 6, TOTAL]
+    with checkpointing.Checkpointer(str(ckdir)) as ck:
+        resumed = ck.restore(TOTAL, like)
+    for a, b in zip(_leaves(resumed), _leaves(uninterrupted), strict=True):
+        np.testing.assert_array_equal(a, b)
