@@ -102,10 +102,16 @@ def load_feature_extractor(path: str) -> Features:
 
 
 def _write_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):  # nothing half-written stays behind
+            os.remove(tmp)
+        raise
 
 
 def parser() -> argparse.ArgumentParser:
@@ -148,14 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     step = os.path.basename(step_dir)
     out_dir = args.output_dir or os.path.join(located.workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
     name = config.dataset.get("name", "dataset")
     meta = {"dataset": name, "split": args.split, "step": int(step) if step.isdigit() else step,
             "checkpoint": step_dir, "lpips_net": args.lpips_net,
             "inception_weights": args.inception_weights, "metrics": table}
     base = os.path.join(out_dir, f"metrics_{args.split}_step{step}")
-    _write_text(base + ".json", json.dumps(meta, indent=2) + "\n")
-    _write_text(base + ".md", scoring.markdown(table, f"{name} / {args.split} (step {step})"))
+    try:  # a full disk or a read-only workdir: one line, as for every user error
+        _write_text(base + ".json", json.dumps(meta, indent=2) + "\n")
+        _write_text(base + ".md", scoring.markdown(table, f"{name} / {args.split} (step {step})"))
+    except OSError as e:
+        print(f"m2e_jax.evaluate: error: {base}.json: cannot write ({e.strerror or e})", file=sys.stderr)
+        return 1
     print(scoring.markdown(table, f"{name} / {args.split} (step {step})"))
     print(f"wrote {base}.json and {base}.md")
     return 0
