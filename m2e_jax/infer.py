@@ -51,7 +51,6 @@ from m2e_jax.readers import detectron2_dump, images, iuv_png
 from m2e_jax.readers.photos import DumpIndex, ImageRef, IuvRef, Photo, RecordError, check_person, load_photo
 
 STAGE_FILES = {"warped": "warp", "aligned": "pan", "refined": "trn", "output": "ftn"}
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class InferError(Exception):
@@ -65,8 +64,6 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise InferError(f"--config {path}: file not found")
-    if _ROOT not in sys.path:  # configs/*.py import `configs.default`
-        sys.path.insert(0, _ROOT)
     module_spec = importlib.util.spec_from_file_location("_m2e_infer_config", path)
     module = importlib.util.module_from_spec(module_spec)
     try:

@@ -1,5 +1,8 @@
 """Training losses (method.md "Our design", hybrid paired / unpaired training). Pure functions.
 
+The one home of the objective: `generator_terms` (the generators' weighted terms, what the train
+step optimises and logs) and `discriminator_terms`, built from the formulas below.
+
 Weights and choices come from `config.loss` (defaults in m2e_jax/models/defaults.py):
   gan                 "lsgan" | "hinge" | "nonsaturating"   adversarial formulation
   adv_weight          1.0    weight of the generator's adversarial terms
@@ -17,12 +20,14 @@ single array or a list of arrays (several discriminators / scales): the loss is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
 GANS = ("lsgan", "hinge", "nonsaturating")
+# (discriminator name "pan" | "final", image [B, H, W, 3]) -> logits, conditioned on P's pose.
+Discriminate = Callable[[str, jax.Array], jax.Array]
 
 
 def _as_list(logits) -> list[jax.Array]:
@@ -122,48 +127,79 @@ def consistency_loss(refined, warped, valid, region) -> jax.Array:
     return l1_loss(refined, warped, valid * region)
 
 
-def generator_loss(out: dict, inputs: dict, loss_cfg, vgg=None, fake_logits: dict | None = None,
-                   paired: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted generator objective of one batch (method.md "Hybrid paired / unpaired training").
+def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array], loss_cfg, paired,
+                    trained: Sequence[str] = ("pan", "trn", "ftn"), discriminate: Discriminate | None = None,
+                    vgg=None) -> dict[str, jax.Array]:
+    """The generator objective of one batch as its weighted terms (names as training logs them).
 
-    out: TryOnNet output (any prefix of the pipeline: terms of missing stages are skipped).
-    inputs: prepare_batch output (target_image used when paired).
-    fake_logits: discriminator logits {"pan": D_pan(A), "final": D_final(P')}, either optional.
-    vgg: models.vgg.Vgg for the perceptual terms (skipped when None or perceptual_weight == 0).
-    paired (static): target terms against target_image on A, T (inside R_P) and P'; otherwise the
-    unpaired self-consistency term. The alpha term and adversarial terms apply to both.
+    out: TryOnNet output of any prefix of the pipeline (terms of missing networks are skipped).
+    inputs: models.tryon.network_inputs output (target_image is read; paired batches only).
+    paired: the batch's paired share, 0 or 1 in practice (a jnp scalar in the train step): the
+      reconstruction terms against the target are weighted by it, the self-consistency term by
+      1 - paired; the alpha, adversarial and FTN-mask terms apply to both.
+    trained: the networks this update trains (train.stage_groups); the PAN terms need "pan", the
+      TRN terms "pan" or "trn" (they reach PAN's output through TRN), the FTN terms only FTN's output.
+    discriminate(name, image) -> logits of discriminator "pan" (scores A) or "final" (scores P'),
+      conditioned on P's pose; None skips the adversarial terms.
+    vgg: models.vgg.Vgg for the perceptual terms; required when loss_cfg.perceptual_weight > 0.
 
-    total = adv_weight * sum_D g_adv_loss + l1_weight * (L1(A, Y) + L1(T, Y | R_P) + L1(P', Y))
-            + perceptual_weight * (perc(A, Y) + perc(T, Y) + perc(P', Y))        [paired]
-            + consistency_weight * consistency_loss(T, W, V, R_P)               [unpaired]
-            + alpha_weight * alpha_loss(alpha, V, R_P)
-    Returns (total, dict of the unweighted terms).
+    Terms (w = loss_cfg; Y the target, R_P the garment region, V the warp's validity):
+      pan_l1 = paired w.l1 L1(A, Y)             pan_perceptual = paired w.perceptual perc(A, Y)
+      pan_adv = w.adv g_adv(D_pan(A))
+      trn_l1 = paired w.l1 L1(T, Y | R_P)       trn_alpha = w.alpha alpha_loss(alpha, V, R_P)
+      trn_consistency = (1 - paired) w.consistency consistency_loss(T, W, V, R_P)
+      ftn_l1 = paired w.l1 L1(P', Y)            ftn_perceptual = paired w.perceptual perc(P', Y)
+      ftn_adv = w.adv g_adv(D_final(P'))
+      ftn_mask = w.ftn_mask_weight L1(m, 1 | R~)  FTN's composition mask toward 1 inside R~, which
+                 keeps T's pixels passing straight through (model.ftn_mode "composite" only)
+    The objective is their sum (`total`).
     """
+    w = loss_cfg
+    if w.perceptual_weight > 0 and vgg is None:
+        raise ValueError("generator_terms: loss.perceptual_weight > 0 needs a VGG (models.vgg.load_vgg)")
+    target = inputs["target_image"]
     terms: dict[str, jax.Array] = {}
-    stage_images = [(k, out[k]) for k in ("aligned", "refined", "output") if k in out]
-    if paired:
-        target = inputs["target_image"]
-        for name, image in stage_images:
-            mask = inputs["region"] if name == "refined" else None
-            terms[f"l1_{name}"] = l1_loss(image, target, mask)
-        if vgg is not None and loss_cfg.perceptual_weight and stage_images:
-            # One trunk pass over every stage and the target (the target's features once).
-            b = target.shape[0]
-            feats = vgg.features(jnp.concatenate([image for _, image in stage_images] + [target], axis=0))
-            target_feats = [f[-b:] for f in feats]
-            for n, (name, _) in enumerate(stage_images):
-                terms[f"perceptual_{name}"] = perceptual_loss(
-                    [f[n * b:(n + 1) * b] for f in feats], target_feats, loss_cfg.vgg16_layer_weights)
-    elif "refined" in out:
-        terms["consistency"] = consistency_loss(out["refined"], out["warped"], out["valid"], out["region"])
-    if "alpha" in out:
-        terms["alpha"] = alpha_loss(out["alpha"], out["valid"], out["region"])
-    for name, logits in (fake_logits or {}).items():
-        terms[f"adv_{name}"] = g_adv_loss(logits, loss_cfg.gan)
-    weights = {"l1": loss_cfg.l1_weight, "perceptual": loss_cfg.perceptual_weight,
-               "consistency": loss_cfg.consistency_weight, "alpha": loss_cfg.alpha_weight,
-               "adv": loss_cfg.adv_weight}
-    total = jnp.zeros((), jnp.float32)
-    for name, value in terms.items():
-        total = total + weights[name.split("_")[0]] * value
-    return total, terms
+
+    def reconstruction(name: str, image: jax.Array) -> None:
+        terms[f"{name}_l1"] = paired * w.l1_weight * l1_loss(image, target)
+        if w.perceptual_weight > 0:
+            terms[f"{name}_perceptual"] = paired * w.perceptual_weight * vgg_perceptual(
+                vgg, image, target, w.vgg16_layer_weights)
+
+    def adversarial(name: str, disc: str, image: jax.Array) -> None:
+        if discriminate is not None:
+            terms[f"{name}_adv"] = w.adv_weight * g_adv_loss(discriminate(disc, image), w.gan)
+
+    if "pan" in trained:
+        reconstruction("pan", out["aligned"])
+        adversarial("pan", "pan", out["aligned"])
+    if "refined" in out and ("pan" in trained or "trn" in trained):
+        region, valid = out["region"], out["valid"]
+        terms["trn_l1"] = paired * w.l1_weight * l1_loss(out["refined"], target, region)
+        terms["trn_alpha"] = w.alpha_weight * alpha_loss(out["alpha"], valid, region)
+        terms["trn_consistency"] = (1.0 - paired) * w.consistency_weight * consistency_loss(
+            out["refined"], out["warped"], valid, region)
+    if "output" in out:
+        reconstruction("ftn", out["output"])
+        adversarial("ftn", "final", out["output"])
+        if "ftn_mask" in out and w.get("ftn_mask_weight", 0.0) > 0:
+            mask = out["ftn_mask"]
+            terms["ftn_mask"] = w.ftn_mask_weight * l1_loss(mask, jnp.ones_like(mask), out["soft_region"])
+    return terms
+
+
+def discriminator_terms(real: jax.Array, fakes: Mapping[str, jax.Array], discriminate: Discriminate,
+                        kind: str = "lsgan") -> dict[str, jax.Array]:
+    """{"d_<name>": d_loss(D(real), D(fake))} per discriminator name in `fakes` ("pan": A, "final": P').
+
+    real: P, a real photo in pose I_P (the conditional "real" pair). The fakes are stop-gradient'ed:
+    this objective trains the discriminators only.
+    """
+    return {f"d_{name}": d_loss(discriminate(name, real), discriminate(name, jax.lax.stop_gradient(fake)),
+                                kind)
+            for name, fake in fakes.items()}
+
+
+def total(terms: Mapping[str, jax.Array]) -> jax.Array:
+    """The objective: the sum of its weighted terms (0 for none)."""
+    return sum(terms.values(), jnp.zeros((), jnp.float32))

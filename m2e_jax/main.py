@@ -14,11 +14,6 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-# `configs/*.py` import `configs.default`: make the repository root importable from any cwd.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, images and eval tables.")
 config_flags.DEFINE_config_file("config", None, "configs/NAME.py[:ARG]", lock_config=True)

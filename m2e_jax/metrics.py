@@ -9,6 +9,7 @@ region R_P is where a try-on differs from the person photo, so whole-image score
 FID and IS are host-side numpy (float64) over whole sets of features: `gaussian_stats` of each
 set's features, `frechet_distance` between the two Gaussians; `inception_score` of class
 probabilities. The feature extractor is the caller's (Inception weights are never downloaded).
+Which images are scored against what, per subset, and the tables: m2e_jax/scoring.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Data parallelism: one per-device step, run under `jax.pmap` or `jax.jit` + `jax.shard_map`.
 
-The per-device step `fn(state, batch) -> (state, metrics)` sees its shard of the batch and the
-whole (replicated) state, and averages gradients and metrics itself with
-`jax.lax.pmean(..., axis_name=AXIS)`. `DataParallel(mode)` wraps it:
+The per-device step `fn(state, batch, *replicated) -> (state, metrics)` sees its shard of the batch
+and the whole (replicated) state and extra arguments (weights such as the perceptual loss's VGG),
+and averages gradients and metrics itself with `jax.lax.pmean(..., axis_name=AXIS)` (or gathers
+per-example outputs with `all_gather`, as scoring does). `DataParallel(mode)` wraps it:
 
   "shard_map" (default): `jax.jit(jax.shard_map(fn, mesh, in_specs=(P(), P(AXIS)), ...))` on a
       `jax.make_mesh((n,), (AXIS,))` mesh over every device of every process; the state is a

@@ -33,7 +33,6 @@ Layers, each usable alone:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -193,8 +192,14 @@ class Scorer:
         cfg = ml_collections.FrozenConfigDict(model_cfg)
         self.lpips_net = lpips_net or None
         self.with_features = features is not None
-        fn = functools.partial(_eval_rows, model_cfg=cfg, lpips_net=self.lpips_net, features=features)
-        self._step = self.par.compile(fn, donate_state=False, num_replicated=1)
+        self.traces = 0  # traces of the scoring step; a trace is a compilation
+
+        def step(gen_params, batch, lpips_params):
+            self.traces += 1
+            return _eval_rows(gen_params, batch, lpips_params, model_cfg=cfg, lpips_net=self.lpips_net,
+                              features=features)
+
+        self._step = self.par.compile(step, donate_state=False, num_replicated=1)
         self._lpips = self.par.put_state(metrics.lpips_params(self.lpips_net) if self.lpips_net else {})
 
     def put_params(self, gen_params: dict) -> Any:

@@ -1,10 +1,12 @@
-"""Training: the pure per-device step of each stage, evaluation, and the train_and_evaluate loop.
+"""Training: the pure per-device step of each stage and the train_and_evaluate loop (a leaf module:
+main.py and the step benchmarks import it, no library module does).
 
 State (a plain pytree; host numpy in checkpoints, device arrays while training):
   {"step": int32 [], "params": {"pan", "trn", "ftn", "d_pan", "d_final"},
    "opt": {same keys: optax Adam state}, "ema": {"pan", "trn", "ftn"} (only when config.ema_decay > 0)}
-One parameter tree and one Adam optimizer per network group; the learning rate is a pure function of
-the global step (constant, then linear decay to 0 over the last `optim.decay_start` of training).
+One parameter tree and one Adam optimizer per network group, the learning rate an optax schedule of
+the global step (m2e_jax/optimizer.py). The objective is m2e_jax/losses.py's, the forward pass
+models/tryon.py's, the evaluation m2e_jax/scoring.py's.
 
 The step (method.md "Hybrid paired / unpaired training") is one fused generator + discriminator
 update: the generators' loss uses the current discriminators, the discriminators score the
@@ -13,7 +15,8 @@ with `pmean` over the "data" axis, and compiled by parallel.DataParallel for pma
 
 Compilations: the stage (1 PAN, 2 +TRN, 3 +FTN, 4 joint) is static, the paired/unpaired branch is
 not (its loss terms are weighted by the batch's paired share, batches being all-paired or
-all-unpaired), so training compiles at most one step per stage: 4 in all, plus one evaluation step.
+all-unpaired), so training compiles at most one step per stage: 4 in all, plus one evaluation
+step. The compiled functions belong to the run (`Steps`), not to the module.
 """
 
 from __future__ import annotations
@@ -24,74 +27,41 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from PIL import Image
 
-from m2e_jax import checkpointing, config_validation, input_pipeline, losses, parallel, schedule, scoring
+from m2e_jax import (
+    checkpointing,
+    config_validation,
+    input_pipeline,
+    losses,
+    optimizer,
+    parallel,
+    schedule,
+    scoring,
+)
 from m2e_jax.models import tryon as tryon_lib
-from m2e_jax.models.tryon import build_discriminators, dummy_inputs, init_params
+from m2e_jax.models.tryon import NETWORKS, build_discriminators, dummy_inputs, init_params
 
 AXIS = parallel.AXIS
-GEN = tryon_lib.NETWORKS
-DISC = {"d_pan": "pan", "d_final": "final"}  # state key -> build_discriminators key
-# Trace counts per (kind, stage): a trace is a compilation; tests bound them.
-TRACES: collections.Counter = collections.Counter()
-# Compiled steps by (kind, stage, parallel mode, devices, config JSON): a second run in the same
-# process (resume, tests) reuses them instead of compiling again.
-_COMPILED: dict[tuple, Any] = {}
-# Device copies of the perceptual loss's VGG by (id, parallel mode, devices): put once, not per step.
-_DEVICE_WEIGHTS: dict[tuple, Any] = {}
-
-
-def compiled(kind: str, stage: int, par: parallel.DataParallel, config, vgg=None):
-    """The data-parallel train step of `stage` (kind "train") or the eval step (kind "eval").
-
-    Both are called as fn(state, batch). A VGG goes into the train step as a device-resident
-    argument (put on the devices once per VGG object), not as compiled-in constants: one compiled
-    step serves any VGG weights.
-    """
-    key = (kind, stage, par.mode, tuple(d.id for d in par.devices), config.to_json_best_effort(),
-           vgg is None)
-    if key not in _COMPILED:
-        fn = functools.partial(train_step, config=config, stage=stage)
-        _COMPILED[key] = par.compile(fn, num_replicated=int(vgg is not None))
-    if kind == "train" and vgg is not None:
-        step = _COMPILED[key]
-        wkey = (id(vgg), par.mode, tuple(d.id for d in par.devices))
-        if wkey not in _DEVICE_WEIGHTS:
-            _DEVICE_WEIGHTS[wkey] = (vgg, par.put_state(vgg))  # holds vgg so its id stays unique
-        weights = _DEVICE_WEIGHTS[wkey][1]
-        return lambda state, batch: step(state, batch, weights)
-    return _COMPILED[key]
 
 
 def stage_groups(stage: int, freeze_earlier: bool) -> tuple[tuple[str, ...], tuple[str, ...], str]:
     """(generator groups trained, discriminator groups trained, last network run) for a stage 1..4."""
-    upto = GEN[min(stage, 3) - 1]
+    upto = NETWORKS[min(stage, 3) - 1]
     if stage == 4 or not freeze_earlier:
-        gens = GEN[: min(stage, 3)]
+        gens = NETWORKS[: min(stage, 3)]
     else:
         gens = (upto,)
     # D_pan scores A, so it trains while PAN does; D_final scores P', so whenever FTN runs.
     discs = (("d_pan",) if "pan" in gens else ()) + (("d_final",) if upto == "ftn" else ())
     return gens, discs, upto
-
-
-def learning_rate(step, base: float, total: int, decay_start: float):
-    """base until decay_start * total steps, then linear to 0 at `total` (jnp scalar)."""
-    start = decay_start * total
-    frac = jnp.clip((total - step) / jnp.maximum(total - start, 1.0), 0.0, 1.0)
-    return base * jnp.where(step < start, 1.0, frac)
-
-
-def _adam(config) -> optax.GradientTransformation:
-    return optax.scale_by_adam(b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps)
 
 
 def init_state(config: ml_collections.ConfigDict) -> dict:
@@ -102,130 +72,120 @@ def init_state(config: ml_collections.ConfigDict) -> dict:
 
 @functools.lru_cache(maxsize=4)
 def _init_state_cached(model_json: str, seed: int, ema: bool) -> dict:
-    # Initialisation compiles the networks once more; restarts in one process reuse the result.
+    # Initialisation compiles the networks once more; restarts in one process reuse the result
+    # (a pure function of its arguments, returned as copies: a memo, not state).
     model_cfg = ml_collections.ConfigDict(json.loads(model_json))
     rng_g, rng_d = jax.random.split(jax.random.key(seed))
     params = dict(init_params(model_cfg, rng_g))
     inputs = dummy_inputs(model_cfg)
-    for (key, name), rng in zip(DISC.items(), jax.random.split(rng_d, len(DISC))):
-        disc = build_discriminators(model_cfg)[name]
+    for key, rng in zip(optimizer.DISCRIMINATORS, jax.random.split(rng_d, len(optimizer.DISCRIMINATORS))):
+        disc = build_discriminators(model_cfg)[key[len("d_"):]]
         params[key] = jax.jit(disc.init)(rng, inputs["person_image"], inputs["person_iuv"])["params"]
-    tx = optax.scale_by_adam()  # the state's structure does not depend on b1, b2, eps
-    state = {"step": np.int32(0), "params": params, "opt": {k: tx.init(v) for k, v in params.items()}}
+    state = {"step": np.int32(0), "params": params, "opt": optimizer.init(params)}
     if ema:
-        state["ema"] = {k: params[k] for k in GEN}
+        state["ema"] = {k: params[k] for k in NETWORKS}
     return jax.tree.map(np.asarray, jax.device_get(state))
-
-
-def _disc(config, key: str, params, image, person_iuv):
-    disc = build_discriminators(config.model)[DISC[key]]
-    return disc.apply({"params": params}, image, person_iuv)
-
-
-def generator_terms(config, params: dict, out: dict, inputs: dict, paired, gens: tuple[str, ...],
-                    vgg=None) -> dict[str, jax.Array]:
-    """Weighted generator loss terms for the outputs the trained networks `gens` influence.
-
-    paired: the batch's paired share (0 or 1 in practice); reconstruction terms against the target
-    are paired-only, the self-consistency term unpaired-only, adversarial and alpha terms always.
-    """
-    w = config.loss
-    target, iuv, region, valid = inputs["target_image"], inputs["person_iuv"], out["region"], out["valid"]
-    terms: dict[str, jax.Array] = {}
-
-    def recon(name, image, mask=None):
-        terms[f"{name}_l1"] = paired * w.l1_weight * losses.l1_loss(image, target, mask)
-        if w.perceptual_weight > 0:
-            terms[f"{name}_perceptual"] = paired * w.perceptual_weight * losses.vgg_perceptual(
-                vgg, image, target, w.vgg16_layer_weights)
-
-    if "pan" in gens:
-        recon("pan", out["aligned"])
-        terms["pan_adv"] = w.adv_weight * losses.g_adv_loss(
-            _disc(config, "d_pan", params["d_pan"], out["aligned"], iuv), w.gan)
-    if "refined" in out and ("pan" in gens or "trn" in gens):
-        terms["trn_l1"] = paired * w.l1_weight * losses.l1_loss(out["refined"], target, region)
-        terms["trn_alpha"] = w.alpha_weight * losses.alpha_loss(out["alpha"], valid, region)
-        terms["trn_consistency"] = (1.0 - paired) * w.consistency_weight * losses.consistency_loss(
-            out["refined"], out["warped"], valid, region)
-    if "output" in out:
-        recon("ftn", out["output"])
-        terms["ftn_adv"] = w.adv_weight * losses.g_adv_loss(
-            _disc(config, "d_final", params["d_final"], out["output"], iuv), w.gan)
-        if "ftn_mask" in out and w.get("ftn_mask_weight", 0.0) > 0:
-            # FTN's composition mask toward 1 inside R~: keeps T's pixels passing straight through.
-            mask = out["ftn_mask"]
-            terms["ftn_mask"] = w.ftn_mask_weight * losses.l1_loss(mask, jnp.ones_like(mask),
-                                                                   out["soft_region"])
-    return terms
-
-
-def _all_finite(terms: dict) -> jax.Array:
-    # One check on the concatenated leaves: a reduction per leaf gets fused into every gradient
-    # computation (a third of the step's compile time and 3.5x its HLO on CPU; see benchmarks/RESULTS.md).
-    flat = jnp.concatenate([jnp.ravel(v).astype(jnp.float32) for v in jax.tree.leaves(terms)])
-    return jnp.all(jnp.isfinite(flat))
 
 
 def train_step(state: dict, batch: dict, vgg=None, *, config, stage: int) -> tuple[dict, dict]:
     """One fused G + D update of `stage`, per device; gradients and metrics pmean'ed over AXIS.
 
-    vgg: models.vgg.Vgg for the perceptual terms (None when loss.perceptual_weight == 0); pass it as
-    an argument of the compiled step (see `compiled`), not through functools.partial.
+    vgg: models.vgg.Vgg for the perceptual terms (None when loss.perceptual_weight == 0); an
+    argument of the compiled step (`Steps`), not compiled-in constants.
+    The objective is losses.generator_terms / discriminator_terms; the update optimizer.update.
 
     A step whose losses or gradients are not all finite leaves the parameters and optimizer states
     unchanged and reports metrics["finite"] = 0 (the loop then stops, naming the term).
     """
-    TRACES[("train", stage)] += 1
     gens, discs, upto = stage_groups(stage, config.schedule.freeze_earlier)
     inputs = tryon_lib.network_inputs(batch, config.model)
     # Every device's batch comes from one stream, so its paired share is 0 or 1 (a batch weight).
     paired = jax.lax.pmean(jnp.mean(inputs["paired"]), AXIS)
     params = state["params"]
 
+    def discriminate(p: dict) -> losses.Discriminate:
+        return lambda name, image: tryon_lib.discriminate(config.model, name, p[f"d_{name}"], image,
+                                                          inputs["person_iuv"])
+
     def g_loss(trained):
         p = {**params, **trained}
         out = tryon_lib.tryon_forward(p, inputs, config.model, upto)
-        terms = generator_terms(config, p, out, inputs, paired, gens, vgg)
-        return sum(terms.values()), (terms, out)
+        terms = losses.generator_terms(out, inputs, config.loss, paired, gens, discriminate(p), vgg)
+        return losses.total(terms), (terms, out)
 
     (g_total, (terms, out)), grads = jax.value_and_grad(g_loss, has_aux=True)(
         {k: params[k] for k in gens})
+    fakes = {"d_pan": out["aligned"], "d_final": out.get("output")}
 
     def d_loss(trained):
-        real = inputs["person_image"]  # P is a real photo in pose I_P: the conditional "real" pair
-        d_terms = {}
-        for key, fake in (("d_pan", out["aligned"]), ("d_final", out.get("output"))):
-            if key in trained:
-                logits = [_disc(config, key, trained[key], x, inputs["person_iuv"])
-                          for x in (real, jax.lax.stop_gradient(fake))]
-                d_terms[key] = losses.d_loss(*logits, config.loss.gan)
-        return sum(d_terms.values(), jnp.zeros(())), d_terms
+        fake = {k[len("d_"):]: fakes[k] for k in trained}
+        d_terms = losses.discriminator_terms(inputs["person_image"], fake, discriminate(trained),
+                                             config.loss.gan)
+        return losses.total(d_terms), d_terms
 
     (d_total, d_terms), d_grads = jax.value_and_grad(d_loss, has_aux=True)({k: params[k] for k in discs})
     grads = jax.lax.pmean({**grads, **d_grads}, AXIS)
     metrics = jax.lax.pmean({**terms, **d_terms, "g_total": g_total, "d_total": d_total}, AXIS)
 
-    total = schedule.total_steps(config.schedule)
-    o = config.optim
-    tx = _adam(config)
-    new_params, new_opt = dict(params), dict(state["opt"])
-    for key, g in grads.items():
-        base = o.g_lr if key in GEN else o.d_lr
-        lr = learning_rate(state["step"], base, total, o.decay_start)
-        updates, new_opt[key] = tx.update(g, state["opt"][key], params[key])
-        new_params[key] = jax.tree.map(lambda p, u, lr=lr: p - lr * u, params[key], updates)
-    finite = _all_finite({"metrics": metrics, "grads": grads})
+    new_params, new_opt = optimizer.update(params, state["opt"], grads, state["step"], config)
+    finite = optimizer.all_finite({"metrics": metrics, "grads": grads})
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = {"step": state["step"] + 1, "params": keep(new_params, params),
                  "opt": keep(new_opt, state["opt"])}
     if "ema" in state:
         d = config.ema_decay
         new_state["ema"] = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"],
-                                        {k: new_state["params"][k] for k in GEN})
+                                        {k: new_state["params"][k] for k in NETWORKS})
     metrics["finite"] = finite.astype(jnp.float32)
-    metrics["g_lr"] = learning_rate(state["step"], o.g_lr, total, o.decay_start)
+    metrics["g_lr"] = optimizer.learning_rates(config)["pan"](state["step"])
     return new_state, metrics
+
+
+class Steps:
+    """The compiled functions of one training run: a train step per stage (compiled on first use),
+    the evaluation's scoring.Scorer and the image grids' forward pass.
+
+    Owned by the run that builds it (train_and_evaluate makes one unless given one), as flax's
+    imagenet example keeps its p_train_step local. A caller running several runs of one config in
+    a process may pass the same object to reuse its compilations; otherwise jax's persistent
+    compilation cache (config.compilation_cache_dir) spares the compiler. `traces` counts the
+    traces of each train step ("train1".."train4"); a trace is a compilation.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, par: parallel.DataParallel | None = None,
+                 vgg=None):
+        """par: default DataParallel(config.parallel); vgg: the perceptual loss's models.vgg.Vgg,
+        default load_vgg(config.loss.vgg) when config.loss.perceptual_weight > 0."""
+        self.config = config
+        self.par = par if par is not None else parallel.DataParallel(config.parallel)
+        if vgg is None and config.loss.perceptual_weight > 0:
+            from m2e_jax.models.vgg import load_vgg
+
+            vgg = load_vgg(config.loss.vgg)
+        # Device buffers put once per run; an argument of the step, not constants compiled into it.
+        self._vgg = self.par.put_state(vgg) if vgg is not None else None
+        self._train: dict[int, Callable] = {}
+        self.traces: collections.Counter = collections.Counter()
+        self.scorer = scoring.Scorer(config.model, self.par, lpips_net=config.eval_lpips_net or None)
+        model_cfg = ml_collections.FrozenConfigDict(config.model)
+        self.forward = jax.jit(functools.partial(tryon_lib.forward, model_cfg=model_cfg))
+
+    def train(self, stage: int) -> Callable[[Any, dict], tuple[Any, dict]]:
+        """The data-parallel step of `stage`: fn(state, batch) -> (state, metrics), state donated."""
+        if stage not in self._train:
+            def step(state, batch, *vgg):
+                self.traces[f"train{stage}"] += 1
+                return train_step(state, batch, *vgg, config=self.config, stage=stage)
+
+            if self._vgg is None:
+                self._train[stage] = self.par.compile(step)
+            else:
+                fn, vgg = self.par.compile(step, num_replicated=1), self._vgg
+                self._train[stage] = lambda state, batch: fn(state, batch, vgg)
+        return self._train[stage]
+
+    def compile_counts(self) -> dict[str, int]:
+        return {**self.traces, "eval": self.scorer.traces}
 
 
 # ---------------------------------------------------------------- images
@@ -233,8 +193,8 @@ def train_step(state: dict, batch: dict, vgg=None, *, config, stage: int) -> tup
 def image_grid(forward, gen_params: dict, examples: dict) -> np.ndarray:
     """uint8 [rows * H, 7 * W, 3]: per example M, P, warp W, PAN A, TRN T, FTN P', ground truth.
 
-    forward: jitted models.tryon.forward (params, batch) -> outputs; gen_params host or device;
-    examples a stacked uint8 batch.
+    forward: jitted models.tryon.forward (params, batch) -> outputs (Steps.forward); gen_params
+    host or device; examples a stacked uint8 batch.
     """
     out = jax.device_get(forward(gen_params, examples))
     to_u8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
@@ -287,15 +247,14 @@ class SpikeGuard:
         self.seen[key] = (n + 1, total if n == 0 else self.decay * mean + (1 - self.decay) * total)
 
 
-def _compile_counts() -> dict[str, int]:
-    return {f"{kind}{stage or ''}": n for (kind, stage), n in TRACES.items()}
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps: int | None = None) -> dict:
-    """Trains per config.schedule in `workdir`, resuming from its latest checkpoint; returns the last eval.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps: int | None = None,
+                       steps: Steps | None = None) -> dict:
+    """Trains per config.schedule in `workdir`, resuming from its latest checkpoint; returns the last
+    eval table (m2e_jax/scoring.py's schema).
 
     max_steps: stop (with a checkpoint) after this many steps of this invocation, e.g. to fit a job
     into a time slot; rerunning continues exactly where it stopped.
+    steps: the compiled functions to use (a `Steps` of this same config); default a new one.
 
     Writes workdir/config.json, checkpoints/<step>/, TensorBoard events, images/step_*.png and
     eval/step_*.json (process 0 only, except checkpoints, which every process takes part in).
@@ -305,13 +264,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
     parallel.initialize_distributed(config.distributed)
     with checkpointing.disk_full_is_workdir_error(workdir, "training"):
         with checkpointing.WorkdirLock(workdir, jax.process_index(), jax.process_count()):
-            return _train_and_evaluate(config, workdir, max_steps)
+            return _train_and_evaluate(config, workdir, max_steps, steps)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps: int | None) -> dict:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps: int | None,
+                        steps: Steps | None) -> dict:
     from clu import metric_writers, periodic_actions  # imports TensorFlow: after the config check.
 
-    par = parallel.DataParallel(config.parallel)
+    if steps is not None and steps.config.to_json_best_effort() != config.to_json_best_effort():
+        raise ValueError("train_and_evaluate: `steps` were built for another config")
+    steps = steps if steps is not None else Steps(config)
+    par = steps.par
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % par.num_devices:
             raise config_validation.ConfigError(
@@ -337,16 +300,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
     if start:
         logging.info("Resumed from step %d", start)
     state = par.put_state(host_state)
-    vgg = None
-    if config.loss.perceptual_weight > 0:
-        from m2e_jax.models.vgg import load_vgg
-
-        vgg = load_vgg(config.loss.vgg)
-    scorer = scoring.Scorer(config.model, par, lpips_net=config.eval_lpips_net)
     end = total if max_steps is None else min(total, start + max_steps)
     n_img = min(config.num_image_examples, len(test_source))
-    model_cfg = ml_collections.FrozenConfigDict(config.model)
-    forward = jax.jit(functools.partial(tryon_lib.forward, model_cfg=model_cfg))
     image_examples = (input_pipeline.stack_examples([test_source[i] for i in range(n_img)])
                       if n_img else None)
 
@@ -378,7 +333,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
         with checkpointing.PreemptionFlag() as preempted:
             for step, batch in data.iterate(start, end, put=par.put_batch, prefetch=config.prefetch):
                 stage = schedule.plan(step, config.schedule).stage
-                state, metrics = compiled("train", stage, par, config, vgg)(state, batch)
+                state, metrics = steps.train(stage)(state, batch)
                 check_pending()
                 pending = (step, metrics)
                 done = step + 1
@@ -394,8 +349,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
                 if done % config.checkpoint_every == 0 or last or stop:
                     save(done)
                 if done % config.eval_every == 0 or last:
-                    gen = state["ema"] if "ema" in state else {k: state["params"][k] for k in GEN}
-                    result = scorer.evaluate(gen, test_source, config.num_eval_examples,
+                    gen = state["ema"] if "ema" in state else {k: state["params"][k] for k in NETWORKS}
+                    result = steps.scorer.evaluate(gen, test_source, config.num_eval_examples,
                                              config.eval_batch_size)
                     writer.write_scalars(done, scoring.flat_scalars(result))
                     if lead:
@@ -405,8 +360,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
                                       indent=2)
                 if lead and image_examples is not None and (done % config.image_every == 0 or last):
                     host_gen = par.get_state(state["ema"] if "ema" in state else
-                                             {k: state["params"][k] for k in GEN})
-                    _write_images(workdir, done, image_grid(forward, host_gen, image_examples), writer)
+                                             {k: state["params"][k] for k in NETWORKS})
+                    _write_images(workdir, done, image_grid(steps.forward, host_gen, image_examples), writer)
                 if stop:
                     logging.warning("Stopping early (SIGTERM, preemption or max_steps): saved step %d", done)
                     break
@@ -414,5 +369,5 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
     finally:
         ckpt.close()  # waits for the last save (a full disk: WorkdirError), stops orbax's threads
         writer.flush()
-    logging.info("compilations: %s", _compile_counts())
+    logging.info("compilations: %s", steps.compile_counts())
     return result

@@ -2,7 +2,7 @@
 
 CPU convolutions (`config.cpu_convolutions`): jaxlib 0.10 hands float32 convolutions to YNNPACK,
 which ran the narrow (64-channel), large-image convs of these networks and their weight gradients
-on one thread of our 2-core machine (7x7 61->64 at 64x48, batch 4: 46 ms forward at 1.00 cores
+on one thread of a 2-core x86_64 CPU (7x7 61->64 at 64x48, batch 4: 46 ms forward at 1.00 cores
 busy) where XLA's Eigen kernels use every core (27 ms at 1.96). "eigen" removes
 `individual_convolution` from XLA's YNNPACK fusion list, so every conv goes to Eigen: the PAN +
 PatchGAN step of benchmarks/gan_step.py gets 13-15% faster (benchmarks/RESULTS.md). "xla_default"

@@ -9,7 +9,10 @@
   do not depend on it. M2E_TEST_COMPILATION_CACHE=0 turns it off.
 """
 
+import collections
 import os
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 # The convolution kernels every entry point picks by default (config.cpu_convolutions): tests run
@@ -25,3 +28,18 @@ if os.environ.get("M2E_TEST_COMPILATION_CACHE", "1") != "0":
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+@pytest.fixture
+def jax_events():
+    """Counts jax's own compilation events during the test (jax.monitoring), e.g.
+    jax_events["/jax/core/compile/jaxpr_trace_duration"] (a trace precedes every compilation)."""
+    import jax
+
+    counts: collections.Counter = collections.Counter()
+    listener = lambda event, seconds, **kwargs: counts.update([event])
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -80,28 +80,58 @@ def _pipeline_like():
     return out, inputs
 
 
-def test_generator_loss_is_the_weighted_sum():
+def test_generator_terms_are_the_weighted_formulas():
     from m2e_jax.models.defaults import loss_config
 
     cfg = loss_config()
-    cfg.update(dict(l1_weight=3.0, alpha_weight=0.5, adv_weight=2.0, consistency_weight=7.0))
+    cfg.update(dict(l1_weight=3.0, alpha_weight=0.5, adv_weight=2.0, consistency_weight=7.0,
+                    perceptual_weight=0.0, ftn_mask_weight=0.0))
     out, inputs = _pipeline_like()
     y, r = inputs["target_image"], out["region"]
-    fake = {"pan": FAKE, "final": REAL}
-    total, terms = losses.generator_loss(out, inputs, cfg, vgg=None, fake_logits=fake, paired=True)
+    logits = {"pan": FAKE, "final": REAL}
+    discriminate = lambda name, image: logits[name]
+    terms = losses.generator_terms(out, inputs, cfg, paired=1.0, discriminate=discriminate)
     l1 = (losses.l1_loss(out["aligned"], y) + losses.l1_loss(out["refined"], y, r)
           + losses.l1_loss(out["output"], y))
     adv = losses.g_adv_loss(FAKE) + losses.g_adv_loss(REAL)
     expected = 3.0 * l1 + 0.5 * losses.alpha_loss(out["alpha"], out["valid"], r) + 2.0 * adv
-    np.testing.assert_allclose(total, expected, rtol=1e-6)
-    assert "consistency" not in terms
-    total_u, terms_u = losses.generator_loss(out, inputs, cfg, paired=False)
+    np.testing.assert_allclose(losses.total(terms), expected, rtol=1e-6)
+    assert set(terms) == {"pan_l1", "pan_adv", "trn_l1", "trn_alpha", "trn_consistency", "ftn_l1", "ftn_adv"}
+    assert float(terms["trn_consistency"]) == 0.0  # paired: no self-consistency
+    terms_u = losses.generator_terms(out, inputs, cfg, paired=0.0)
     expected_u = (7.0 * losses.consistency_loss(out["refined"], out["warped"], out["valid"], r)
                   + 0.5 * losses.alpha_loss(out["alpha"], out["valid"], r))
-    np.testing.assert_allclose(total_u, expected_u, rtol=1e-6)
-    assert not any(k.startswith("l1") for k in terms_u)
-    # A PAN-only stage has only the PAN term.
+    np.testing.assert_allclose(losses.total(terms_u), expected_u, rtol=1e-6)
+    assert all(float(v) == 0.0 for k, v in terms_u.items() if k.endswith("_l1"))  # unpaired: no target
+    # A PAN-only stage has only the PAN terms; TRN alone (stage 2, PAN frozen) has no PAN terms.
     pan_only = {k: out[k] for k in ("aligned", "warped", "valid", "region")}
-    total_p, terms_p = losses.generator_loss(pan_only, inputs, cfg)
-    assert set(terms_p) == {"l1_aligned"}
-    np.testing.assert_allclose(total_p, 3.0 * losses.l1_loss(out["aligned"], y), rtol=1e-6)
+    terms_p = losses.generator_terms(pan_only, inputs, cfg, paired=1.0, trained=("pan",))
+    assert set(terms_p) == {"pan_l1"}
+    np.testing.assert_allclose(losses.total(terms_p), 3.0 * losses.l1_loss(out["aligned"], y), rtol=1e-6)
+    trn_only = {k: v for k, v in out.items() if k != "output"}
+    assert set(losses.generator_terms(trn_only, inputs, cfg, 1.0, trained=("trn",))) == {
+        "trn_l1", "trn_alpha", "trn_consistency"}
+
+
+def test_generator_terms_ftn_mask_and_missing_vgg():
+    from m2e_jax.models.defaults import loss_config
+
+    cfg = loss_config()
+    cfg.update(dict(perceptual_weight=0.0, ftn_mask_weight=4.0))
+    out, inputs = _pipeline_like()
+    out["ftn_mask"] = jnp.full((1, 4, 4, 1), 0.75)
+    out["soft_region"] = out["region"]
+    terms = losses.generator_terms(out, inputs, cfg, paired=1.0, trained=("ftn",))
+    np.testing.assert_allclose(terms["ftn_mask"], 4.0 * 0.25, rtol=1e-6)
+    cfg.perceptual_weight = 1.0
+    with pytest.raises(ValueError, match="perceptual_weight > 0 needs a VGG"):
+        losses.generator_terms(out, inputs, cfg, paired=1.0)
+
+
+def test_discriminator_terms_by_name():
+    logits = {("pan", "real"): REAL, ("pan", "fake"): FAKE}
+    real, fake = jnp.zeros((1, 2, 2, 3)), jnp.ones((1, 2, 2, 3))
+    discriminate = lambda name, image: logits[(name, "real" if float(image.mean()) == 0 else "fake")]
+    terms = losses.discriminator_terms(real, {"pan": fake}, discriminate, "hinge")
+    assert set(terms) == {"d_pan"}
+    np.testing.assert_allclose(terms["d_pan"], losses.d_loss(REAL, FAKE, "hinge"), rtol=1e-6)

@@ -68,12 +68,10 @@ def test_loss_spike_stops_training_before_saving(tmp_path, data_dir, monkeypatch
     sees it): the run stops naming step 8, and checkpoints 1..7 are all that exist."""
     config = stage1_config(data_dir, steps=10)
     config.loss_spike_factor = 5.0
-    original = train.compiled
+    original = train.Steps.train
 
-    def compiled(kind, *args, **kwargs):
-        fn = original(kind, *args, **kwargs)
-        if kind != "train":
-            return fn
+    def compiled(self, stage):
+        fn = original(self, stage)
 
         def step(state, batch):
             state, metrics = fn(state, batch)
@@ -85,7 +83,7 @@ def test_loss_spike_stops_training_before_saving(tmp_path, data_dir, monkeypatch
     def par_step(state):
         return np.asarray(state["step"].addressable_shards[0].data)
 
-    monkeypatch.setattr(train, "compiled", compiled)
+    monkeypatch.setattr(train.Steps, "train", compiled)
     with pytest.raises(FloatingPointError, match=r"loss spike at step 8: g_total = .* step 7\."):
         train.train_and_evaluate(config, str(tmp_path))
     assert sorted(saved_states(str(tmp_path), config)) == list(range(1, 8))

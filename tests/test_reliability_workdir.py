@@ -113,12 +113,11 @@ def unwritable_workdirs(tmp_path) -> list[str]:
     return dirs
 
 
-def test_unwritable_workdir_fails_before_anything_runs(tmp_path, config):
+def test_unwritable_workdir_fails_before_anything_runs(tmp_path, config, jax_events):
     for workdir in unwritable_workdirs(tmp_path):
-        before = sum(train.TRACES.values())
         with pytest.raises(checkpointing.WorkdirError, match=rf"workdir {workdir}: not writable \(.+\); "):
             train.train_and_evaluate(config, workdir)
-        assert sum(train.TRACES.values()) == before
+        assert not jax_events  # nothing traced, let alone compiled
     assert not (tmp_path / "data").exists()  # not even the dataset was rendered
 
 
@@ -130,11 +129,11 @@ def test_check_workdir_cleans_its_probe(tmp_path):
 def test_full_disk_fails_before_the_first_step(tmp_path, config, monkeypatch):
     real = shutil.disk_usage
     monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda p: real(p)._replace(free=2**20))
-    before = {k: n for k, n in train.TRACES.items() if k[0] == "train"}
+    steps = train.Steps(config)
     need = r"1.0 MiB free, checkpoints need [\d.]+ MiB more \(3 kept \+ 1 being written, 0 already"
     with pytest.raises(checkpointing.WorkdirError, match=need):
-        train.train_and_evaluate(config, str(tmp_path / "w"))
-    assert {k: n for k, n in train.TRACES.items() if k[0] == "train"} == before
+        train.train_and_evaluate(config, str(tmp_path / "w"), steps=steps)
+    assert not steps.traces and not steps.compile_counts()["eval"]  # no step compiled
     assert checkpointing.complete_steps(str(tmp_path / "w" / "checkpoints")) == []
 
 

@@ -38,9 +38,16 @@ def fixed_batch():
     return input_pipeline.stack_examples(ex)
 
 
-def run_steps(config, par, batch, stage, steps, state=None):
+@pytest.fixture(scope="module")
+def one_device(data_dir):
+    """The tiny config's compiled steps on one device, shared by the tests of this module."""
+    return train.Steps(tiny_config(data_dir), parallel.DataParallel("shard_map", devices=jax.devices()[:1]))
+
+
+def run_steps(config, compiled: train.Steps, batch, stage, steps, state=None):
+    par = compiled.par
     state = par.put_state(train.init_state(config) if state is None else state)
-    fn = train.compiled("train", stage, par, config)
+    fn = compiled.train(stage)
     history = []
     for _ in range(steps):
         state, metrics = fn(state, par.put_batch(batch))
@@ -56,16 +63,10 @@ def test_stage_groups():
     assert train.stage_groups(2, False) == (("pan", "trn"), ("d_pan",), "trn")
 
 
-def test_learning_rate_schedule():
-    lr = [float(train.learning_rate(s, 1.0, 100, 0.5)) for s in (0, 49, 50, 75, 100)]
-    np.testing.assert_allclose(lr, [1.0, 1.0, 1.0, 0.5, 0.0], atol=1e-6)
-
-
-@pytest.mark.slow  # ~47 s measured with the 2 cores shared by ~8 busy processes
-def test_paired_loss_decreases_on_a_fixed_batch(fixed_batch, data_dir):
+@pytest.mark.slow  # compiles the stage-1 step (the module's other stage-1 tests reuse it)
+def test_paired_loss_decreases_on_a_fixed_batch(fixed_batch, data_dir, one_device):
     config = tiny_config(data_dir)
-    par = parallel.DataParallel("shard_map", devices=jax.devices()[:1])
-    final, history = run_steps(config, par, fixed_batch, stage=1, steps=6)
+    final, history = run_steps(config, one_device, fixed_batch, stage=1, steps=6)
     l1 = [h["pan_l1"] for h in history]
     assert l1[-1] < 0.9 * l1[0], l1
     assert all(h["finite"] == 1.0 for h in history)
@@ -79,15 +80,14 @@ def test_paired_loss_decreases_on_a_fixed_batch(fixed_batch, data_dir):
     assert all(changed)
 
 
-@pytest.mark.slow  # compiles the stage-1 step unless the loss test ran first (~60 s on the shared CPU)
-def test_nan_guard_keeps_state_and_names_the_step(fixed_batch, data_dir):
+@pytest.mark.slow  # reuses the loss test's stage-1 step (one_device) when that ran first
+def test_nan_guard_keeps_state_and_names_the_step(fixed_batch, data_dir, one_device):
     config = tiny_config(data_dir)
-    par = parallel.DataParallel("shard_map", devices=jax.devices()[:1])
     state = train.init_state(config)
     leaves, treedef = jax.tree.flatten(state["params"]["pan"])
     leaves[0] = np.full_like(leaves[0], np.inf)
     state["params"]["pan"] = jax.tree.unflatten(treedef, leaves)
-    final, history = run_steps(config, par, fixed_batch, stage=1, steps=1, state=state)
+    final, history = run_steps(config, one_device, fixed_batch, stage=1, steps=1, state=state)
     assert history[0]["finite"] == 0.0
     for a, b in zip(jax.tree.leaves(final["params"]), jax.tree.leaves(state["params"])):
         np.testing.assert_array_equal(a, b)
@@ -96,14 +96,14 @@ def test_nan_guard_keeps_state_and_names_the_step(fixed_batch, data_dir):
 
 
 @pytest.mark.slow
-def test_four_devices_equal_one_device_in_both_modes(fixed_batch, data_dir):
+def test_four_devices_equal_one_device_in_both_modes(fixed_batch, data_dir, one_device):
     """The real step (stage 1): 4-way pmap and 4-way shard_map give the 1-device parameters."""
     config = tiny_config(data_dir)
-    one = parallel.DataParallel("shard_map", devices=jax.devices()[:1])
-    ref_state, ref_hist = run_steps(config, one, fixed_batch, stage=1, steps=3)
+    ref_state, ref_hist = run_steps(config, one_device, fixed_batch, stage=1, steps=3)
     init = train.init_state(config)
     for mode in parallel.MODES:
-        state, hist = run_steps(config, parallel.DataParallel(mode), fixed_batch, stage=1, steps=3)
+        steps = train.Steps(config, parallel.DataParallel(mode))
+        state, hist = run_steps(config, steps, fixed_batch, stage=1, steps=3)
         for h, r in zip(hist, ref_hist):
             for k in r:
                 np.testing.assert_allclose(h[k], r[k], rtol=1e-4, atol=1e-6, err_msg=f"{mode} {k}")
@@ -131,17 +131,15 @@ def test_loop_resume_reproduces_the_uninterrupted_run(tmp_path, data_dir):
     config = tiny_config(data_dir)
     config.schedule.update(pan_steps=2, trn_steps=0, ftn_steps=0, joint_steps=4)
     total = schedule.total_steps(config.schedule)
-    before = dict(train.TRACES)
-    straight = train.train_and_evaluate(config, str(tmp_path / "a"))
-    traced = {k: n - before.get(k, 0) for k, n in train.TRACES.items() if n - before.get(k, 0)}
-    assert all(n <= 1 for n in traced.values()), traced  # at most one compile per stage (+ eval)
-    assert sorted(k for k in traced if k[0] == "train") == [("train", 1), ("train", 4)]
+    steps = train.Steps(config)
+    straight = train.train_and_evaluate(config, str(tmp_path / "a"), steps=steps)
+    # At most one compilation per stage, plus one evaluation step.
+    assert steps.compile_counts() == {"train1": 1, "train4": 1, "eval": 1}
 
-    train.train_and_evaluate(config, str(tmp_path / "b"), max_steps=3)
+    train.train_and_evaluate(config, str(tmp_path / "b"), max_steps=3, steps=steps)
     assert sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "b/checkpoints/[0-9]*"))) == [3]
-    after_first = dict(train.TRACES)
-    resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
-    assert dict(train.TRACES) == after_first  # same config: the compiled steps are reused
+    resumed = train.train_and_evaluate(config, str(tmp_path / "b"))  # a new run: its own Steps
+    assert steps.compile_counts() == {"train1": 1, "train4": 1, "eval": 1}  # the run's steps reused
 
     a, b = _params(str(tmp_path / "a"), total, config), _params(str(tmp_path / "b"), total, config)
     assert int(a["step"]) == int(b["step"]) == total
@@ -160,18 +158,18 @@ def test_bfloat16_compute_keeps_float32_params_and_ema(fixed_batch, data_dir):
     config = tiny_config(data_dir)
     config.model.dtype = "bfloat16"
     config.ema_decay = 0.75
-    par = parallel.DataParallel("shard_map", devices=jax.devices()[:1])
     init = train.init_state(config)
-    final, history = run_steps(config, par, fixed_batch, stage=1, steps=1)
+    one = parallel.DataParallel("shard_map", devices=jax.devices()[:1])
+    final, history = run_steps(config, train.Steps(config, one), fixed_batch, stage=1, steps=1)
     assert history[0]["finite"] == 1.0 and np.isfinite(history[0]["pan_l1"])
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(final["params"]))
-    gens = {k: final["params"][k] for k in train.GEN}
+    gens = {k: final["params"][k] for k in train.NETWORKS}
     for e, p, i in zip(*(jax.tree.leaves(t) for t in (final["ema"], gens, init["ema"]))):
         np.testing.assert_allclose(e, 0.75 * i + 0.25 * p, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.slow  # one stage-3 compile: 15 s with a warm XLA cache on the shared 2-core CPU
-def test_vgg_is_an_argument_of_the_step(fixed_batch, data_dir):
+@pytest.mark.slow  # one stage-3 compile (the second run's is a compilation-cache hit)
+def test_vgg_is_an_argument_of_the_step(fixed_batch, data_dir, jax_events):
     """Stage 3 with a perceptual loss: other VGG weights change the loss through the same compiled
     step (they are an argument, not compiled-in constants); FTN's composition-mask term is on."""
     config = tiny_config(data_dir)
@@ -182,12 +180,18 @@ def test_vgg_is_an_argument_of_the_step(fixed_batch, data_dir):
     vgg_a, vgg_b = make(weights), make(jax.tree.map(lambda x: 2.0 * x, weights))
     state = train.init_state(config)
     par = parallel.DataParallel("shard_map", devices=jax.devices()[:1])
-    before = train.TRACES[("train", 3)]
-    metrics = {}
+    metrics, steps, misses = {}, {}, {}
     for name, vgg in (("a", vgg_a), ("b", vgg_b)):
-        _, m = train.compiled("train", 3, par, config, vgg)(par.put_state(state), par.put_batch(fixed_batch))
+        before = jax_events["/jax/compilation_cache/cache_misses"]
+        steps[name] = train.Steps(config, par, vgg)
+        _, m = steps[name].train(3)(par.put_state(state), par.put_batch(fixed_batch))
         metrics[name] = par.get_state(m)
-    assert train.TRACES[("train", 3)] == before + 1
+        misses[name] = jax_events["/jax/compilation_cache/cache_misses"] - before
+    assert steps["a"].traces == steps["b"].traces == {"train3": 1}
+    if jax.config.jax_compilation_cache_dir:
+        # The second run's program is the first's, found in the compilation cache: the weights are
+        # an argument, nothing of them is compiled in.
+        assert misses["b"] == 0, misses
     a, b = metrics["a"], metrics["b"]
     assert a["finite"] == 1.0 and a["ftn_perceptual"] > 0
     assert abs(a["ftn_perceptual"] - b["ftn_perceptual"]) > 1e-3 * a["ftn_perceptual"]

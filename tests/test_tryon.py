@@ -60,7 +60,7 @@ def test_pipeline_outputs(setup):
     np.testing.assert_array_equal(np.asarray(out["output"])[outside], person[outside])
 
 
-def test_stages_compose_from_separate_trees(setup):
+def test_networks_compose_from_separate_trees(setup):
     cfg, inputs, params, _, out = setup
     net = tryon.make_tryon(cfg)
     apply = jax.jit(net.apply, static_argnames="method")

@@ -155,7 +155,7 @@ def test_bad_vgg_specs(tmp_path):
         vgg_lib.convert_torch_vgg19(state)
 
 
-def test_generator_loss_uses_perceptual_terms(vgg16, images):
+def test_generator_terms_use_perceptual_terms(vgg16, images):
     from m2e_jax.models.defaults import loss_config
 
     x, noise = images
@@ -163,10 +163,11 @@ def test_generator_loss_uses_perceptual_terms(vgg16, images):
     cfg = loss_config()
     out = {"aligned": x, "output": y[::-1]}
     # The Vgg pytree goes in as an argument (its weights are leaves, not compiled-in constants).
-    gen_loss = jax.jit(lambda v, o, i: losses.generator_loss(o, i, cfg, v))
-    total, terms = gen_loss(vgg16, out, {"target_image": y})
+    gen_terms = jax.jit(lambda v, o, i: losses.generator_terms(o, i, cfg, 1.0, trained=("pan", "ftn"), vgg=v))
+    terms = gen_terms(vgg16, out, {"target_image": y})
     perc = [losses.vgg_perceptual(vgg16, out[k], y, cfg.vgg16_layer_weights) for k in ("aligned", "output")]
-    np.testing.assert_allclose(terms["perceptual_aligned"], perc[0], rtol=1e-5)
-    np.testing.assert_allclose(terms["perceptual_output"], perc[1], rtol=1e-5)
+    np.testing.assert_allclose(terms["pan_perceptual"], cfg.perceptual_weight * perc[0], rtol=1e-5)
+    np.testing.assert_allclose(terms["ftn_perceptual"], cfg.perceptual_weight * perc[1], rtol=1e-5)
     l1 = losses.l1_loss(x, y) + losses.l1_loss(y[::-1], y)
-    np.testing.assert_allclose(total, cfg.l1_weight * l1 + cfg.perceptual_weight * sum(perc), rtol=1e-5)
+    np.testing.assert_allclose(losses.total(terms), cfg.l1_weight * l1 + cfg.perceptual_weight * sum(perc),
+                               rtol=1e-5)

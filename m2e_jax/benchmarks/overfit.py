@@ -2,7 +2,7 @@
 
     python -m m2e_jax.benchmarks.overfit [--steps 400 --height 64 --width 48 --base_channels 16]
 
-Paired example (same person and garment, two poses): every stage's target is P. Pixel loss
+Paired example (same person and garment, two poses): every network's target is P. Pixel loss
 = L1(A, P) + L1(T, P | R_P) + L1(P', P | R~ > 0) (losses.l1_loss, masked means). Prints the loss
 every 50 steps and the initial / final ratio; exits non-zero when it falls less than --min_ratio.
 """
@@ -42,7 +42,7 @@ def run(steps: int = 400, height: int = 64, width: int = 48, base_channels: int 
     ex = make_example(seed, "train", 0, height, width, kind="paired")
     batch = {k: np.asarray(ex[k])[None] for k in ("model_image", "model_iuv", "model_mask", "person_image",
                                                   "person_iuv", "person_mask", "garment_kind")}
-    inputs = tryon.prepare_batch(batch, cfg)
+    inputs = jax.jit(lambda b: tryon.network_inputs(b, cfg))(batch)  # the warp once, outside the gradient
     params = tryon.init_params(cfg, jax.random.key(seed))
     opt = optax.adam(lr, b1=0.5, b2=0.999)
     opt_state = opt.init(params)

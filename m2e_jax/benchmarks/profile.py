@@ -32,20 +32,21 @@ def _measure(name: str, fn, args, repeats: int) -> dict:
 def parts(config, repeats: int, vgg=None, whole: bool = True) -> list[dict]:
     """One row per part of the joint step (see the module docstring); the last row is the whole
     step (whole=True) or the sum of the parts."""
-    from m2e_jax import losses, train
+    from m2e_jax import losses, optimizer, train
+    from m2e_jax.models import tryon
 
     h, w, b = config.model.height, config.model.width, config.batch_size
     batch = jax.device_put(ts.paired_batch(h, w, b))
     state = jax.device_put(train.init_state(config))
     params = state["params"]
-    prepare = lambda bt: train._inputs(bt, config.model)
+    prepare = lambda bt: tryon.network_inputs(bt, config.model)
     rows = [_measure("prepare_batch + UV warp", prepare, (batch,), repeats)]
     inputs = jax.jit(prepare)(batch)
-    out = jax.jit(lambda p, i: train.tryon(p, i, config.model))(params, inputs)
+    out = jax.jit(lambda p, i: tryon.tryon_forward(p, i, config.model))(params, inputs)
 
     def gen_grad(net):
         def loss(p_net):
-            o = train.tryon({**params, net: p_net}, inputs, config.model)
+            o = tryon.tryon_forward({**params, net: p_net}, inputs, config.model)
             key = {"pan": "aligned", "trn": "refined", "ftn": "output"}[net]
             return jnp.sum(o[key])
         return lambda p_net: jax.value_and_grad(loss)(p_net)
@@ -56,8 +57,8 @@ def parts(config, repeats: int, vgg=None, whole: bool = True) -> list[dict]:
                              repeats))
 
     def d_grad(p_d, image):
-        return jax.value_and_grad(lambda p: jnp.sum(train._disc(config, "d_pan", p, image,
-                                                                  inputs["person_iuv"])))(p_d)
+        return jax.value_and_grad(lambda p: jnp.sum(tryon.discriminate(config.model, "pan", p, image,
+                                                                       inputs["person_iuv"])))(p_d)
     rows.append(_measure("PatchGAN fwd+bwd (one of 6 passes)", d_grad, (params["d_pan"], out["aligned"]),
                          repeats))
     if vgg is not None:
@@ -65,11 +66,9 @@ def parts(config, repeats: int, vgg=None, whole: bool = True) -> list[dict]:
             return jax.value_and_grad(lambda y: losses.vgg_perceptual(
                 vgg, y, inputs["target_image"], config.loss.vgg16_layer_weights))(x)
         rows.append(_measure("VGG16 perceptual fwd+bwd (one of 2)", perceptual, (out["aligned"],), repeats))
-    tx = train._adam(config)
-
     def adam(p, opt):
-        new = {k: tx.update(p[k], opt[k], p[k]) for k in p}
-        return new, train._all_finite(p)
+        new = optimizer.update(p, opt, p, state["step"], config)
+        return new, optimizer.all_finite(p)
     rows.append(_measure("Adam x5 + finite check", adam, (params, state["opt"]), repeats))
     if whole:
         step = ts.bench_one(config, 4, repeats, None, vgg)

@@ -25,7 +25,7 @@ config.model:
   d_channels, d_layers 64, 3  PatchGAN width and stride-2 layers (3 = 70x70 receptive field)
   spectral_norm        False  spectral norm in the discriminators (see discriminators.py)
 config.loss: see m2e_jax/losses.py; also ftn_mask_weight (1.0): L1 of FTN's composition mask toward 1
-inside R~ (train.generator_terms), which keeps the garment's pixels passing through.
+inside R~ (losses.generator_terms), which keeps the garment's pixels passing through.
 """
 
 from __future__ import annotations

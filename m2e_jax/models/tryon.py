@@ -6,8 +6,8 @@ so its parameter tree is `{"pan": ..., "trn": ..., "ftn": ...}`.
 
 Separate parameter trees per network group (the trainer's choice): the subtrees of that tree are
 each network's own parameters, so the trainer keeps three trees and calls the pure function
-`tryon_forward({"pan": p, "trn": t, "ftn": f}, inputs, model_cfg)`; stages that train a prefix of
-the pipeline pass `upto="pan"` / `"trn"` and only those subtrees are needed. One network alone:
+`tryon_forward({"pan": p, "trn": t, "ftn": f}, inputs, model_cfg)`; the schedule's stages 1 and 2
+run a prefix of the pipeline (`upto="pan"` / `"trn"`) and need only those subtrees. One network alone:
 `TryOnNet(cfg).apply({"params": {"pan": p}}, ..., method=TryOnNet.run_pan)` (also `run_trn`,
 `run_ftn`), or the modules `PAN` / `TRN` / `FTN` directly.
 
@@ -270,6 +270,11 @@ def build_discriminators(model_cfg, **overrides) -> dict[str, PatchDiscriminator
     """The two pose-conditional PatchGANs: "pan" scores A, "final" scores P' (both with enc(I_P))."""
     return {name: PatchDiscriminator.from_config(model_cfg, **overrides)
             for name in ("pan", "final")}
+
+
+def discriminate(model_cfg, name: str, params: Any, image: jax.Array, person_iuv: jax.Array) -> jax.Array:
+    """Patch logits of discriminator `name` ("pan" | "final") on `image` `[B, H, W, 3]` in pose I_P."""
+    return build_discriminators(model_cfg)[name].apply({"params": params}, image, person_iuv)
 
 
 # ---------------------------------------------------------------- other resolutions
