@@ -142,7 +142,7 @@ def run_and_wait(driver, runs_before: int) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.find_element(By.ID, "run").click()
-    WebDriverWait(driver, 30).until(
+    WebDriverWait(driver, 120).until(  # the first upload of a size compiles
         lambda d: int(d.find_element(By.ID, "status").get_attribute("data-run")) > runs_before)
     return driver.find_element(By.ID, "error").text
 
