@@ -129,6 +129,7 @@ def _check_remaining(config, check, positive) -> None:
     import math
 
     from m2e_jax.models.ftn import FTN_MODES  # noqa: I001
+    from m2e_jax.models.pan import PAN_INPUTS
 
     d, m, dist, w = config.dataset, config.model, config.distributed, config.loss
     for name in ("pan_blocks", "trn_blocks", "ftn_blocks", "d_channels", "d_layers", "num_downsamples",
@@ -143,6 +144,8 @@ def _check_remaining(config, check, positive) -> None:
           f"config.model.parse_dropout: must be a share in [0, 1], got {drop!r}")
     check(m.ftn_mode in FTN_MODES, f"config.model.ftn_mode: unknown value {m.ftn_mode!r}; expected one of "
                                    f"{FTN_MODES}")
+    check(m.get("pan_inputs", "model_and_warp") in PAN_INPUTS,
+          f"config.model.pan_inputs: unknown value {m.get('pan_inputs')!r}; expected one of {PAN_INPUTS}")
     check(w.vgg == "lpips_vgg16" or w.vgg.endswith(".npz"),
           f"config.loss.vgg: must be 'lpips_vgg16' or a path to converted VGG19 weights (.npz), "
           f"got {w.vgg!r}")

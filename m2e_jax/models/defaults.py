@@ -8,6 +8,8 @@ config.model:
   ftn_mode             "composite" | "direct"   FTN edits the pasted composite through a mask, or
                                     paints R~ from scratch (method.md's formula); see models/ftn.py
   ftn_mask_offset      3.0        added to the mask logit: m ~ sigmoid(3) = 0.95 at initialisation
+  pan_inputs           "model_and_warp" | "model_only"   PAN sees the coarse warp W, V (ours) or
+                                  only M, I_M, I_P (the paper's PAN; the ablation "PAN without warp")
   parse_region         False      FTN replaces only warp(M's garment mask) | P's garment mask inside R_P
                                   and keeps P's uncovered skin (needs model_mask / person_mask data);
                                   examples without parsing masks (both empty) replace R_P itself
@@ -36,8 +38,8 @@ import ml_collections
 def model_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         height=256, width=192, base_channels=64, num_downsamples=2, pan_blocks=9, trn_blocks=3,
-        ftn_blocks=6, ftn_mode="composite", ftn_mask_offset=3.0, parse_region=False,
-        parse_dropout=0.0,
+        ftn_blocks=6, ftn_mode="composite", ftn_mask_offset=3.0, pan_inputs="model_and_warp",
+        parse_region=False, parse_dropout=0.0,
         norm="instance", upsample="resize_conv",
         iuv_encoding="onehot", dtype="float32",
         garment_kind="upper", garment_dilation=2, soft_dilation=3, feather=2, warp_tile=32,
