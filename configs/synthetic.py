@@ -29,8 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.perceptual_weight = 0.0
     # Weaker pulls toward the warp (defaults: alpha 1, consistency 10, FTN mask 1): the warp carries
     # M's lighting and DensePose's errors, so anchoring T and P' to it caps what the networks can
-    # fix (medium world, 1,200 steps: unpaired garment-region SSIM 0.462 -> 0.476 at step 800,
-    # benchmarks/RESULTS.md). FTN's mask starts at sigmoid(1) = 0.73 instead of 0.95.
+    # fix (medium world, 1,200 steps: unpaired garment-region SSIM 0.462 -> 0.490 against 0.445 for
+    # the pasted warp, benchmarks/RESULTS.md section 8). FTN's mask starts at sigmoid(1) = 0.73.
     c.loss.update(alpha_weight=0.1, consistency_weight=1.0, ftn_mask_weight=0.1)
     c.model.ftn_mask_offset = 1.0
     c.batch_size = 8

@@ -53,3 +53,24 @@ def test_other_sizes_and_bad_size():
     bad = random_inputs(h=18, w=24, cfg=cfg)
     with pytest.raises(ValueError, match="18x24 must be divisible by 4"):
         pan.init(jax.random.key(0), *_args(bad))
+
+
+def test_pan_without_the_warp_input_ignores_it(setup):
+    """model.pan_inputs="model_only" (the ablation): A = G([M, enc(I_M), enc(I_P)]), W and V unused."""
+    pan, params, inputs = setup
+    cfg = tiny_model_config()
+    cfg.pan_inputs = "model_only"
+    plain = PAN.from_config(cfg)
+    p = jax.jit(plain.init)(jax.random.key(0), *_args(inputs))
+    a = jax.jit(plain.apply)(p, *_args(inputs))
+    args = list(_args(inputs))
+    args[3], args[4] = -args[3], 1.0 - args[4]
+    np.testing.assert_array_equal(jax.jit(plain.apply)(p, *args), a)
+    # The default PAN does read them, and has 4 more input channels in its first conv.
+    moved = jax.jit(pan.apply)(params, *args) - jax.jit(pan.apply)(params, *_args(inputs))
+    assert float(jnp.abs(moved).max()) > 1e-4
+    first = lambda tree: next(x for x in jax.tree.leaves(tree) if x.ndim == 4)
+    assert first(params).shape[2] == first(p).shape[2] + 4
+    cfg.pan_inputs = "neither"
+    with pytest.raises(ValueError, match="pan_inputs"):
+        PAN.from_config(cfg).init(jax.random.key(0), *_args(inputs))

@@ -104,7 +104,7 @@ def base_config(preset: str, quick: bool, settings: dict[str, Any]) -> ml_collec
 
 def train_variant(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Trains `config` in `workdir` (or finds it already trained there) and loads its generators."""
-    from m2e_jax import infer, train
+    from m2e_jax import checkpointing, train
 
     total = schedule.total_steps(config.schedule)
     wall_file = os.path.join(workdir, "quality_wall.json")
@@ -117,7 +117,8 @@ def train_variant(config: ml_collections.ConfigDict, workdir: str) -> Run:
         wall = time.perf_counter() - start
         with open(wall_file, "w") as f:
             json.dump({"wall_s": wall, "steps": total}, f)
-    _, params = infer.load_generator(infer.find_checkpoint(workdir=workdir, step=total), config)
+    step_dir = checkpointing.find_step(workdir=workdir, step=total).step_dir(total)
+    _, params = checkpointing.read_generators(step_dir, config)
     return Run(config, params, wall, total, done)
 
 
@@ -127,16 +128,21 @@ def to_uint8(x) -> np.ndarray:
 
 def variant_outputs(run: Run, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The forward pass's images `[N, H, W, 3]` in [-1, 1] over the stacked test `batch` (host)."""
-    fwd = jax.jit(functools.partial(tryon.forward, model_cfg=ml_collections.FrozenConfigDict(run.config.model)))
+    model_cfg = ml_collections.FrozenConfigDict(run.config.model)
+    fwd = jax.jit(functools.partial(tryon.forward, model_cfg=model_cfg))
     return jax.device_get(fwd(run.params, batch))
 
 
-def method_images(runs: dict[str, Run], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """{method: [N, H, W, 3] in [-1, 1]} for every method the runs provide (baselines excluded)."""
+def method_images(runs: dict[str, Run], batch: dict[str, np.ndarray]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """({method: [N, H, W, 3] in [-1, 1]} for every method the runs provide, the two baselines'
+    images as scoring computes them, for the grid)."""
     images = {}
+    person = tryon.image_to_float(jax.numpy.asarray(batch["person_image"]))
+    first = variant_outputs(next(iter(runs.values())), batch)
+    baselines = jax.device_get(scoring.baseline_images({**first, "person_image": person}))
     if "hybrid" in runs:
         out = variant_outputs(runs["hybrid"], batch)
-        person = tryon.image_to_float(jax.numpy.asarray(batch["person_image"]))
         r = out["ftn_region"]
         images["pan_pasted"] = np.asarray(person * (1 - r) + out["aligned"] * r)
         images["trn_pasted"] = np.asarray(person * (1 - r) + out["refined"] * r)
@@ -144,7 +150,7 @@ def method_images(runs: dict[str, Run], batch: dict[str, np.ndarray]) -> dict[st
     for name in ("pan_no_warp", "paired_only"):
         if name in runs:
             images[name] = variant_outputs(runs[name], batch)["output"]
-    return images
+    return images, baselines
 
 
 def image_grid(images: dict[str, np.ndarray], batch: dict[str, np.ndarray], path: str, title: str) -> None:
@@ -158,7 +164,8 @@ def image_grid(images: dict[str, np.ndarray], batch: dict[str, np.ndarray], path
     rows += [(k, to_uint8(images[k])) for k, _ in ROWS if k in images]
     h, w = batch["person_image"].shape[1:3]
     zoom, left, gap, top = 2, 170, 2, 14
-    sheet = np.full((top + len(rows) * (h * zoom + gap), left + len(idx) * (w * zoom + gap), 3), 255, np.uint8)
+    shape = (top + len(rows) * (h * zoom + gap), left + len(idx) * (w * zoom + gap), 3)
+    sheet = np.full(shape, 255, np.uint8)
     for r, (_, imgs) in enumerate(rows):
         for c, i in enumerate(idx):
             y, x = top + r * (h * zoom + gap), left + c * (w * zoom + gap)
@@ -206,12 +213,12 @@ def run_preset(preset: str, workdir: str, quick: bool, settings: dict[str, Any],
     source = input_pipeline.open_source(config, config.dataset.test_split)
     n = len(source) if not config.num_eval_examples else min(len(source), config.num_eval_examples)
     batch = input_pipeline.stack_examples([source[i] for i in range(n)])
-    images = method_images(runs, batch)
+    images, baselines = method_images(runs, batch)
     start = time.perf_counter()
     table = scoring.score_methods(images, batch, config.model, lpips_net="alexnet")
     score_s = time.perf_counter() - start
     if grid_path:
-        image_grid(images, batch, grid_path, f"world '{preset}', unpaired test examples")
+        image_grid({**baselines, **images}, batch, grid_path, f"world '{preset}', unpaired test examples")
     return {"table": table, "score_s": score_s,
             "runs": {k: {"steps": r.steps, "wall_s": r.wall_s, "trained_before": r.resumed}
                      for k, r in runs.items()},
@@ -219,7 +226,8 @@ def run_preset(preset: str, workdir: str, quick: bool, settings: dict[str, Any],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m m2e_jax.benchmarks.quality", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m m2e_jax.benchmarks.quality",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="medium,hard", help="comma-separated world presets")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {tuple(VARIANTS)}")
     ap.add_argument("--workdir", default="runs/quality", help="one training workdir per preset and variant")
