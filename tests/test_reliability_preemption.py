@@ -188,5 +188,6 @@ def test_incomplete_checkpoints_are_skipped_and_moved_aside(tmp_path):
         assert ck.all_steps() == [1, 2]
         ck.save(3, tree(3), cfg)  # the resumed run reaches step 3 again: no clash with the debris
         assert ck.latest_step() == 3
-    assert sorted(os.listdir(tmp_path)) == ["1", "2", "3", "3.incomplete", "4.incomplete", "5.incomplete",
-                                            "6.orbax-checkpoint-tmp"]
+    # orbax's scratch folder of a save that never committed holds no restorable step: removed at start
+    # (cleanup_tmp_directories), so a disk filled by a failed save has its space back.
+    assert sorted(os.listdir(tmp_path)) == ["1", "2", "3", "3.incomplete", "4.incomplete", "5.incomplete"]
