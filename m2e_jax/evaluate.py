@@ -49,7 +49,11 @@ def evaluate(config: ml_collections.ConfigDict, gen_params: dict, split: str, nu
     `split` names the config's dataset split; `source` (a random-access data_schema source) is
     read instead when given. gen_params: host numpy `{"pan", "trn", "ftn"}`. Runs on one device.
     """
-    source = source if source is not None else input_pipeline.open_source(config, split)
+    if source is None:
+        try:
+            source = input_pipeline.open_source(config, split)
+        except (FileNotFoundError, ValueError) as e:  # records not built, no such split
+            raise EvalError(f"split {split!r}: {e}") from None
     scorer = scoring.Scorer(config.model, lpips_net=lpips_net, features=features)
     try:
         return scorer.evaluate(scorer.put_params(gen_params), source, num_examples,

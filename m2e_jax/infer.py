@@ -343,8 +343,11 @@ def read_pairs(path: str, output_dir: str, image_dir: str | None = None) -> list
     relative to `image_dir` (default: the CSV's folder, also its images/ subfolder)."""
     if not os.path.isfile(path):
         raise InferError(f"--pairs {path}: file not found")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:  # utf-8-sig: spreadsheets save CSVs with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise InferError(f"--pairs {path}: not a UTF-8 text CSV ({e.reason} at byte {e.start})") from None
     if not rows:
         raise InferError(f"--pairs {path}: empty file")
     header = [h.strip().lower() for h in rows[0]]

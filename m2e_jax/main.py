@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (config_validation.ConfigError, checkpointing.WorkdirError, checkpointing.CheckpointError,
-            FloatingPointError) as e:
+            train.DataError, FloatingPointError) as e:
         _exit_with(e)
 
 
@@ -57,5 +57,25 @@ def _exit_with(error: Exception) -> None:
     sys.exit(1)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or a `--config` file that fails to load (missing, raises
+    on import or in get_config) reported in one line instead of a traceback through the loader."""
+    try:
+        rest = FLAGS(argv)
+        FLAGS.config.keys()  # ml_collections defers a missing file's error to the first access
+        return rest
+    except (flags.Error, OSError) as e:
+        # ml_collections puts the config's own traceback inside its message: keep the first line
+        # (which flag) and the last (what the config raised).
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        msg = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+    except Exception as e:  # raised while importing the config file
+        spec = next((a.split("=", 1)[1] if "=" in a else b for a, b in zip(argv, argv[1:] + [""])
+                     if a.split("=", 1)[0] in ("--config", "-config")), "")
+        msg = f"--config {spec}: {type(e).__name__}: {' '.join(str(e).split())}"
+    print(f"m2e_jax.main: error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

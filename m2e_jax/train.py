@@ -22,6 +22,8 @@ step. The compiled functions belong to the run (`Steps`), not to the module.
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
 import functools
 import json
 import logging
@@ -205,10 +207,32 @@ def image_grid(forward, gen_params: dict, examples: dict) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
+@contextlib.contextmanager
+def _atomic_path(path: str):
+    """Yields a temporary name beside `path`, renamed to `path` when the block completes.
+
+    A job killed (or a disk filled) while writing leaves no half-written eval table or image grid
+    under the name readers trust; the hidden `.NAME.tmp-PID` is all that can remain.
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
 def _write_images(workdir: str, step: int, grid: np.ndarray, writer) -> None:
-    os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
-    Image.fromarray(grid).save(os.path.join(workdir, "images", f"step_{step:07d}.png"))
+    with _atomic_path(os.path.join(workdir, "images", f"step_{step:07d}.png")) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
     writer.write_images(step, {"tryon/M_P_warp_PAN_TRN_FTN_target": grid[None]})
+
+
+def _write_eval(workdir: str, step: int, record: dict) -> None:
+    with _atomic_path(os.path.join(workdir, "eval", f"step_{step:07d}.json")) as tmp, open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
 
 
 # ---------------------------------------------------------------- the loop
@@ -245,6 +269,65 @@ class SpikeGuard:
                 f"{total / mean:.1f}x its running mean {mean:.4g} (config.loss_spike_factor = "
                 f"{self.factor}). The last good checkpoint is step {last_good}.")
         self.seen[key] = (n + 1, total if n == 0 else self.decay * mean + (1 - self.decay) * total)
+
+
+def _resume_point(ckpt: checkpointing.Checkpointer) -> str:
+    """Where a rerun resumes: "step N" (the newest complete checkpoint), read without moving anything
+    (the workdir may not take writes)."""
+    complete = checkpointing.complete_steps(ckpt.directory)
+    return f"step {complete[-1]}" if complete else "none (the rerun starts from step 0)"
+
+
+# What a workdir that stopped taking writes mid-run raises: remounted read-only (a disk error on
+# ext4 does that) or its permissions changed (a full disk is checkpointing.disk_full_is_workdir_error's).
+_WORKDIR_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _workdir_stopped(error: OSError, workdir: str, step: int, ckpt: checkpointing.Checkpointer) -> OSError:
+    """A one-line WorkdirError for an OSError raised while the loop wrote into `workdir` (a save, an
+    eval table, an image grid), naming the step, the file and the checkpoint to resume from; `error`
+    itself when it is not the workdir's (a data file) or is a full disk (reported by the caller)."""
+    if isinstance(error, checkpointing.WorkdirError) or checkpointing.is_disk_full(error):
+        return error
+    path = os.path.abspath(error.filename) if error.filename else ""
+    inside = not path or path.startswith(os.path.abspath(workdir) + os.sep)
+    if not inside or error.errno not in _WORKDIR_ERRNOS:
+        try:
+            checkpointing.check_workdir(workdir)
+            return error
+        except checkpointing.WorkdirError:
+            pass
+    where = f": {path}" if path else ""
+    resume = _resume_point(ckpt)
+    return checkpointing.WorkdirError(
+        f"workdir {workdir}: not writable at step {step} ({error.strerror or error}{where}); training "
+        f"stopped, the last complete checkpoint is {resume}. Make the workdir writable and rerun the "
+        "same command to resume")
+
+
+class DataError(RuntimeError):
+    """Training data that could be read when the run started and cannot be now (a data folder
+    removed, moved or unmounted mid-run); the message names the step and the checkpoint to resume from."""
+
+
+def _batches(data: input_pipeline.TrainData, start: int, end: int, put, prefetch: int, data_dir: str,
+             ckpt: checkpointing.Checkpointer):
+    """data.iterate, with a batch that cannot be read ending the run in one DataError line."""
+    batches = data.iterate(start, end, put=put, prefetch=prefetch)
+    step = start  # the index of the batch being read; as logged, its update is step + 1
+    while True:
+        try:
+            step, batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, RuntimeError, ValueError) as e:  # array_record: RuntimeError("open() failed ...")
+            resume = _resume_point(ckpt)
+            raise DataError(
+                f"training data: the batch of step {step + 1} cannot be read ({type(e).__name__}: {e}); "
+                f"training stopped, the last complete checkpoint is {resume}. Restore the data "
+                f"(config.dataset.data_dir = {data_dir}) and rerun the same command to resume") from None
+        yield step, batch
+        step += 1
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps: int | None = None,
@@ -314,6 +397,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
     pending: tuple[int, Any] | None = None
     spikes = SpikeGuard(config.loss_spike_factor)
     t0 = time.time()
+    done = start
 
     def check_pending():
         # Steps are named as logged and checkpointed: step s is the update that produces state s.
@@ -331,7 +415,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
 
     try:
         with checkpointing.PreemptionFlag() as preempted:
-            for step, batch in data.iterate(start, end, put=par.put_batch, prefetch=config.prefetch):
+            for step, batch in _batches(data, start, end, par.put_batch, config.prefetch,
+                                        config.dataset.data_dir, ckpt):
                 stage = schedule.plan(step, config.schedule).stage
                 state, metrics = steps.train(stage)(state, batch)
                 check_pending()
@@ -354,10 +439,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
                                              config.eval_batch_size)
                     writer.write_scalars(done, scoring.flat_scalars(result))
                     if lead:
-                        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-                        with open(os.path.join(workdir, "eval", f"step_{done:07d}.json"), "w") as f:
-                            json.dump({"step": done, "wall_s": time.time() - t0, "metrics": result}, f,
-                                      indent=2)
+                        _write_eval(workdir, done, {"step": done, "wall_s": time.time() - t0,
+                                                    "metrics": result})
                 if lead and image_examples is not None and (done % config.image_every == 0 or last):
                     host_gen = par.get_state(state["ema"] if "ema" in state else
                                              {k: state["params"][k] for k in NETWORKS})
@@ -366,6 +449,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
                     logging.warning("Stopping early (SIGTERM, preemption or max_steps): saved step %d", done)
                     break
             check_pending()
+    except OSError as e:
+        raise _workdir_stopped(e, workdir, done, ckpt) from None
     finally:
         ckpt.close()  # waits for the last save (a full disk: WorkdirError), stops orbax's threads
         writer.flush()

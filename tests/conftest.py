@@ -15,6 +15,14 @@ import os
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# JAX reads these when it is first imported (xla_flags.configure below imports it): set them first,
+# or this process runs without the cache and only its subprocesses use it.
+if os.environ.get("M2E_TEST_COMPILATION_CACHE", "1") != "0":
+    _cache = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache",
+                          "jax_compilation_cache")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The convolution kernels every entry point picks by default (config.cpu_convolutions): tests run
 # the production path, and the CLI subprocesses they compare against pick the same kernels.
 from m2e_jax import xla_flags  # noqa: E402  (XLA_FLAGS must be set before JAX starts)
@@ -22,12 +30,6 @@ from m2e_jax import xla_flags  # noqa: E402  (XLA_FLAGS must be set before JAX s
 xla_flags.configure("eigen")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-if os.environ.get("M2E_TEST_COMPILATION_CACHE", "1") != "0":
-    _cache = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache",
-                          "jax_compilation_cache")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture
