@@ -45,7 +45,7 @@ from tests.test_infer import random_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H = W = 32
-BOMB_WH = (16000, 12000)  # 192 Mpixel of RGB zeros: a 0.56 MB PNG that decodes to 576 MB
+BOMB_WH = (16000, 12000)  # 192 Mpixel of RGB zeros: a 0.56 MB PNG that decodes to 576 MB (issue 19.2)
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -131,7 +131,7 @@ PHOTOS: dict[str, tuple[str, Callable]] = {
 }
 # What refusing each bad photo says (besides the file's name).
 PHOTO_ERRORS = {"png truncated": "unreadable image", "jpeg truncated": "unreadable image",
-                "not an image": "not an image", "image bomb": "16000x12000"}
+                "not an image": "not an image", "image bomb": "pixels"}
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
     cfg = synthetic.get_config("test")
     cfg.dataset.data_dir = str(root / "data")
-    params = random_params(infer.generator_shapes(cfg.model), seed=3)
+    params = random_params(checkpointing.generator_shapes(cfg.model), seed=3)
     with checkpointing.Checkpointer(str(root / "work" / "checkpoints"), async_save=False) as ck:
         ck.save(1, {"step": np.int32(1), "params": params}, cfg)
     # The same networks trained on records that were never built here (a tfds config).
@@ -287,9 +287,9 @@ CASES: dict[str, Case] = {
     "infer: pairs BOM": Case("infer", infer_pairs("\ufeffmodel,person\nm,p\n")),
     "infer: pairs CRLF": Case("infer", infer_pairs("model,person\r\nm,p\r\n")),
     "infer: checkpoint of another project": Case("infer", with_checkpoint("infer", "other"),
-                                                 ("other", "not a try-on training checkpoint")),
+                                                 ("other", "not an m2e_jax try-on checkpoint")),
     "infer: flax checkpoint": Case("infer", with_checkpoint("infer", "flax"),
-                                   ("flax", "no checkpoint found")),
+                                   ("flax", "no m2e_jax checkpoint there")),
     "infer: not a workdir": Case("infer", with_checkpoint("infer", "not_a_workdir"),
                                  ("not_a_workdir", "no such checkpoint directory")),
     "infer: config raises on import": Case("infer", with_config("infer", "raises.py"),
@@ -297,9 +297,9 @@ CASES: dict[str, Case] = {
     "infer: config without get_config": Case("infer", with_config("infer", "no_get_config.py"),
                                              ("no_get_config.py", "get_config")),
     "evaluate: checkpoint of another project": Case("evaluate", with_checkpoint("evaluate", "other"),
-                                                    ("other", "not a try-on training checkpoint")),
+                                                    ("other", "not an m2e_jax try-on checkpoint")),
     "evaluate: flax checkpoint": Case("evaluate", with_checkpoint("evaluate", "flax"),
-                                      ("flax", "no checkpoint found")),
+                                      ("flax", "no m2e_jax checkpoint there")),
     "evaluate: config raises on import": Case("evaluate", with_config("evaluate", "raises.py"),
                                               ("raises.py", "RuntimeError: no GPU here")),
     "evaluate: records not built": Case("evaluate", with_checkpoint("evaluate", "tfds_work"),
