@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_pixels", type=int, default=images.MAX_PIXELS,
                    help="refuse (skip, or stop with --strict) images of more pixels, before decoding them")
     a = p.parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS's notes ("Using custom data configuration")
     try:
         path = build(a.dataset, a.manual_dir, a.data_dir, a.height, a.width, strict=a.strict,
                      num_unpaired=a.num_unpaired, seed=a.seed, select=a.select, garment_kind=a.garment_kind,
