@@ -138,8 +138,8 @@ def test_loop_resume_reproduces_the_uninterrupted_run(tmp_path, data_dir):
 
     train.train_and_evaluate(config, str(tmp_path / "b"), max_steps=3, steps=steps)
     assert sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "b/checkpoints/[0-9]*"))) == [3]
-    resumed = train.train_and_evaluate(config, str(tmp_path / "b"))  # a new run: its own Steps
-    assert steps.compile_counts() == {"train1": 1, "train4": 1, "eval": 1}  # the run's steps reused
+    resumed = train.train_and_evaluate(config, str(tmp_path / "b"), steps=steps)
+    assert steps.compile_counts() == {"train1": 1, "train4": 1, "eval": 1}  # the same steps reused
 
     a, b = _params(str(tmp_path / "a"), total, config), _params(str(tmp_path / "b"), total, config)
     assert int(a["step"]) == int(b["step"]) == total
