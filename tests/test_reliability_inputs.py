@@ -131,7 +131,7 @@ PHOTOS: dict[str, tuple[str, Callable]] = {
 }
 # What refusing each bad photo says (besides the file's name).
 PHOTO_ERRORS = {"png truncated": "unreadable image", "jpeg truncated": "unreadable image",
-                "not an image": "not an image", "image bomb": "pixels"}
+                "not an image": "not an image", "image bomb": "over the limit of"}
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,11 @@ def _open(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, bool]:
     except ReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        size = _header_size(path)
+        if size is not None and size[0] * size[1] > max_pixels:  # PIL refused before our check ran
+            w, h = size
+            raise ReadError(f"{path}: image is {w}x{h} ({_megapixels(w * h)}), over the limit of "
+                            f"{_megapixels(max_pixels)}; downscale it first") from None
         raise ReadError(f"{path}: image too large to decode safely ({' '.join(str(e).split())}); "
                         "downscale it first") from None
     except UnidentifiedImageError:
@@ -68,6 +73,24 @@ def _open(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, bool]:
         raise ReadError(f"{path}: unreadable image, truncated or corrupt ({type(e).__name__}: "
                         f"{' '.join(str(e).split())})") from None
     return img, sixteen
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from the file's header through PIL's format plugins, without the
+    decompression-bomb check `Image.open` makes (which raises before the size is known to us)."""
+    Image.init()
+    with open(path, "rb") as f:
+        prefix = f.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None and not accept(prefix):
+                continue
+            f.seek(0)
+            try:
+                return tuple(factory(f, path).size)
+            except Exception:  # not this format: try the next plugin, as Image.open does
+                f.seek(0)
+    return None
 
 
 def _to_8bit(arr: np.ndarray) -> np.ndarray:
