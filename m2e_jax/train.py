@@ -179,6 +179,8 @@ class Steps:
                 self.traces[f"train{stage}"] += 1
                 return train_step(state, batch, *vgg, config=self.config, stage=stage)
 
+            step.__name__ = step.__qualname__ = "train_step"  # names its compilation-cache entries
+
             if self._vgg is None:
                 self._train[stage] = self.par.compile(step)
             else:
