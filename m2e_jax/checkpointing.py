@@ -36,6 +36,7 @@ stops at the same step.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import errno
@@ -301,6 +302,18 @@ class Located:
     @property
     def workdir(self) -> str:
         return os.path.dirname(self.directory)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--workdir | --checkpoint, --step, --no_fallback: how infer, evaluate and the web page pick the
+    checkpoint they read (`find_step(args.workdir, args.checkpoint, args.step)`, then
+    `load_generators(..., fallback=not args.no_fallback)`)."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="training workdir (its latest checkpoint, or --step)")
+    src.add_argument("--checkpoint", help="a checkpoint folder: WORKDIR/checkpoints[/<step>]")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--no_fallback", action="store_true",
+                        help="refuse when the newest checkpoint is damaged instead of using an older one")
 
 
 def find_step(workdir: str | None = None, checkpoint: str | None = None, step: int | None = None) -> Located:

@@ -366,11 +366,12 @@ def server_url(server: http.server.HTTPServer) -> str:
 
 def load_demo(workdir: str | None = None, checkpoint: str | None = None, step: int | None = None,
               select: str = "largest", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-              max_pixels: int = images.MAX_PIXELS, resolution: str = "full") -> Demo:
+              max_pixels: int = images.MAX_PIXELS, resolution: str = "full", fallback: bool = True) -> Demo:
     """Restores the checkpoint (as infer does), opens its test set, compiles the forward pass."""
     located = checkpointing.find_step(workdir, checkpoint, step)
     config, params, step_dir = checkpointing.load_generators(
-        located, warn=lambda m: print(f"m2e_jax.demo: warning: {' '.join(m.split())}", file=sys.stderr))
+        located, fallback=fallback,
+        warn=lambda m: print(f"m2e_jax.demo: warning: {' '.join(m.split())}", file=sys.stderr))
     net = infer.TryOn(config, params)
     kind = densepose.GARMENT_KINDS.index(config.model.garment_kind)
     warm_up(net, kind, resolution)
@@ -391,10 +392,7 @@ def page(info: dict) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m m2e_jax.demo", description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workdir", help="training workdir (its latest checkpoint, or --step)")
-    src.add_argument("--checkpoint", help="a checkpoint folder: WORKDIR/checkpoints[/<step>]")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    checkpointing.add_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free one)")
     p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
@@ -426,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.max_pixels <= 0:
             raise infer.InferError(f"--max_pixels must be > 0, got {args.max_pixels}")
         demo = load_demo(args.workdir, args.checkpoint, args.step, args.select, args.max_upload_mb,
-                         args.max_pixels, args.resolution)
+                         args.max_pixels, args.resolution, not args.no_fallback)
         server.RequestHandlerClass.demo = demo
     except _USER_ERRORS as e:
         server.server_close()

@@ -120,12 +120,7 @@ def _write_text(path: str, text: str) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m m2e_jax.evaluate", description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workdir", help="training workdir (its latest checkpoint, or --step)")
-    src.add_argument("--checkpoint", help="a checkpoint folder: WORKDIR/checkpoints[/<step>]")
-    p.add_argument("--step", type=int, default=None)
-    p.add_argument("--no_fallback", action="store_true",
-                   help="refuse when the newest checkpoint is damaged instead of using an older one")
+    checkpointing.add_arguments(p)
     p.add_argument("--config", default=None, help="configs/NAME.py[:ARG] instead of the saved config")
     p.add_argument("--split", default="test")
     p.add_argument("--data_dir", default=None, help="override config.dataset.data_dir")

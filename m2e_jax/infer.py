@@ -379,12 +379,7 @@ def _stem(path: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m m2e_jax.infer", description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workdir", help="training workdir (its latest checkpoint, or --step)")
-    src.add_argument("--checkpoint", help="a checkpoint folder: WORKDIR/checkpoints[/<step>]")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--no_fallback", action="store_true",
-                   help="refuse when the newest checkpoint is damaged instead of using an older one")
+    checkpointing.add_arguments(p)
     p.add_argument("--config", default=None,
                    help="configs/NAME.py[:ARG] instead of the config saved with the checkpoint")
     p.add_argument("--model_image", help="photo of the model wearing the garment")
