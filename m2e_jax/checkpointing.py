@@ -517,6 +517,15 @@ def _drop_closed_loop_errors(previous: Callable) -> Callable:
     return hook
 
 
+class _QuietOrphanedFutures(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" records: after one write of an orbax
+    save fails, the futures of its other writes fail too (the same full disk) and are only
+    garbage-collected later, some after the run has reported the failure in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Future exception was never retrieved")
+
+
 class Checkpointer:
     """orbax CheckpointManager over `directory` keeping the newest `max_to_keep` steps, with the
     layout above: complete steps only, SHA256SUMS after each commit, verified restores."""
@@ -621,8 +630,15 @@ class Checkpointer:
             with disk_full_is_workdir_error(self.workdir, doing, self._state_bytes):
                 yield
         except BaseException:
-            self._failed = True
+            self._note_failure()
             raise
+
+    def _note_failure(self) -> None:
+        # tensorstore's other writes of this save may still fail and be reported until exit
+        self._failed = True
+        asyncio_log = logging.getLogger("asyncio")
+        if not any(isinstance(f, _QuietOrphanedFutures) for f in asyncio_log.filters):
+            asyncio_log.addFilter(_QuietOrphanedFutures())
 
     def restore(self, step: int, like: Any) -> Any:
         """The state saved at `step`, with the structure, shapes and dtypes of host pytree `like`.
@@ -638,7 +654,7 @@ class Checkpointer:
         try:
             restored = jax.tree.map(np.asarray, self.manager.restore(step, args=args)["state"])
         except Exception as e:
-            self._failed = True
+            self._note_failure()
             raise _read_error(step_dir, e) from None
         bad = _non_finite(restored)
         if bad:
