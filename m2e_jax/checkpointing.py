@@ -518,12 +518,13 @@ def _drop_closed_loop_errors(previous: Callable) -> Callable:
 
 
 class _QuietOrphanedFutures(logging.Filter):
-    """Drops asyncio's "Future exception was never retrieved" records: after one write of an orbax
-    save fails, the futures of its other writes fail too (the same full disk) and are only
-    garbage-collected later, some after the run has reported the failure in one line."""
+    """Drops asyncio's "Future / Task exception was never retrieved" records: after one write of an
+    orbax save fails, the futures and tasks of its other writes fail too (the same full disk) and
+    are only garbage-collected later, some after the run has reported the failure in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Future exception was never retrieved")
+        return not str(record.msg).startswith(("Future exception was never retrieved",
+                                               "Task exception was never retrieved"))
 
 
 class Checkpointer:
