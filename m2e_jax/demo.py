@@ -399,11 +399,7 @@ def parser() -> argparse.ArgumentParser:
                    help="largest try-on request accepted (all its files, base64-encoded)")
     p.add_argument("--max_pixels", type=int, default=images.MAX_PIXELS,
                    help="largest uploaded image (width x height), refused from its header")
-    p.add_argument("--select", choices=("largest", "central", "score"), default="largest",
-                   help="which person to use when DensePose found several")
-    p.add_argument("--resolution", choices=infer.RESOLUTIONS, default="full",
-                   help="as infer's: full: the try-on made at the person photo's resolution (default); "
-                        "network: made at the network's size and pasted back")
+    infer.add_tryon_arguments(p)
     xla_flags.add_argument(p)
     return p
 

@@ -377,6 +377,15 @@ def _stem(path: str) -> str:
 
 # ---------------------------------------------------------------- command line
 
+def add_tryon_arguments(p: argparse.ArgumentParser) -> None:
+    """--select and --resolution: how one pair is tried on, for infer and the web page alike."""
+    p.add_argument("--select", choices=("largest", "central", "score"), default="largest",
+                   help="which person to use when DensePose found several")
+    p.add_argument("--resolution", choices=RESOLUTIONS, default="full",
+                   help="full: the try-on made at the person photo's resolution (default); network: "
+                        "made at the network's size and pasted back")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m m2e_jax.infer", description=__doc__.split("\n\n")[0])
     checkpointing.add_arguments(p)
@@ -395,11 +404,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--garment_kind", choices=densepose.GARMENT_KINDS, default=None,
                    help="garment to transfer (default: the config's model.garment_kind)")
-    p.add_argument("--select", choices=("largest", "central", "score"), default="largest",
-                   help="which person to use when DensePose found several")
-    p.add_argument("--resolution", choices=RESOLUTIONS, default="full",
-                   help="full: the try-on made at the person photo's resolution (default); network: "
-                        "made at the network's size and pasted back")
+    add_tryon_arguments(p)
     p.add_argument("--save_stages", action="store_true",
                    help="also write the warp, PAN, TRN, FTN outputs and a side-by-side PNG")
     xla_flags.add_argument(p)
