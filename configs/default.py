@@ -47,6 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         pan_steps=20_000, trn_steps=20_000, ftn_steps=20_000, joint_steps=140_000,
         paired_per_cycle=1, unpaired_per_cycle=1,
         freeze_earlier=True,  # stages 2-3 train only the newly added network
+        # The generators an unpaired batch of stage 4 updates (the discriminators always train).
+        unpaired_trains=("pan", "trn", "ftn"),
     ))
     c.loss_spike_factor = 50.0  # stop when g_total exceeds this many times its running mean (0: off)
     c.ema_decay = 0.0  # > 0 keeps an EMA of the generator weights (used for evaluation)

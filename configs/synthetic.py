@@ -21,10 +21,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # margin only adds background pixels to repaint; at 64x48 each costs SSIM). The parsing masks
     # exist, so FTN keeps P's skin where neither garment lies (model.parse_region); half of the
     # training examples lose them (model.parse_dropout), so the checkpoint also serves photos with
-    # DensePose alone (R_P replaced), as most users have them.
+    # DensePose alone (R_P replaced), as most users have them. FTN paints, from P's own context, the
+    # part of its region M's garment does not cover (model.ftn_paint: P's skin where sleeves change,
+    # which only FTN can know); half of the other examples lose P's mask alone, so FTN learns that
+    # painting on paired data (medium world, unpaired garment-region SSIM 0.489 -> 0.498,
+    # benchmarks/RESULTS.md section 9).
     c.model.update(height=64, width=48, base_channels=16, num_downsamples=1, pan_blocks=2, trn_blocks=1,
                    ftn_blocks=2, d_channels=16, d_layers=2, warp_tile=16, garment_dilation=0,
-                   soft_dilation=0, feather=0, parse_region=True, parse_dropout=0.5)
+                   soft_dilation=0, feather=0, parse_region=True, parse_dropout=0.5, ftn_paint=True,
+                   person_parse_dropout=0.5)
     # The VGG16 perceptual loss costs more than the three generators together at this size on CPU.
     c.loss.perceptual_weight = 0.0
     # Weaker pulls toward the warp (defaults: alpha 1, consistency 10, FTN mask 1): the warp carries

@@ -83,6 +83,9 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     for name in ("pan_steps", "trn_steps", "ftn_steps", "joint_steps", "unpaired_per_cycle"):
         positive(f"schedule.{name}", s[name], allow_zero=True)
     positive("schedule.paired_per_cycle", s.paired_per_cycle)
+    trains = s.get("unpaired_trains", ("pan", "trn", "ftn"))
+    check(isinstance(trains, list | tuple) and all(t in ("pan", "trn", "ftn") for t in trains),
+          f"config.schedule.unpaired_trains: must list networks of ('pan', 'trn', 'ftn'), got {trains!r}")
     check(s.pan_steps + s.trn_steps + s.ftn_steps + s.joint_steps > 0,
           "config.schedule: all stage lengths are 0, nothing to train")
     for name in ("batch_size", "eval_batch_size", "log_every", "eval_every", "image_every",
@@ -139,9 +142,13 @@ def _check_remaining(config, check, positive) -> None:
         positive(f"model.{name}", m[name], allow_zero=True)
     check(isinstance(m.ftn_mask_offset, int | float) and math.isfinite(m.ftn_mask_offset),
           f"config.model.ftn_mask_offset: must be a finite number, got {m.ftn_mask_offset!r}")
-    drop = m.get("parse_dropout", 0.0)
-    check(isinstance(drop, int | float) and not isinstance(drop, bool) and 0.0 <= drop <= 1.0,
-          f"config.model.parse_dropout: must be a share in [0, 1], got {drop!r}")
+    for name in ("parse_dropout", "person_parse_dropout"):
+        drop = m.get(name, 0.0)
+        check(isinstance(drop, int | float) and not isinstance(drop, bool) and 0.0 <= drop <= 1.0,
+              f"config.model.{name}: must be a share in [0, 1], got {drop!r}")
+    check(not m.get("ftn_paint", False) or m.get("parse_region", False),
+          "config.model.ftn_paint: needs model.parse_region = True (it paints part of the parsing-guided "
+          "region)")
     check(m.ftn_mode in FTN_MODES, f"config.model.ftn_mode: unknown value {m.ftn_mode!r}; expected one of "
                                    f"{FTN_MODES}")
     check(m.get("pan_inputs", "model_and_warp") in PAN_INPUTS,

@@ -159,7 +159,8 @@ def run_tryon(net: infer.TryOn, model: photos.Photo, person: photos.Photo, garme
     `resolution`. `notes` are the lines infer prints as warnings (`names` name the photos in them)."""
     job = infer.Job(photos.ImageRef("model", names[0], ""), photos.ImageRef("person", names[1], ""),
                     "the try-on")
-    pair, notes = infer.drop_unpaired_parsing((model, person), job, net.needs_parsing)
+    pair, notes = infer.drop_unpaired_parsing((model, person), job, net.needs_parsing,
+                                              net.uses_model_parsing_alone)
     fitted = tuple(preprocess.fit(p.image, p.iuv, net.height, net.width, p.parse, where=name)
                    for p, name in zip(pair, names))
     out = net.run([infer.make_example(*fitted, garment_kind)], 1)[0]

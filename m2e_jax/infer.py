@@ -157,6 +157,13 @@ class TryOn:
         m = self.model_cfg
         return bool(m.get("parse_region", False)) and float(m.get("parse_dropout", 0.0)) == 0.0
 
+    @property
+    def uses_model_parsing_alone(self) -> bool:
+        """Trained with model.ftn_paint and model.person_parse_dropout > 0: a model photo's parsing map
+        is used without the person's (models.tryon.paint_region), a case it saw in training."""
+        m = self.model_cfg
+        return bool(m.get("ftn_paint", False)) and float(m.get("person_parse_dropout", 0.0)) > 0.0
+
     def full_resolution(self, model: Photo, person: Photo, out: dict[str, np.ndarray],
                         box, garment_kind: int) -> dict[str, np.ndarray]:
         """The try-on at the person photo's size (models.tryon.full_resolution_tryon) from one
@@ -255,11 +262,15 @@ def unchanged_reason(person: np.ndarray, image: np.ndarray, soft_region: np.ndar
     return None
 
 
-def drop_unpaired_parsing(photos: tuple[Photo, Photo], job: Job,
-                          needs_parsing: bool) -> tuple[tuple[Photo, Photo], list[str]]:
+def drop_unpaired_parsing(photos: tuple[Photo, Photo], job: Job, needs_parsing: bool,
+                          model_alone: bool = False) -> tuple[tuple[Photo, Photo], list[str]]:
     """The two photos with parsing maps kept only when both have one (an example has parsing for
-    both photos or for neither, as in training), and the one-line notes to print."""
+    both photos or for neither, as in training), and the one-line notes to print. With
+    `model_alone` (TryOn.uses_model_parsing_alone) the model photo's map is also kept without the
+    person's: the checkpoint trained on that case."""
     model, person = photos
+    if model_alone and model.parse is not None and person.parse is None:
+        return (model, person), []
     missing = [ref.image for p, ref in ((model, job.model), (person, job.person)) if p.parse is None]
     notes = []
     if missing and len(missing) < 2:
@@ -311,7 +322,7 @@ def run_jobs(net: TryOn, jobs: Sequence[Job], garment_kind: int, batch_size: int
         photos = []
         for j in chunk:
             pair, notes = drop_unpaired_parsing((read_photo(j.model, select), read_photo(j.person, select)),
-                                                j, net.needs_parsing)
+                                                j, net.needs_parsing, net.uses_model_parsing_alone)
             photos.append(pair)
             for note in notes:
                 warn(note)

@@ -122,6 +122,7 @@ class TrainData:
         self.source, self.seed, self.sched = source, config.seed, config.schedule
         self.batch_size = config.batch_size
         self.parse_dropout = float(config.model.get("parse_dropout", 0.0))
+        self.person_parse_dropout = float(config.model.get("person_parse_dropout", 0.0))
         if self.batch_size % process_count:
             raise ValueError(f"config.batch_size={self.batch_size} not divisible by "
                              f"{process_count} processes")
@@ -171,10 +172,14 @@ class TrainData:
         p = schedule.plan(step, self.sched)
         get = self._paired_example if p.paired else self._unpaired_example
         batch = stack_examples([get(pos) for pos in self._positions(p.position)])
+        rows = slice(self.row0, self.row0 + self.local_size)
         if self.parse_dropout > 0:
-            rows = slice(self.row0, self.row0 + self.local_size)
             batch = drop_parsing(batch, parse_dropout_rows(self.seed, step, self.batch_size,
                                                            self.parse_dropout)[rows])
+        if self.person_parse_dropout > 0:
+            batch = drop_parsing(batch, parse_dropout_rows(self.seed, step, self.batch_size,
+                                                           self.person_parse_dropout, person_only=True)[rows],
+                                 keys=("person_mask",))
         return batch
 
     def iterate(self, start_step: int, end_step: int, put: Callable = lambda b: b,
@@ -190,19 +195,25 @@ class TrainData:
 
 
 _PARSE_DROPOUT_TAG = 1_000_005
+_PERSON_PARSE_DROPOUT_TAG = 1_000_006
 
 
-def parse_dropout_rows(seed: int, step: int, batch_size: int, rate: float) -> np.ndarray:
+def parse_dropout_rows(seed: int, step: int, batch_size: int, rate: float,
+                       person_only: bool = False) -> np.ndarray:
     """`[batch_size]` bool: which rows of step `step`'s global batch lose their parsing masks
-    (config.model.parse_dropout); a pure function of (seed, step), so resumed runs and every host agree."""
-    return np.random.default_rng([seed, _PARSE_DROPOUT_TAG, step]).random(batch_size) < rate
+    (config.model.parse_dropout; with `person_only`, P's mask alone: model.person_parse_dropout, its
+    own random stream); a pure function of (seed, step), so resumed runs and every host agree."""
+    tag = _PERSON_PARSE_DROPOUT_TAG if person_only else _PARSE_DROPOUT_TAG
+    return np.random.default_rng([seed, tag, step]).random(batch_size) < rate
 
 
-def drop_parsing(batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The batch with both parsing masks zeroed on `rows` (`[B]` bool): those examples look like
-    photos with DensePose alone, which models.tryon.replace_region answers with R_P itself."""
+def drop_parsing(batch: dict[str, np.ndarray], rows: np.ndarray,
+                 keys: tuple[str, ...] = data_schema.MASK_KEYS) -> dict[str, np.ndarray]:
+    """The batch with the parsing masks `keys` (default both) zeroed on `rows` (`[B]` bool): with
+    both gone those examples look like photos with DensePose alone, which models.tryon.replace_region
+    answers with R_P itself; with P's alone gone, models.tryon.paint_region's case of M's map only."""
     out = dict(batch)
-    for key in data_schema.MASK_KEYS:
+    for key in keys:
         out[key] = np.where(rows[:, None, None, None], np.zeros_like(batch[key]), batch[key])
     return out
 

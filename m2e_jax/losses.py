@@ -151,7 +151,8 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
       ftn_l1 = paired w.l1 L1(P', Y)            ftn_perceptual = paired w.perceptual perc(P', Y)
       ftn_adv = w.adv g_adv(D_final(P'))
       ftn_mask = w.ftn_mask_weight L1(m, 1 | R~)  FTN's composition mask toward 1 inside R~, which
-                 keeps T's pixels passing straight through (model.ftn_mode "composite" only)
+                 keeps T's pixels passing straight through (model.ftn_mode "composite" only; with
+                 model.ftn_paint, inside R~ (1 - Q) only: m is unused where FTN paints)
     The objective is their sum (`total`).
     """
     w = loss_cfg
@@ -183,8 +184,10 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
         reconstruction("ftn", out["output"])
         adversarial("ftn", "final", out["output"])
         if "ftn_mask" in out and w.get("ftn_mask_weight", 0.0) > 0:
-            mask = out["ftn_mask"]
-            terms["ftn_mask"] = w.ftn_mask_weight * l1_loss(mask, jnp.ones_like(mask), out["soft_region"])
+            mask, where = out["ftn_mask"], out["soft_region"]
+            if "ftn_paint" in out:  # where FTN paints, m is unused (fit_output)
+                where = where * (1.0 - out["ftn_paint"])
+            terms["ftn_mask"] = w.ftn_mask_weight * l1_loss(mask, jnp.ones_like(mask), where)
     return terms
 
 

@@ -131,7 +131,13 @@ def train_step(state: dict, batch: dict, vgg=None, *, config, stage: int) -> tup
 
     new_params, new_opt = optimizer.update(params, state["opt"], grads, state["step"], config)
     finite = optimizer.all_finite({"metrics": metrics, "grads": grads})
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    # schedule.unpaired_trains: the generators an unpaired batch updates (the others keep their
+    # parameters and Adam moments on that step); the discriminators always train.
+    unpaired_trains = tuple(config.schedule.get("unpaired_trains", NETWORKS))
+    applies = {k: finite if k not in NETWORKS or k in unpaired_trains else finite & (paired > 0.5)
+               for k in params}
+    keep = lambda new, old: {k: jax.tree.map(lambda a, b, ok=applies[k]: jnp.where(ok, a, b), new[k], old[k])
+                             for k in old}
     new_state = {"step": state["step"] + 1, "params": keep(new_params, params),
                  "opt": keep(new_opt, state["opt"])}
     if "ema" in state:

@@ -301,3 +301,28 @@ def test_restores_what_the_trainer_wrote(tmp_path):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
             moved |= not np.array_equal(np.asarray(want), np.asarray(start))
     assert moved  # two steps of training changed the generators, so the comparison means something
+
+
+def test_model_parsing_alone_is_kept_when_the_checkpoint_trained_on_it(pass_through, tmp_path, capsys):
+    """model.ftn_paint with model.person_parse_dropout > 0 (configs/synthetic.py): a model photo's
+    parsing map without the person's is used (models.tryon.paint_region, R_P repainted around M's
+    garment), silently; a checkpoint without person_parse_dropout ignores it and says so."""
+    d, parse = pass_through["photos"], pass_through["parse_dir"]
+    model, person = d / f"{pass_through['model']}.png", d / f"{pass_through['person']}.png"
+    model_parse = ("--model_parse", str(parse / f"{pass_through['model']}_parse.png"))
+    workdir = pass_through["workdirs"][0.5]
+    trained = synthetic.get_config("test").model  # the fixture's checkpoints, parse_dropout aside
+    assert trained.ftn_paint and trained.person_parse_dropout > 0
+    alone, warnings = _tryon(capsys, workdir, model, person, tmp_path / "a.png", *model_parse)
+    assert warnings == []
+    bare, _ = _tryon(capsys, workdir, model, person, tmp_path / "b.png")
+    assert np.any(alone != bare)  # M's map changed the regions FTN paints
+    # The same photos for a checkpoint that never saw M's map alone: both maps ignored, one line.
+    cfg = synthetic.get_config("test")
+    cfg.model.update(person_parse_dropout=0.0, parse_dropout=0.5)
+    other = str(tmp_path / "other")
+    params = random_params(checkpointing.generator_shapes(cfg.model), seed=2)
+    with checkpointing.Checkpointer(os.path.join(other, "checkpoints"), async_save=False) as ck:
+        ck.save(STEP, {"step": np.int32(STEP), "params": params}, cfg)
+    _, warnings = _tryon(capsys, other, model, person, tmp_path / "c.png", *model_parse)
+    assert len(warnings) == 1 and "while the other photo has one; both are ignored" in warnings[0], warnings

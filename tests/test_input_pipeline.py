@@ -92,6 +92,31 @@ def test_parse_dropout_zeroes_both_masks_of_whole_rows_deterministically():
     np.testing.assert_array_equal(half["model_mask"].max(axis=(1, 2, 3)) == 0, dropped[5][4:])
 
 
+def test_person_parse_dropout_zeroes_only_the_persons_mask():
+    """model.person_parse_dropout: rows lose P's parsing mask and keep M's (models.tryon.paint_region's
+    "M's map only" case), from a stream of their own: parse_dropout's rows are the same with it."""
+    source = fake_source(20, np.array([1, 0] * 10))
+    source.arrays["model_mask"][:] = 1
+    source.arrays["person_mask"][:, :4] = 1
+    c = config(batch=8)
+    c.model.parse_dropout = 0.5
+    both = input_pipeline.TrainData(source, c)
+    c = config(batch=8)
+    c.model.update(parse_dropout=0.5, person_parse_dropout=0.5)
+    data = input_pipeline.TrainData(source, c)
+    person_only = []
+    for step in range(12):
+        a, b = both.batch(step), data.batch(step)
+        np.testing.assert_array_equal(b["model_mask"], a["model_mask"])  # M's masks untouched
+        rows = input_pipeline.parse_dropout_rows(c.seed, step, 8, 0.5, person_only=True)
+        np.testing.assert_array_equal(b["person_mask"][~rows], a["person_mask"][~rows])
+        assert not b["person_mask"][rows].any()
+        person_only.append(rows & (a["model_mask"].max(axis=(1, 2, 3)) > 0))
+    assert 0.1 < np.mean(person_only) < 0.4, np.mean(person_only)  # ~0.25 of rows keep M's map only
+    assert not np.array_equal(input_pipeline.parse_dropout_rows(0, 3, 64, 0.5),
+                              input_pipeline.parse_dropout_rows(0, 3, 64, 0.5, person_only=True))
+
+
 def test_streams_are_separated_and_epochs_cover_every_example():
     paired = np.array([1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 1])  # 7 paired, 5 unpaired
     data = input_pipeline.TrainData(fake_source(12, paired), config(batch=7, pan=4, joint=0))

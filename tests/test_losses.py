@@ -123,6 +123,12 @@ def test_generator_terms_ftn_mask_and_missing_vgg():
     out["soft_region"] = out["region"]
     terms = losses.generator_terms(out, inputs, cfg, paired=1.0, trained=("ftn",))
     np.testing.assert_allclose(terms["ftn_mask"], 4.0 * 0.25, rtol=1e-6)
+    # model.ftn_paint: m is unused where FTN paints, so the pull averages over R~ (1 - Q) only.
+    mask = out["ftn_mask"].at[:, :2].set(0.0)
+    paint = jnp.zeros_like(mask).at[:, :2].set(1.0)
+    terms = losses.generator_terms({**out, "ftn_mask": mask, "ftn_paint": paint}, inputs, cfg,
+                                   paired=1.0, trained=("ftn",))
+    np.testing.assert_allclose(terms["ftn_mask"], 4.0 * 0.25, rtol=1e-6)
     cfg.perceptual_weight = 1.0
     with pytest.raises(ValueError, match="perceptual_weight > 0 needs a VGG"):
         losses.generator_terms(out, inputs, cfg, paired=1.0)

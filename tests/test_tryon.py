@@ -140,6 +140,59 @@ def test_parse_region_keeps_uncovered_skin():
                                               method=tryon.TryOnNet.replace_region), inputs["region"])
 
 
+def test_paint_region_cases():
+    """model.ftn_paint: FTN paints F * (1 - g) where M's parsing map says where its garment lands;
+    with M's map only F is all of R_P; without M's map nothing is painted (T shown everywhere)."""
+    region = jnp.ones((4, 2, 3, 1)).at[:, 1, 2].set(0.0)
+    g = jnp.zeros((4, 2, 3, 1)).at[:, 0, :].set(1.0)           # new garment: the top row
+    old = jnp.zeros((4, 2, 3, 1)).at[:, :, :2].set(1.0)        # P's old garment: two left columns
+    valid = jnp.ones((4, 2, 3, 1)).at[:, 0, 2].set(0.0)        # a hole of the warp: no new garment
+    model_mask = jnp.ones((4, 2, 3, 1)).at[2:].set(0.0)        # examples 2, 3: no map of M
+    person_mask = jnp.stack([old[0], jnp.zeros_like(old[0]), old[0], jnp.zeros_like(old[0])])
+    g = g * valid * (model_mask.max(axis=(1, 2, 3), keepdims=True) > 0)  # as TryOnNet computes it
+    f = tryon.replace_region(region, g, person_mask, tryon.has_parsing(model_mask, person_mask))
+    f2, paint = tryon.paint_region(region, f, g, model_mask, person_mask)
+    f2, paint, f = np.asarray(f2)[..., 0], np.asarray(paint)[..., 0], np.asarray(f)[..., 0]
+    # Both maps: F = R_P * (g | old); painted: P's old garment where M's garment does not land.
+    np.testing.assert_array_equal(f2[0], [[1, 1, 0], [1, 1, 0]])
+    np.testing.assert_array_equal(paint[0], [[0, 0, 0], [1, 1, 0]])
+    # M's map only: all of R_P, painted wherever g is not (the hole of the warp too).
+    np.testing.assert_array_equal(f2[1], [[1, 1, 1], [1, 1, 0]])
+    np.testing.assert_array_equal(paint[1], [[0, 0, 1], [1, 1, 0]])
+    assert f[1].sum() == 2  # without ftn_paint the same example replaced g alone
+    # No map of M: F as replace_region gives it, nothing painted.
+    np.testing.assert_array_equal(f2[2:], f[2:])
+    assert not paint[2:].any()
+
+
+def test_ftn_paint_output_is_generated_where_painted():
+    """With model.ftn_paint the composition mask is zeroed where FTN paints: P' there is G_img,
+    and T's pixels there do not reach FTN (changing them changes nothing)."""
+    cfg = tiny_model_config(parse_region=True, ftn_paint=True)
+    batch = random_batch(seed=3)
+    batch["person_mask"][:, 8:16] = 1
+    batch["model_mask"][:, :, :16] = 1
+    inputs = tryon.prepare_batch(batch, cfg)
+    params = tryon.init_params(cfg, jax.random.key(1))
+    fwd = jax.jit(lambda p, i: tryon.tryon_forward(p, i, cfg))
+    out = fwd(params, inputs)
+    paint = np.asarray(out["ftn_paint"])[..., 0] == 1
+    assert paint.any() and (np.asarray(out["ftn_region"])[..., 0] > paint).any()
+    soft = np.asarray(inputs["soft_region"])[..., 0] == 1
+    np.testing.assert_allclose(np.asarray(out["output"])[paint & soft],
+                               np.asarray(out["ftn_generated"])[paint & soft], atol=1e-6)
+    net = tryon.make_tryon(cfg)
+    run = jax.jit(lambda p, i, t, r, q: net.apply({"params": {"ftn": p}}, i, t, r, q,
+                                                  method=tryon.TryOnNet.run_ftn))
+    hidden = out["ftn_region"] - out["ftn_paint"] == 0  # fully painted, or outside F
+    assert bool(jnp.any(hidden & (out["ftn_paint"] > 0)))
+    moved = jnp.where(hidden, -out["refined"], out["refined"])
+    a = run(params["ftn"], inputs, out["refined"], out["ftn_region"], out["ftn_paint"])
+    b = run(params["ftn"], inputs, moved, out["ftn_region"], out["ftn_paint"])
+    np.testing.assert_allclose(a["output"], b["output"], atol=1e-6)
+    assert float(jnp.abs(moved - out["refined"]).max()) > 0.1
+
+
 def test_recompose_at_the_network_size_is_the_forward_pass(setup):
     """recompose re-evaluates TRN's and FTN's formulas from the networks' maps: on the inputs the
     networks saw it gives back their refined T, replace region and output P'."""

@@ -16,6 +16,13 @@ config.model:
   parse_dropout        0.0        share of training examples whose parsing masks are dropped (both
                                   zeroed), so one network serves photos with and without parsing maps
                                   (DensePose alone); 0 with parse_region: the checkpoint needs them
+  ftn_paint            False      with parse_region: FTN sees T only where M's warped garment lands and
+                                  paints the rest of its region (P's old garment there: skin, holes)
+                                  from P's own context (models/tryon.py `paint_region`); an example
+                                  with M's parsing map but not P's gets all of R_P to replace
+  person_parse_dropout 0.0        share of training examples that lose P's parsing mask only (M's is
+                                  kept): with ftn_paint, FTN then repaints P's bare arms from P's hands
+                                  and face, the skill a sleeve change needs (paired data has none)
   norm                 "instance" | "group" | "none"
   upsample             "resize_conv" | "transpose" | "pixel_shuffle"
   iuv_encoding         "onehot" (27 channels) | "raw" (3 channels)
@@ -39,7 +46,7 @@ def model_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         height=256, width=192, base_channels=64, num_downsamples=2, pan_blocks=9, trn_blocks=3,
         ftn_blocks=6, ftn_mode="composite", ftn_mask_offset=3.0, pan_inputs="model_and_warp",
-        parse_region=False, parse_dropout=0.0,
+        parse_region=False, parse_dropout=0.0, ftn_paint=False, person_parse_dropout=0.0,
         norm="instance", upsample="resize_conv",
         iuv_encoding="onehot", dtype="float32",
         garment_kind="upper", garment_dilation=2, soft_dilation=3, feather=2, warp_tile=32,

@@ -16,6 +16,11 @@ composition mask, as in pix2pixHD's / CP-VTON's try-on modules, T's pixels pass 
 where they are right and G only repaints seams, skin and holes. `mask_offset` (default 3, so
 m ~ sigmoid(3) = 0.95 at initialisation) makes P' ~ x at the start of training; the trainer's
 `loss.ftn_mask_weight` term (L1 of m toward 1 inside R~) keeps m from collapsing to 0.
+
+With a paint map Q (model.ftn_paint; models/tryon.py `paint_region`: the part of the region that
+M's warped garment does not cover) T is hidden from G there and the mask becomes m (1 - Q): G
+paints those pixels from P's context (P's skin where a long sleeve becomes a short one), the one
+thing FTN knows that TRN cannot, since only FTN sees P.
 """
 
 from __future__ import annotations
@@ -38,15 +43,19 @@ def input_composite(person, refined, region):
     return person * (1.0 - region) + refined * region
 
 
-def fit_output(person, refined, region, soft_region, image, mask=None):
+def fit_output(person, refined, region, soft_region, image, mask=None, paint=None):
     """P' from FTN's own outputs: G_img `image` and, in "composite" mode, the composition mask m.
 
     "composite": P' = R~ (m x + (1 - m) G_img) + (1 - R~) P with x = input_composite(P, T, R);
-    "direct" (mask None): P' = R~ G_img + (1 - R~) P. Any resolution: `recompose` in models/tryon.py
-    evaluates it on full-resolution P, T and regions with FTN's maps upsampled.
+    "direct" (mask None): P' = R~ G_img + (1 - R~) P. With a paint map Q (model.ftn_paint, `[B, H,
+    W, 1]` in [0, 1]) the mask is m (1 - Q): FTN's own G_img wherever it paints. Any resolution:
+    `recompose` in models/tryon.py evaluates it on full-resolution P, T and regions with FTN's maps
+    upsampled.
     """
     if mask is None:
         return composite(image, person, soft_region)
+    if paint is not None:
+        mask = mask * (1.0 - paint)
     generated = mask * input_composite(person, refined, region) + (1.0 - mask) * image
     return composite(generated, person, soft_region)
 
@@ -55,7 +64,9 @@ class FTN(GeneratorNet):
     """FTN generator (`model.ftn_blocks` residual blocks, `model.ftn_mode` output formula).
 
     Inputs (float32 `[B, H, W, C]`): person P and refined T in [-1, 1] (C=3), region R_P and
-    soft_region R~ in [0, 1] (C=1), person_iuv I_P as float IUV.
+    soft_region R~ in [0, 1] (C=1), person_iuv I_P as float IUV; paint Q `[B, H, W, 1]` in [0, 1]
+    or None (model.ftn_paint): the part of the region FTN paints, where T is hidden from it and P'
+    is its own G_img (`fit_output`).
     Returns P', float32 `[B, H, W, 3]` in [-1, 1]; with `with_mask=True` the pair (P', m) where m is
     the composition mask `[B, H, W, 1]` in [0, 1] ("composite") or None ("direct"); with
     `with_parts=True` a dict: `output` P', `generated` G_img `[B, H, W, 3]` in [-1, 1] and, in
@@ -75,19 +86,22 @@ class FTN(GeneratorNet):
         return super().from_config(model_cfg, **fields)
 
     @nn.compact
-    def __call__(self, person, refined, region, soft_region, person_iuv, with_mask: bool = False,
-                 with_parts: bool = False):
+    def __call__(self, person, refined, region, soft_region, person_iuv, paint=None,
+                 with_mask: bool = False, with_parts: bool = False):
         check_choice("model.ftn_mode", self.mode, FTN_MODES)
         dt = person.dtype
-        x = jnp.concatenate([person * (1.0 - region), refined * region, region.astype(dt),
-                             self.encode(person_iuv).astype(dt)], axis=-1)
+        if paint is None:
+            x = [person * (1.0 - region), refined * region, region.astype(dt)]
+        else:  # T is hidden where FTN paints; the paint map is one more input channel
+            x = [person * (1.0 - region), refined * (region - paint), region.astype(dt), paint.astype(dt)]
+        x = jnp.concatenate(x + [self.encode(person_iuv).astype(dt)], axis=-1)
         if self.mode == "direct":
             image, mask = jnp.tanh(self.generate(x, 3)), None
         else:
             logits = self.generate(x, 4)
             image = jnp.tanh(logits[..., :3])
             mask = nn.sigmoid(logits[..., 3:] + self.mask_offset)
-        output = fit_output(person, refined, region, soft_region, image, mask)
+        output = fit_output(person, refined, region, soft_region, image, mask, paint)
         if with_parts:
             return {"output": output, "generated": image, **({} if mask is None else {"mask": mask})}
         return (output, mask) if with_mask else output

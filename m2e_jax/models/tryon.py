@@ -122,6 +122,29 @@ def replace_region(region: jax.Array, new_garment: jax.Array, person_mask: jax.A
     return jnp.where(parsed[:, None, None, None], parsed_region, region)
 
 
+def paint_region(region: jax.Array, ftn_region: jax.Array, new_garment: jax.Array, model_mask: jax.Array,
+                 person_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(FTN's replace region F, the part of it FTN paints) with model.ftn_paint, `[B, H, W, 1]` in [0, 1].
+
+    M's garment mask warped into P's pose (`new_garment` g, already times the warp's validity V)
+    says where M's garment verifiably lands. Elsewhere in F, P* shows P's own skin (a short sleeve
+    onto a long one's arm: M's photo shows bare arm there, and T would carry M's skin in M's light)
+    or surface M never showed (V = 0: T is TRN's guess there). So FTN paints F * (1 - g) itself
+    from P's context (hands, face, the kept photo) and the garment around it, instead of editing T
+    (our design choice; measured against painting F * (V - g) only, which leaves the holes to TRN:
+    benchmarks/RESULTS.md section 9). Examples with M's parsing map but not P's replace all of R_P
+    (`region`): P's old garment is unknown, so FTN repaints every garment-part pixel g does not
+    cover. Without M's map g is unknown and nothing is painted (F = `ftn_region`, see
+    `replace_region`).
+    model_mask, person_mask: `[B, H, W, 1]` parsing masks, all-zero for a photo without one.
+    """
+    model_parsed = jnp.max(model_mask, axis=(1, 2, 3)) > 0
+    person_parsed = jnp.max(person_mask, axis=(1, 2, 3)) > 0
+    f = jnp.where((model_parsed & ~person_parsed)[:, None, None, None], region, ftn_region)
+    paint = jnp.where(model_parsed[:, None, None, None], f * (1.0 - new_garment), 0.0)
+    return f, paint
+
+
 def _frozen(cfg) -> ml_collections.FrozenConfigDict:
     return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
 
@@ -132,8 +155,9 @@ class TryOnNet(nn.Module):
     Output keys (float32): warped W `[B, H, W, 3]`, valid V `[B, H, W, 1]`, region, soft_region
     `[B, H, W, 1]`, aligned A; with upto >= "trn": texture T_g, alpha `[B, H, W, 1]`, refined T;
     with upto == "ftn": ftn_region (the part of R_P that FTN replaces, `replace_region`), output P'
-    `[B, H, W, 3]`, ftn_generated (FTN's own image G_img `[B, H, W, 3]`) and, when model.ftn_mode ==
-    "composite", ftn_mask `[B, H, W, 1]` in [0, 1].
+    `[B, H, W, 3]`, ftn_generated (FTN's own image G_img `[B, H, W, 3]`), when model.ftn_mode ==
+    "composite", ftn_mask `[B, H, W, 1]` in [0, 1] and, with model.ftn_paint, ftn_paint (the part
+    of ftn_region FTN paints, `paint_region`) `[B, H, W, 1]`.
     Images in [-1, 1].
     """
 
@@ -156,29 +180,42 @@ class TryOnNet(nn.Module):
     def run_trn(self, inputs, aligned, warped, valid):
         return self.trn(aligned, warped, valid, inputs["region"], inputs["person_iuv"])
 
-    def replace_region(self, inputs, valid) -> jax.Array:
-        """The part of R_P that FTN replaces `[B, H, W, 1]` in [0, 1] (module function `replace_region`).
+    def ftn_regions(self, inputs, valid) -> tuple[jax.Array, jax.Array | None]:
+        """(the part of R_P that FTN replaces, the part of that FTN paints or None), `[B, H, W, 1]`.
 
-        R_P itself, or with model.parse_region the parsing-guided region (g = M's garment mask
-        warped into P's pose, times V) for examples that have parsing masks; R_P for those without.
+        The first is R_P itself, or with model.parse_region the parsing-guided region (module
+        function `replace_region`; g = M's garment mask warped into P's pose, times V) for examples
+        that have parsing masks, R_P for those without. The second is None unless model.ftn_paint
+        (module function `paint_region`, which also widens the first for examples with M's map only).
         """
-        if not self.model_cfg.get("parse_region", False):
-            return inputs["region"]
+        cfg = self.model_cfg
+        if not cfg.get("parse_region", False):
+            return inputs["region"], None
         g, _ = uv_warp(inputs["model_mask"], inputs["model_iuv"], inputs["person_iuv"],
-                       tile_size=self.model_cfg.warp_tile, fill_iters=self.model_cfg.warp_fill_iters)
+                       tile_size=cfg.warp_tile, fill_iters=cfg.warp_fill_iters)
         g = jax.lax.stop_gradient(jnp.clip(g.astype(jnp.float32), 0.0, 1.0) * valid)
-        return replace_region(inputs["region"], g, inputs["person_mask"],
-                              has_parsing(inputs["model_mask"], inputs["person_mask"]))
+        f = replace_region(inputs["region"], g, inputs["person_mask"],
+                           has_parsing(inputs["model_mask"], inputs["person_mask"]))
+        if not cfg.get("ftn_paint", False):
+            return f, None
+        return paint_region(inputs["region"], f, g, inputs["model_mask"], inputs["person_mask"])
 
-    def run_ftn(self, inputs, refined, region=None):
+    def replace_region(self, inputs, valid) -> jax.Array:
+        """The part of R_P that FTN replaces `[B, H, W, 1]` in [0, 1] (see `ftn_regions`)."""
+        return self.ftn_regions(inputs, valid)[0]
+
+    def run_ftn(self, inputs, refined, region=None, paint=None):
         """FTN's dict: `output` P', and `ftn_mask` (composition mask m) in model.ftn_mode "composite".
 
-        region: the part of R_P to replace (default R_P; see `replace_region`).
+        region: the part of R_P to replace (default R_P; see `ftn_regions`); paint: the part of it
+        FTN paints from P's context (model.ftn_paint), None otherwise.
         """
         region = inputs["region"] if region is None else region
         parts = self.ftn(inputs["person_image"], refined, region, inputs["soft_region"],
-                         inputs["person_iuv"], with_parts=True)
+                         inputs["person_iuv"], paint=paint, with_parts=True)
         out = {"output": parts["output"], "ftn_generated": parts["generated"]}
+        if paint is not None:
+            out["ftn_paint"] = paint
         if "mask" in parts:
             out["ftn_mask"] = parts["mask"]
         return out
@@ -198,8 +235,8 @@ class TryOnNet(nn.Module):
         out.update(self.run_trn(inputs, out["aligned"], warped, valid))
         if upto == "trn":
             return out
-        out["ftn_region"] = self.replace_region(inputs, valid)
-        out.update(self.run_ftn(inputs, out["refined"], out["ftn_region"]))
+        out["ftn_region"], paint = self.ftn_regions(inputs, valid)
+        out.update(self.run_ftn(inputs, out["refined"], out["ftn_region"], paint))
         return out
 
 
@@ -310,9 +347,9 @@ def recompose(maps: dict[str, jax.Array], inputs: dict[str, jax.Array], model_cf
     refined = blend_texture(maps["aligned"], inputs["warped"], maps["texture"], maps["alpha"],
                             inputs["region"])
     net = make_tryon(model_cfg)
-    region = net.apply({"params": {}}, inputs, inputs["valid"], method=TryOnNet.replace_region)
+    region, paint = net.apply({"params": {}}, inputs, inputs["valid"], method=TryOnNet.ftn_regions)
     output = fit_output(inputs["person_image"], refined, region, inputs["soft_region"],
-                        maps["ftn_generated"], maps.get("ftn_mask"))
+                        maps["ftn_generated"], maps.get("ftn_mask"), paint)
     return {"refined": refined, "ftn_region": region, "output": output}
 
 
