@@ -1,10 +1,10 @@
 """Try-on at the photo's resolution: `python -m m2e_jax.benchmarks.fullres --workdir W [--quick]`.
 
-Held-out synthetic unpaired triplets (their own seed, rendered at 1x, 2x and 4x the network's size,
-with exact ground truth P*) go through the infer command's functions (infer.TryOn, tryon_image),
-and each try-on is scored against P* inside the person's garment region R_P at the photo's size
-(masked SSIM, higher is better; masked LPIPS AlexNet, lower is better), with and without parsing
-maps (DensePose alone). Methods:
+Held-out synthetic unpaired triplets (their own seed; `--preset` world, default easy; rendered at 1x,
+2x and 4x the network's size, with exact ground truth P*) go through the infer command's functions
+(infer.TryOn, tryon_image), and each try-on is scored against P* inside the person's garment region
+R_P at the photo's size (masked SSIM, higher is better; masked LPIPS AlexNet, lower is better), with
+and without parsing maps (DensePose alone). Methods:
 
   network    letterbox -> networks at their size -> paste back (`infer --resolution network`)
   full       networks at their size, then the warp, regions and TRN / FTN formulas at the photo's
@@ -52,11 +52,12 @@ def load_networks(workdir: str | None, quick: bool) -> tuple[ml_collections.Conf
     return config, jax.device_get(tryon_lib.init_params(config.model, jax.random.key(0)))
 
 
-def held_out(seed: int, num: int, height: int, width: int, kind: str) -> list[dict]:
-    """`num` unpaired test triplets with ground truth at height x width (synthetic world)."""
+def held_out(seed: int, num: int, height: int, width: int, kind: str, world: str = "easy") -> list[dict]:
+    """`num` unpaired test triplets with ground truth at height x width (synthetic world `world`)."""
     from m2e_jax.synthetic import dataset
 
-    return dataset.make_examples(seed, "test", num, height, width, paired_fraction=0.0, garment_kind=kind)
+    return dataset.make_examples(seed, "test", num, height, width, paired_fraction=0.0, garment_kind=kind,
+                                 world_cfg=world)
 
 
 def photos(ex: dict, kind: int, parsing: bool) -> tuple[Photo, Photo]:
@@ -87,12 +88,12 @@ def score_region(person_iuv: np.ndarray, person_mask: np.ndarray, model_cfg, kin
 
 
 def bench_scale(config, params, factor: int, num: int, seed: int, lpips_net: str = "alexnet",
-                with_conv: bool = True) -> list[dict]:
+                with_conv: bool = True, world: str = "easy") -> list[dict]:
     """Rows {scale, parsing, method, ssim_r, lpips_r, count} for photos `factor` x the network size."""
     h, w = config.model.height * factor, config.model.width * factor
     kind_name = config.model.garment_kind
     kind = densepose.GARMENT_KINDS.index(kind_name)
-    examples = held_out(seed, num, h, w, kind_name)
+    examples = held_out(seed, num, h, w, kind_name, world)
     net = infer.TryOn(config, params)
     conv_net = None
     if with_conv and factor > 1:
@@ -177,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--num", type=int, default=None, help="held-out triplets per size (default 24, quick 2)")
     ap.add_argument("--scales", default=None, help="photo sizes in network sizes (default 1,2,4; quick 1,2)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="synthetic world seed of the held-out set")
+    ap.add_argument("--preset", default="easy", help="world preset of the held-out set: easy, medium, hard")
     ap.add_argument("--latency_size", default=None, help="HxW of the timed try-on (default 512x384)")
     ap.add_argument("--repeats", type=int, default=None, help="timed try-ons (default 5, quick 1)")
     ap.add_argument("--no_conv", action="store_true", help="skip the networks-at-photo-size method")
@@ -194,10 +196,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(common.machine_line(info))
     config, params = load_networks(a.workdir, a.quick)
     print(f"networks: {config.model.height}x{config.model.width}, "
-          f"{'checkpoint of ' + a.workdir if a.workdir else 'random parameters'}; held-out seed {a.seed}")
+          f"{'checkpoint of ' + a.workdir if a.workdir else 'random parameters'}; held-out seed {a.seed}, "
+          f"world {a.preset!r}")
     t0 = time.perf_counter()
     rows = [] if a.no_scores else [
-        r for f in scales for r in bench_scale(config, params, f, num, a.seed, with_conv=not a.no_conv)]
+        r for f in scales for r in bench_scale(config, params, f, num, a.seed, with_conv=not a.no_conv,
+                                               world=a.preset)]
     if rows:
         print(f"garment-region scores against the true try-on P*, {num} unpaired triplets per size "
               f"({time.perf_counter() - t0:.0f} s)")
@@ -205,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     latency = bench_latency(config, params, latency_size, repeats, a.seed, with_conv=not a.no_conv)
     print(f"one try-on (decoded arrays -> uint8 result), median of {repeats} after warm-up")
     print(common.format_table(latency, LATENCY_COLUMNS))
-    common.write_json(a.json, "fullres", info, rows, latency=latency, workdir=a.workdir, seed=a.seed)
+    common.write_json(a.json, "fullres", info, rows, latency=latency, workdir=a.workdir, seed=a.seed,
+                      preset=a.preset)
     return {"rows": rows, "latency": latency}
 
 
