@@ -60,18 +60,29 @@ def test_batches_are_a_pure_function_of_the_step():
     assert [ids(other_seed.batch(s)) for s in range(9)] != run
 
 
+def parsed_source():
+    """20 examples, alternately paired, whose two parsing masks are non-empty (M's all garment)."""
+    source = fake_source(20, np.array([1, 0] * 10))
+    source.arrays["model_mask"][:] = 1
+    source.arrays["person_mask"][:, :4] = 1
+    return source
+
+
+def train_data(source, **model_fields) -> input_pipeline.TrainData:
+    """TrainData of batch 8 with the given model fields; no parsing dropout unless given."""
+    c = config(batch=8)
+    c.model.update(parse_dropout=0.0, person_parse_dropout=0.0)
+    c.model.update(model_fields)
+    return input_pipeline.TrainData(source, c)
+
+
 def test_parse_dropout_zeroes_both_masks_of_whole_rows_deterministically():
     """model.parse_dropout: a share of each batch's rows loses both parsing masks (DensePose alone),
     the same rows on a resumed run and on every host; nothing else changes."""
-    paired = np.array([1, 0] * 10)
-    source = fake_source(20, paired)
-    source.arrays["model_mask"][:] = 1
-    source.arrays["person_mask"][:, :4] = 1
-    plain = config(batch=8)
-    plain.model.parse_dropout = 0.0
-    base = input_pipeline.TrainData(source, plain)
+    source = parsed_source()
+    base = train_data(source)
     c = config(batch=8)
-    c.model.parse_dropout = 0.5
+    c.model.update(parse_dropout=0.5, person_parse_dropout=0.0)
     drop = input_pipeline.TrainData(source, c)
     dropped = []
     for step in range(12):
@@ -95,20 +106,15 @@ def test_parse_dropout_zeroes_both_masks_of_whole_rows_deterministically():
 def test_person_parse_dropout_zeroes_only_the_persons_mask():
     """model.person_parse_dropout: rows lose P's parsing mask and keep M's (models.tryon.paint_region's
     "M's map only" case), from a stream of their own: parse_dropout's rows are the same with it."""
-    source = fake_source(20, np.array([1, 0] * 10))
-    source.arrays["model_mask"][:] = 1
-    source.arrays["person_mask"][:, :4] = 1
-    c = config(batch=8)
-    c.model.parse_dropout = 0.5
-    both = input_pipeline.TrainData(source, c)
-    c = config(batch=8)
-    c.model.update(parse_dropout=0.5, person_parse_dropout=0.5)
-    data = input_pipeline.TrainData(source, c)
+    source = parsed_source()
+    both = train_data(source, parse_dropout=0.5)
+    data = train_data(source, parse_dropout=0.5, person_parse_dropout=0.5)
+    seed = data.seed
     person_only = []
     for step in range(12):
         a, b = both.batch(step), data.batch(step)
         np.testing.assert_array_equal(b["model_mask"], a["model_mask"])  # M's masks untouched
-        rows = input_pipeline.parse_dropout_rows(c.seed, step, 8, 0.5, person_only=True)
+        rows = input_pipeline.parse_dropout_rows(seed, step, 8, 0.5, person_only=True)
         np.testing.assert_array_equal(b["person_mask"][~rows], a["person_mask"][~rows])
         assert not b["person_mask"][rows].any()
         person_only.append(rows & (a["model_mask"].max(axis=(1, 2, 3)) > 0))
