@@ -31,9 +31,9 @@ from PIL import Image
 
 from configs import synthetic
 from data_prep import fixtures
-from m2e_jax import checkpointing, demo, densepose, infer
+from m2e_jax import demo, densepose, infer
 from m2e_jax.synthetic import dataset
-from tests.test_infer import random_params
+from tests.test_infer import write_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -51,9 +51,7 @@ def served(tmp_path_factory):
     if not os.environ.get("M2E_DEMO_WORKDIR"):
         cfg = synthetic.get_config("test")
         cfg.dataset.data_dir = str(root / "data")
-        params = random_params(checkpointing.generator_shapes(cfg.model), seed=3)
-        with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False) as ck:
-            ck.save(2, {"step": np.int32(2), "params": params}, cfg)
+        write_checkpoint(workdir, cfg, 2, seed=3)
     the_demo = demo.load_demo(workdir=workdir, max_upload_mb=1.0)
     dataset.write_dataset(root / "big", 0, 2 * the_demo.net.height, 2 * the_demo.net.width, 0, 2)
     server = demo.make_server(the_demo, "127.0.0.1", 0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from m2e_jax import checkpointing, evaluate, input_pipeline, metrics
-from tests.test_infer import random_params
+from m2e_jax import evaluate, input_pipeline, metrics
+from tests.test_infer import write_checkpoint
 
 NUM = 7
 
@@ -28,9 +28,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     cfg = synthetic.get_config("test")
     cfg.dataset.update(data_dir=str(root / "data"), num_test=NUM)
-    params = random_params(checkpointing.generator_shapes(cfg.model), seed=2)
-    with checkpointing.Checkpointer(str(root / "work" / "checkpoints"), async_save=False) as ck:
-        ck.save(5, {"step": np.int32(5), "params": params}, cfg)
+    params = write_checkpoint(root / "work", cfg, 5, seed=2)
     source = input_pipeline.open_source(cfg, "test")
     write_extractor(root / "feats.npz")
     extractor = evaluate.load_feature_extractor(str(root / "feats.npz"))

@@ -35,6 +35,16 @@ def random_params(shapes, seed: int):
     return jax.tree_util.tree_map_with_path(one, shapes)
 
 
+def write_checkpoint(workdir, cfg, step: int, params=None, seed: int = 0):
+    """A finished training step `step` of `cfg` in `workdir`'s trainer layout: {"step", "params"},
+    the generators `params` or random_params of `cfg`'s shapes. Returns the params written."""
+    if params is None:
+        params = random_params(checkpointing.generator_shapes(cfg.model), seed)
+    with checkpointing.Checkpointer(os.path.join(str(workdir), "checkpoints"), async_save=False) as ck:
+        ck.save(step, {"step": np.int32(step), "params": params}, cfg)
+    return params
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A workdir with a checkpoint in the trainer's layout, and synthetic photo folders on disk."""
@@ -158,8 +168,7 @@ def pass_through(world, tmp_path_factory):
         cfg.model.update(ftn_mask_offset=30.0, parse_dropout=drop)
         assert cfg.model.parse_region
         workdirs[drop] = str(root / f"work_{drop}")
-        with checkpointing.Checkpointer(os.path.join(workdirs[drop], "checkpoints"), async_save=False) as ck:
-            ck.save(STEP, {"step": np.int32(STEP), "params": params}, cfg)
+        write_checkpoint(workdirs[drop], cfg, STEP, params)
     src = world["root"] / "syn_big" / "test"
     model, person, _ = (src / "triplets.csv").read_text().splitlines()[1].split(",")
     photos = root / "photos"
@@ -321,8 +330,6 @@ def test_model_parsing_alone_is_kept_when_the_checkpoint_trained_on_it(pass_thro
     cfg = synthetic.get_config("test")
     cfg.model.update(person_parse_dropout=0.0, parse_dropout=0.5)
     other = str(tmp_path / "other")
-    params = random_params(checkpointing.generator_shapes(cfg.model), seed=2)
-    with checkpointing.Checkpointer(os.path.join(other, "checkpoints"), async_save=False) as ck:
-        ck.save(STEP, {"step": np.int32(STEP), "params": params}, cfg)
+    write_checkpoint(other, cfg, STEP, seed=2)
     _, warnings = _tryon(capsys, other, model, person, tmp_path / "c.png", *model_parse)
     assert len(warnings) == 1 and "while the other photo has one; both are ignored" in warnings[0], warnings

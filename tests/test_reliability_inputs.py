@@ -41,7 +41,7 @@ from data_prep import build, fixtures
 from m2e_jax import checkpointing, evaluate, infer
 from m2e_jax.readers import images
 from m2e_jax.synthetic import dataset
-from tests.test_infer import random_params
+from tests.test_infer import write_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H = W = 32
@@ -140,14 +140,11 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
     cfg = synthetic.get_config("test")
     cfg.dataset.data_dir = str(root / "data")
-    params = random_params(checkpointing.generator_shapes(cfg.model), seed=3)
-    with checkpointing.Checkpointer(str(root / "work" / "checkpoints"), async_save=False) as ck:
-        ck.save(1, {"step": np.int32(1), "params": params}, cfg)
+    params = write_checkpoint(root / "work", cfg, 1, seed=3)
     # The same networks trained on records that were never built here (a tfds config).
     tfds_cfg = synthetic.get_config("test")
     tfds_cfg.dataset.update(source="tfds", data_dir=str(root / "no_records"))
-    with checkpointing.Checkpointer(str(root / "tfds_work" / "checkpoints"), async_save=False) as ck:
-        ck.save(1, {"step": np.int32(1), "params": params}, tfds_cfg)
+    write_checkpoint(root / "tfds_work", tfds_cfg, 1, params)
     # Another project's checkpoints: orbax with some other model's tree, and a flax msgpack file.
     with checkpointing.Checkpointer(str(root / "other" / "checkpoints"), async_save=False) as ck:
         ck.save(10, {"params": {"Dense_0": {"kernel": np.ones((4, 2), np.float32)}}}, cfg)
