@@ -9,6 +9,8 @@ Weights and choices come from `config.loss` (defaults in m2e_jax/models/defaults
   l1_weight           10.0   L1 to the target (paired) image
   perceptual_weight   10.0   VGG perceptual loss to the target
   consistency_weight  10.0   unpaired self-consistency: T agrees with W where V = 1 inside R_P
+  consistency_relight False  compare T with W relit by T's per-channel gain (relit_warp): M's
+                             lighting is then no target, only the warped texture is
   alpha_weight        1.0    pulls TRN's alpha toward V inside R_P
   vgg                 "lpips_vgg16" | path to converted VGG19 weights (.npz)
   vgg16_layer_weights (1/32, 1/16, 1/8, 1/4, 1)  per-layer weights of the perceptual loss
@@ -105,10 +107,29 @@ def perceptual_loss(feats_x: Sequence[jax.Array], feats_y: Sequence[jax.Array],
 
 
 def vgg_perceptual(vgg, x, y, layer_weights: Sequence[float]) -> jax.Array:
-    """perceptual_loss on `vgg.features` of x and y (`[B, H, W, 3]` in [-1, 1]); one trunk pass."""
+    """perceptual_loss on `vgg.features` of x and y (`[B, H, W, 3]` in [-1, 1]); one trunk pass.
+
+    A VGG truncated to the layers with nonzero weight (models.vgg.perceptual_depth) gets the
+    weights of its layers; the dropped ones must be 0.
+    """
+    n = len(vgg.layer_names)
+    if any(w != 0 for w in layer_weights[n:]):
+        raise ValueError(f"vgg_perceptual: the VGG has {n} feature layers but loss.vgg16_layer_weights "
+                         f"{tuple(layer_weights)!r} weights deeper ones")
+    layer_weights = layer_weights[:n]
     feats = vgg.features(jnp.concatenate([x, y], axis=0))
     b = x.shape[0]
     return perceptual_loss([f[:b] for f in feats], [f[b:] for f in feats], layer_weights)
+
+
+def load_perceptual_vgg(loss_cfg):
+    """The VGG of the perceptual terms (`loss.vgg`), cut after the deepest layer with a nonzero
+    weight in `loss.vgg16_layer_weights`; None when loss.perceptual_weight is 0."""
+    if loss_cfg.perceptual_weight <= 0:
+        return None
+    from m2e_jax.models import vgg as vgg_lib
+
+    return vgg_lib.load_vgg(loss_cfg.vgg, num_layers=vgg_lib.perceptual_depth(loss_cfg.vgg16_layer_weights))
 
 
 def alpha_loss(alpha, valid, region) -> jax.Array:
@@ -119,12 +140,34 @@ def alpha_loss(alpha, valid, region) -> jax.Array:
     return l1_loss(alpha, valid, region)
 
 
-def consistency_loss(refined, warped, valid, region) -> jax.Array:
+def consistency_loss(refined, warped, valid, region, relight: bool = False) -> jax.Array:
     """Unpaired self-consistency: l1_loss(T, W, mask=V * R_P), T agrees with W where the warp is valid.
 
-    Restricted to R_P because outside it T is the aligned image A by construction.
+    Restricted to R_P because outside it T is the aligned image A by construction. relight: compare
+    with relit_warp(W, T, V * R_P) instead of W.
     """
-    return l1_loss(refined, warped, valid * region)
+    mask = valid * region
+    if relight:
+        warped = relit_warp(warped, refined, mask)
+    return l1_loss(refined, warped, mask)
+
+
+def relit_warp(warped, image, mask) -> jax.Array:
+    """W relit to `image`'s light: per example and channel, in [0, 1] intensity, W * g with the gain
+    g = sum(mask * image) / sum(mask * W) (clipped to [1/4, 4]), stop-gradient'ed.
+
+    Why: W carries M's photo's light, but P' must be lit as P's photo (gain and colour cast act per
+    channel, multiplicatively, on real photos as in the synthetic world), so matching W pixel for
+    pixel pulls the try-on toward the wrong light. One gain per channel cannot flatten the texture
+    (a flat T still differs from the gained W by the texture's contrast), unlike a fitted offset.
+    warped, image: `[B, H, W, 3]` in [-1, 1]; mask: `[B, H, W, 1]` in [0, 1]. Returns `[B, H, W, 3]`
+    in [-1, 1].
+    """
+    w01, x01 = (warped + 1.0) / 2.0, (image + 1.0) / 2.0
+    num = jnp.sum(mask * x01, axis=(1, 2), keepdims=True)
+    den = jnp.sum(mask * w01, axis=(1, 2), keepdims=True)
+    gain = jax.lax.stop_gradient(jnp.clip((num + 1e-3) / (den + 1e-3), 0.25, 4.0))
+    return jnp.clip(w01 * gain, 0.0, 1.0) * 2.0 - 1.0
 
 
 def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array], loss_cfg, paired,
@@ -147,7 +190,7 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
       pan_l1 = paired w.l1 L1(A, Y)             pan_perceptual = paired w.perceptual perc(A, Y)
       pan_adv = w.adv g_adv(D_pan(A))
       trn_l1 = paired w.l1 L1(T, Y | R_P)       trn_alpha = w.alpha alpha_loss(alpha, V, R_P)
-      trn_consistency = (1 - paired) w.consistency consistency_loss(T, W, V, R_P)
+      trn_consistency = (1 - paired) w.consistency consistency_loss(T, W, V, R_P, w.consistency_relight)
       ftn_l1 = paired w.l1 L1(P', Y)            ftn_perceptual = paired w.perceptual perc(P', Y)
       ftn_adv = w.adv g_adv(D_final(P'))
       ftn_mask = w.ftn_mask_weight L1(m, 1 | R~)  FTN's composition mask toward 1 inside R~, which
@@ -179,7 +222,7 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
         terms["trn_l1"] = paired * w.l1_weight * l1_loss(out["refined"], target, region)
         terms["trn_alpha"] = w.alpha_weight * alpha_loss(out["alpha"], valid, region)
         terms["trn_consistency"] = (1.0 - paired) * w.consistency_weight * consistency_loss(
-            out["refined"], out["warped"], valid, region)
+            out["refined"], out["warped"], valid, region, relight=w.get("consistency_relight", False))
     if "output" in out:
         reconstruction("ftn", out["output"])
         adversarial("ftn", "final", out["output"])

@@ -163,13 +163,11 @@ class Steps:
     def __init__(self, config: ml_collections.ConfigDict, par: parallel.DataParallel | None = None,
                  vgg=None):
         """par: default DataParallel(config.parallel); vgg: the perceptual loss's models.vgg.Vgg,
-        default load_vgg(config.loss.vgg) when config.loss.perceptual_weight > 0."""
+        default losses.load_perceptual_vgg(config.loss)."""
         self.config = config
         self.par = par if par is not None else parallel.DataParallel(config.parallel)
-        if vgg is None and config.loss.perceptual_weight > 0:
-            from m2e_jax.models.vgg import load_vgg
-
-            vgg = load_vgg(config.loss.vgg)
+        if vgg is None:
+            vgg = losses.load_perceptual_vgg(config.loss)
         # Device buffers put once per run; an argument of the step, not constants compiled into it.
         self._vgg = self.par.put_state(vgg) if vgg is not None else None
         self._train: dict[int, Callable] = {}

@@ -171,3 +171,31 @@ def test_generator_terms_use_perceptual_terms(vgg16, images):
     l1 = losses.l1_loss(x, y) + losses.l1_loss(y[::-1], y)
     np.testing.assert_allclose(losses.total(terms), cfg.l1_weight * l1 + cfg.perceptual_weight * sum(perc),
                                rtol=1e-5)
+
+
+def test_shallow_perceptual_loss_runs_a_cut_trunk(vgg16, images):
+    """loss.vgg16_layer_weights with trailing zeros: the VGG is cut after the deepest weighted layer
+    (models.vgg.perceptual_depth), its features are the full trunk's first ones, the deep convs'
+    weights are gone, and the loss equals the full trunk's with the same weights."""
+    from m2e_jax.models.defaults import loss_config
+
+    x, noise = images
+    y = jnp.clip(x + 0.3 * noise, -1, 1)
+    shallow = (1 / 32, 1 / 16, 0.0, 0.0, 0.0)
+    assert [vgg_lib.perceptual_depth(w) for w in (shallow, WEIGHTS, (0, 0, 1.0, 0, 0), (0,) * 5)] == [2, 5, 3, 1]
+    cut = vgg_lib.truncate(vgg16, 2)
+    assert cut.layer_names == ("relu1_2", "relu2_2")
+    assert sorted(cut.params) == ["Conv_0", "Conv_1", "Conv_2", "Conv_3"]  # relu2_2 is conv index 3
+    full_feats, cut_feats = vgg16.features(x), cut.features(x)
+    assert len(cut_feats) == 2
+    for a, b in zip(cut_feats, full_feats[:2]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(losses.vgg_perceptual(cut, x, y, shallow),
+                               losses.vgg_perceptual(vgg16, x, y, shallow), rtol=1e-6)
+    cfg = loss_config()
+    cfg.vgg16_layer_weights = shallow
+    assert losses.load_perceptual_vgg(cfg).layer_names == ("relu1_2", "relu2_2")
+    with pytest.raises(ValueError, match="weights deeper ones"):
+        losses.vgg_perceptual(cut, x, y, WEIGHTS)
+    with pytest.raises(ValueError, match="num_layers"):
+        vgg_lib.truncate(vgg16, 6)

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from m2e_jax import losses
 from m2e_jax.benchmarks import common
 
 DEFAULT_SIZES, DEFAULT_BATCHES = "64x48,128x96", "1,4"
@@ -80,11 +81,7 @@ def paired_batch(height: int, width: int, batch: int) -> dict[str, np.ndarray]:
 
 
 def load_vgg_if_needed(config):
-    if config.loss.perceptual_weight <= 0:
-        return None
-    from m2e_jax.models.vgg import load_vgg
-
-    return load_vgg(config.loss.vgg)
+    return losses.load_perceptual_vgg(config.loss)
 
 
 def bench_one(config, stage: int, repeats: int, peak: float | None, vgg=None, num_devices: int = 1) -> dict:

@@ -57,6 +57,6 @@ def model_config() -> ml_collections.ConfigDict:
 def loss_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         gan="lsgan", adv_weight=1.0, l1_weight=10.0, perceptual_weight=10.0, consistency_weight=10.0,
-        alpha_weight=1.0, ftn_mask_weight=1.0, vgg="lpips_vgg16",
+        alpha_weight=1.0, ftn_mask_weight=1.0, consistency_relight=False, vgg="lpips_vgg16",
         vgg16_layer_weights=(1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0),
     ))

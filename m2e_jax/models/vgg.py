@@ -93,7 +93,8 @@ class Vgg:
         return (x - jnp.asarray(self.shift, x.dtype)) / jnp.asarray(self.scale, x.dtype)
 
     def features(self, x) -> list[jax.Array]:
-        """`[B, H, W, 3]` in [-1, 1] -> 5 float32 feature maps (`layer_names`)."""
+        """`[B, H, W, 3]` in [-1, 1] -> float32 feature maps, one per `layer_names` (5 unless
+        truncated)."""
         return self.trunk.apply({"params": self.params}, self.normalise(x.astype(jnp.float32)))
 
 
@@ -139,13 +140,40 @@ def load_vgg19_npz(path: str, dtype=jnp.float32) -> Vgg:
     return Vgg(VggTrunk(VGG19_CFG, VGG19_TAPS, dtype), params, shift, scale, VGG19_LAYER_NAMES)
 
 
-def load_vgg(spec: str = "lpips_vgg16", dtype=jnp.float32) -> Vgg:
-    """`config.loss.vgg`: "lpips_vgg16" or a path to converted VGG19 weights (.npz)."""
+def load_vgg(spec: str = "lpips_vgg16", dtype=jnp.float32, num_layers: int | None = None) -> Vgg:
+    """`config.loss.vgg`: "lpips_vgg16" or a path to converted VGG19 weights (.npz).
+
+    num_layers: keep only the first this many feature layers (1..5): the trunk then stops at the
+    last one kept, so a shallow perceptual loss does not pay for the deep convs (see
+    `perceptual_depth`). None keeps all five.
+    """
     if spec == "lpips_vgg16":
-        return load_lpips_vgg16(dtype)
-    if spec.endswith(".npz"):
-        return load_vgg19_npz(spec, dtype)
-    raise ValueError(f"loss.vgg: expected 'lpips_vgg16' or a path ending in .npz, got {spec!r}")
+        vgg = load_lpips_vgg16(dtype)
+    elif spec.endswith(".npz"):
+        vgg = load_vgg19_npz(spec, dtype)
+    else:
+        raise ValueError(f"loss.vgg: expected 'lpips_vgg16' or a path ending in .npz, got {spec!r}")
+    return vgg if num_layers is None else truncate(vgg, num_layers)
+
+
+def truncate(vgg: Vgg, num_layers: int) -> Vgg:
+    """The same VGG with only its first `num_layers` feature layers; the weights of the convs past
+    the last one kept are dropped (the trunk never runs them)."""
+    taps = vgg.trunk.taps
+    if not 1 <= num_layers <= len(taps):
+        raise ValueError(f"vgg: num_layers must be in 1..{len(taps)}, got {num_layers}")
+    kept = taps[:num_layers]
+    params = {k: v for k, v in vgg.params.items() if int(k.split("_")[-1]) <= max(kept)}
+    trunk = VggTrunk(vgg.trunk.cfg, kept, vgg.trunk.dtype)
+    return Vgg(trunk, params, vgg.shift, vgg.scale, vgg.layer_names[:num_layers])
+
+
+def perceptual_depth(layer_weights: Sequence[float]) -> int:
+    """How many feature layers a perceptual loss with these per-layer weights needs: up to the
+    deepest one with a nonzero weight (at least 1). (1/32, 1/16, 0, 0, 0) -> 2: relu1_2 and relu2_2
+    only, which at 64x48 costs a fraction of the full trunk."""
+    nonzero = [i for i, w in enumerate(layer_weights) if w > 0]
+    return nonzero[-1] + 1 if nonzero else 1
 
 
 def convert_torch_vgg19(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
