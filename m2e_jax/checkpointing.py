@@ -435,6 +435,12 @@ def read_generators(step_dir: str, config: ml_collections.ConfigDict | None = No
         read_back(step_dir)
     config = config if config is not None else saved_config(step_dir)
     state_dir = os.path.join(step_dir, "state")
+    with _quiet_item_metadata():
+        return config, _restore_generators(step_dir, state_dir, config)
+
+
+def _restore_generators(step_dir: str, state_dir: str, config: ml_collections.ConfigDict) -> dict:
+    """read_generators' orbax part: the generator subtrees of `state_dir`, checked."""
     try:
         meta = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
         tree = dict(meta.tree if hasattr(meta, "tree") else meta)
@@ -458,7 +464,28 @@ def read_generators(step_dir: str, config: ml_collections.ConfigDict | None = No
     bad = _non_finite(params)
     if bad:
         raise DamagedCheckpoint(step_dir, f"state {group}{bad}", "non-finite values")
-    return config, params
+    return params
+
+
+class _QuietItemMetadata(logging.Filter):
+    """Drops orbax's "Metadata file does not exist: .../state/_CHECKPOINT_METADATA" warning: a reader
+    opens the `state` item alone, whose step-level metadata file lives one folder up by the
+    CheckpointManager's layout, so the warning is about a file that is not meant to be there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and f"{os.sep}orbax{os.sep}" in record.pathname
+                    and record.getMessage().startswith("Metadata file does not exist"))
+
+
+@contextlib.contextmanager
+def _quiet_item_metadata():
+    quiet = _QuietItemMetadata()
+    log = logging.getLogger("absl")
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 def load_generators(located: Located, config: ml_collections.ConfigDict | None = None, fallback: bool = True,

@@ -1,6 +1,7 @@
 """Checkpoints: exact round trip, keep-N, the config beside each step, no NaN saves, SIGTERM flag."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -171,14 +172,18 @@ def gen_checkpoints(root, steps, seed=0):
     return cfg, params
 
 
-def test_readers_take_the_newest_complete_step_by_relative_path_and_fall_back_past_damage(tmp_path,
-                                                                                          monkeypatch):
+def test_readers_take_the_newest_complete_step_by_relative_path_and_fall_back_past_damage(
+        tmp_path, monkeypatch, caplog):
+    """...and say nothing of a sound checkpoint: no orbax warning of the step-level metadata file,
+    which the CheckpointManager layout keeps beside `state/`, not in it."""
     cfg, params = gen_checkpoints(tmp_path / "w", (1, 2))
     (tmp_path / "w" / "checkpoints" / "3" / "state").mkdir(parents=True)  # a half-copied step
     monkeypatch.chdir(tmp_path)
     located = checkpointing.find_step(workdir="w")  # relative, as the README's commands are
     assert located.steps == (1, 2) and located.directory == str(tmp_path / "w" / "checkpoints")
-    config, got, step_dir = checkpointing.load_generators(located)
+    with caplog.at_level(logging.INFO):
+        config, got, step_dir = checkpointing.load_generators(located)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert step_dir == str(tmp_path / "w" / "checkpoints" / "2") and config.model == cfg.model
     for a, b in zip(_leaves(got), _leaves(params[2]), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -182,7 +182,8 @@ def test_shallow_perceptual_loss_runs_a_cut_trunk(vgg16, images):
     x, noise = images
     y = jnp.clip(x + 0.3 * noise, -1, 1)
     shallow = (1 / 32, 1 / 16, 0.0, 0.0, 0.0)
-    assert [vgg_lib.perceptual_depth(w) for w in (shallow, WEIGHTS, (0, 0, 1.0, 0, 0), (0,) * 5)] == [2, 5, 3, 1]
+    depths = [vgg_lib.perceptual_depth(w) for w in (shallow, WEIGHTS, (0, 0, 1.0, 0, 0), (0,) * 5)]
+    assert depths == [2, 5, 3, 1]
     cut = vgg_lib.truncate(vgg16, 2)
     assert cut.layer_names == ("relu1_2", "relu2_2")
     assert sorted(cut.params) == ["Conv_0", "Conv_1", "Conv_2", "Conv_3"]  # relu2_2 is conv index 3
