@@ -11,7 +11,8 @@ Subsets: "paired" (M and P the same person and garment in two poses; ground trut
 The baselines are left out of the paired subset: there "P unchanged" is the ground truth itself.
 
 Metrics per example, against the ground truth, whole image and inside the garment region R_P
-("_masked", m2e_jax/metrics.py): ssim, psnr (dB), and with an LPIPS network lpips, lpips_masked.
+("_masked", m2e_jax/metrics.py): ssim, psnr (dB), colour_masked (how far the region's mean colour,
+i.e. its light, is off), and with an LPIPS network lpips, lpips_masked.
 With a feature extractor, also fid (against the real images: targets where known, else P) and is.
 
 The table (one schema for every caller; JSON-ready; training writes it to eval/step_*.json,
@@ -50,7 +51,8 @@ SUBSETS = ("paired", "unpaired")
 # (key, column title, format) in table order.
 COLUMNS = (("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.2f}"), ("lpips", "LPIPS", "{:.4f}"),
            ("ssim_masked", "SSIM (R_P)", "{:.4f}"), ("psnr_masked", "PSNR (R_P)", "{:.2f}"),
-           ("lpips_masked", "LPIPS (R_P)", "{:.4f}"), ("fid", "FID", "{:.2f}"), ("is", "IS", "{:.3f}"))
+           ("lpips_masked", "LPIPS (R_P)", "{:.4f}"), ("colour_masked", "colour err (R_P)", "{:.4f}"),
+           ("fid", "FID", "{:.2f}"), ("is", "IS", "{:.3f}"))
 
 # images [B, H, W, 3] in [-1, 1] -> (features [B, D], class logits [B, K]); jit-safe.
 Features = Callable[[jax.Array], tuple[jax.Array, jax.Array]]

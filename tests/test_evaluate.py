@@ -50,7 +50,7 @@ def test_table_layout_and_counts(setup):
     assert set(table["paired"]) == {"count", "count_with_target", "tryon"}
     assert {"tryon", "identity", "warp_paste"} <= set(table["unpaired"])
     assert set(table["unpaired"]["tryon"]) == {"ssim", "psnr", "lpips", "ssim_masked", "psnr_masked",
-                                               "lpips_masked", "fid", "is"}
+                                               "colour_masked", "lpips_masked", "fid", "is"}
 
 
 def test_baseline_scores_equal_direct_metric_calls(setup):

@@ -60,8 +60,32 @@ def test_masked_equals_unmasked_for_a_full_mask(images):
 def test_image_metrics_keys(images):
     a, b = images
     out = metrics.image_metrics(a, b, np.ones((2, 32, 32, 1), np.float32))
-    assert set(out) == {"ssim", "psnr", "ssim_masked", "psnr_masked"}
+    assert set(out) == {"ssim", "psnr", "ssim_masked", "psnr_masked", "colour_masked"}
     assert all(v.shape == (2,) for v in out.values())
+
+
+def test_colour_error_is_the_light_off_in_the_mask(images):
+    """A per-channel gain (the synthetic world's lighting.gain * cast, on [0, 1] intensity) inside
+    the mask is charged by its size there; pixels outside the mask and pure texture are not."""
+    a, _ = images
+    u = (np.asarray(a) + 1) / 2
+    mask = np.zeros((2, 32, 32, 1), np.float32)
+    mask[:, 8:24, 4:20] = 1
+    gain = np.array([1.2, 1.0, 0.9], np.float32)
+    lit = np.where(mask > 0, np.clip(u * gain, 0, 1), u)
+    outside = np.where(mask > 0, u, 1 - u)
+    err = metrics.masked_colour_error(jnp.asarray(lit * 2 - 1), a, mask)
+    want = [np.mean(np.abs((np.clip(u[i] * gain, 0, 1) - u[i])[mask[i, ..., 0] > 0].mean(0)))
+            for i in range(2)]
+    np.testing.assert_allclose(err, want, rtol=1e-4)
+    assert float(err.min()) > 0.01
+    err_outside = metrics.masked_colour_error(jnp.asarray(outside * 2 - 1), a, mask)
+    np.testing.assert_allclose(err_outside, 0, atol=1e-6)
+    # The mask's rows 8..23 mirrored onto themselves: the same colours, moved (texture, not light).
+    flipped = np.where(mask > 0, u[:, ::-1], u)
+    err_moved = metrics.masked_colour_error(jnp.asarray(flipped * 2 - 1), a, mask)
+    np.testing.assert_allclose(err_moved, 0, atol=1e-6)
+    np.testing.assert_allclose(metrics.masked_colour_error(a, a, np.zeros_like(mask)), 0)
 
 
 # ---------------------------------------------------------------- SSIM against Wang et al.

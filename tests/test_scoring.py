@@ -41,9 +41,10 @@ def test_score_methods_takes_any_method_and_adds_the_baselines(batch):
                                       "warp_paste"}
     for subset in ("paired", "unpaired"):
         o = table[subset]["oracle"]
-        assert set(o) == {"ssim", "psnr", "ssim_masked", "psnr_masked"}
-        np.testing.assert_allclose([o["ssim"], o["psnr"], o["ssim_masked"], o["psnr_masked"]],
-                                   [1.0, metrics.MAX_PSNR, 1.0, metrics.MAX_PSNR], atol=1e-4)
+        assert set(o) == {"ssim", "psnr", "ssim_masked", "psnr_masked", "colour_masked"}
+        keys = ("ssim", "psnr", "ssim_masked", "psnr_masked", "colour_masked")
+        np.testing.assert_allclose([o[k] for k in keys], [1.0, metrics.MAX_PSNR, 1.0, metrics.MAX_PSNR, 0.0],
+                                   atol=1e-4)
         assert table[subset]["half"]["ssim"] < 0.99 and table[subset]["half"]["psnr_masked"] < 40
     # "P unchanged" is the mean over the unpaired examples of the direct metric calls.
     un = b["paired"] == 0

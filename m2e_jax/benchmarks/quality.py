@@ -18,7 +18,8 @@ through m2e_jax.scoring (the training loop's and evaluate's path):
   tryon        M2E-TON, FTN's P'                  (hybrid run)
   pan_no_warp  P' of the pan_no_warp run
   paired_only  P' of the paired_only run
-Metrics: SSIM, PSNR, LPIPS (AlexNet), whole image and inside the garment region R_P ("_masked").
+Metrics: SSIM, PSNR, LPIPS (AlexNet), whole image and inside the garment region R_P ("_masked"),
+and the colour error in R_P (the light of P' against P*'s: relighting).
 Writes the JSON (tables, steps, wall time per run, machine) and one PNG grid per preset: a row per
 method over the first unpaired test examples, under rows M, P and the ground truth P*.
 """
@@ -183,7 +184,7 @@ def markdown(table: dict, title: str) -> str:
     """The table as markdown: rows = methods in ROWS order, columns per subset (scoring's schema)."""
     cols = (("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.2f}"), ("lpips", "LPIPS", "{:.4f}"),
             ("ssim_masked", "SSIM R_P", "{:.4f}"), ("psnr_masked", "PSNR R_P", "{:.2f}"),
-            ("lpips_masked", "LPIPS R_P", "{:.4f}"))
+            ("lpips_masked", "LPIPS R_P", "{:.4f}"), ("colour_masked", "colour err R_P", "{:.4f}"))
     lines = []
     for subset in scoring.SUBSETS:
         if subset not in table:
