@@ -149,6 +149,9 @@ def _check_remaining(config, check, positive) -> None:
     check(not m.get("ftn_paint", False) or m.get("parse_region", False),
           "config.model.ftn_paint: needs model.parse_region = True (it paints part of the parsing-guided "
           "region)")
+    check(not m.get("ftn_relight", False) or m.ftn_mode == "composite",
+          "config.model.ftn_relight: needs model.ftn_mode = 'composite' (the gain relights T in FTN's "
+          "composite)")
     check(m.ftn_mode in FTN_MODES, f"config.model.ftn_mode: unknown value {m.ftn_mode!r}; expected one of "
                                    f"{FTN_MODES}")
     check(m.get("pan_inputs", "model_and_warp") in PAN_INPUTS,

@@ -69,6 +69,15 @@ def test_one_clear_error_per_bad_value(path, value, needle):
     assert len(found) == 1 and needle in found[0], found
 
 
+def test_relight_needs_the_composite_ftn():
+    cfg = _bad("model.ftn_relight", True)
+    assert config_validation.problems(cfg) == []
+    cfg.model.ftn_mode = "direct"
+    found = config_validation.problems(cfg)
+    assert len(found) == 1 and "config.model.ftn_relight: needs model.ftn_mode = 'composite'" in found[0], \
+        found
+
+
 def test_unknown_keys_are_named():
     cfg = synthetic.get_config("test")
     cfg.learning_rate = 1e-3

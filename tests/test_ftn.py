@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m2e_jax.models.ftn import FTN, input_composite
+from m2e_jax.models.ftn import FTN, fit_output, input_composite, relight
 from tests.model_fixtures import all_leaves_nonzero, random_inputs, tiny_model_config
 
 
@@ -70,3 +70,32 @@ def test_unknown_mode_is_rejected(args):
     ftn = FTN.from_config(tiny_model_config(ftn_mode="paint"))
     with pytest.raises(ValueError, match="model.ftn_mode"):
         jax.eval_shape(ftn.init, jax.random.key(0), *args)
+
+
+def test_relight_starts_at_gain_one_and_relights_the_pasted_garment(args):
+    """model.ftn_relight: the gain head's last layer starts at zero, so P' is the unrelit FTN's with
+    the same generator; with a gain, the pasted T in P's composite is T * gain on [0, 1] intensity
+    (`fit_output` with the gain map), and the gradient reaches the head."""
+    person, refined, region, soft, iuv = args
+    model_image = jax.random.uniform(jax.random.key(9), person.shape, minval=-1, maxval=1)
+    lit_ftn = FTN.from_config(tiny_model_config(ftn_relight=True), mask_offset=40.0)
+    plain_ftn = FTN.from_config(tiny_model_config(), mask_offset=40.0)
+    params = jax.jit(lit_ftn.init)(jax.random.key(1), *args, model_image=model_image)
+    apply = jax.jit(lambda p, m: lit_ftn.apply(p, *args, with_parts=True, model_image=m))
+    parts = apply(params, model_image)
+    np.testing.assert_array_equal(parts["gain"], 1.0)
+    plain = {"params": {k: v for k, v in params["params"].items() if k != "relight"}}
+    np.testing.assert_allclose(parts["output"], jax.jit(plain_ftn.apply)(plain, *args), atol=1e-6)
+    params["params"]["relight"]["Dense_0"]["bias"] = jnp.asarray([0.6, 0.0, -0.6])
+    parts = apply(params, model_image)
+    gain = np.exp(0.5 * np.tanh([0.6, 0.0, -0.6]))
+    np.testing.assert_allclose(parts["gain"][:, 3, 4], np.broadcast_to(gain, (2, 3)), rtol=1e-5)
+    # The mask is saturated at 1 (offset 40): P' is the composite of the relit T.
+    expected = soft * input_composite(person, relight(refined, gain), region) + (1.0 - soft) * person
+    np.testing.assert_allclose(parts["output"], expected, atol=1e-5)
+    np.testing.assert_allclose(fit_output(person, refined, region, soft, parts["generated"], parts["mask"],
+                                          gain=parts["gain"]), parts["output"], atol=1e-6)
+    grads = jax.grad(lambda p: jnp.mean(lit_ftn.apply(p, *args, model_image=model_image) ** 2))(params)
+    assert float(jnp.abs(grads["params"]["relight"]["Dense_0"]["kernel"]).max()) > 0
+    with pytest.raises(ValueError, match="ftn_relight"):
+        jax.eval_shape(lit_ftn.init, jax.random.key(0), *args)  # no model image

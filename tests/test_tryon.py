@@ -197,7 +197,7 @@ def test_recompose_at_the_network_size_is_the_forward_pass(setup):
     """recompose re-evaluates TRN's and FTN's formulas from the networks' maps: on the inputs the
     networks saw it gives back their refined T, replace region and output P'."""
     cfg, inputs, _, _, out = setup
-    maps = {k: out[k] for k in tryon.RESOLUTION_FREE}
+    maps = {k: out[k] for k in tryon.RESOLUTION_FREE if k in out}
     again = jax.jit(lambda m, i: tryon.recompose(m, i, cfg))(
         maps, {**inputs, "warped": out["warped"], "valid": out["valid"]})
     for key in ("refined", "ftn_region", "output"):
@@ -206,6 +206,28 @@ def test_recompose_at_the_network_size_is_the_forward_pass(setup):
     other = jax.jit(lambda m, i: tryon.recompose(m, i, cfg))(
         {**maps, "alpha": 1.0 - maps["alpha"]}, {**inputs, "warped": out["warped"], "valid": out["valid"]})
     assert float(jnp.abs(other["output"] - out["output"]).max()) > 0.1
+
+
+def test_relit_tryon_recomposes_with_its_gain(setup):
+    """model.ftn_relight: the gain map is constant over the image, starts at exactly 1 (then P' is
+    the unrelit formula's), and recompose, given it as one more resolution-free map, reproduces
+    the forward pass; another gain gives another P'."""
+    _, inputs, _, _, _ = setup
+    cfg = tiny_model_config(ftn_relight=True)
+    params = tryon.init_params(cfg, jax.random.key(0), batch_size=2)
+    assert "relight" in params["ftn"]
+    params["ftn"]["relight"]["Dense_0"]["bias"] = jnp.asarray([0.4, 0.0, -0.4])
+    out = jax.jit(lambda p, i: tryon.tryon_forward(p, i, cfg))(params, inputs)
+    gain = np.asarray(out["ftn_gain"])
+    assert gain.shape == (2, 32, 32, 3)
+    np.testing.assert_allclose(gain[:, 5, 7], gain[:, 0, 0])
+    np.testing.assert_allclose(gain[0, 0, 0], np.exp(0.5 * np.tanh([0.4, 0.0, -0.4])), rtol=1e-5)
+    maps = {k: out[k] for k in tryon.RESOLUTION_FREE}
+    full = {**inputs, "warped": out["warped"], "valid": out["valid"]}
+    recompose = jax.jit(lambda m, i: tryon.recompose(m, i, cfg))
+    np.testing.assert_allclose(recompose(maps, full)["output"], out["output"], atol=1e-5)
+    unlit = recompose({**maps, "ftn_gain": jnp.ones_like(maps["ftn_gain"])}, full)["output"]
+    assert float(jnp.abs(unlit - out["output"]).max()) > 0.05
 
 
 def test_scaled_model_config_scales_pixel_lengths():

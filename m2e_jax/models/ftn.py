@@ -21,14 +21,24 @@ With a paint map Q (model.ftn_paint; models/tryon.py `paint_region`: the part of
 M's warped garment does not cover) T is hidden from G there and the mask becomes m (1 - Q): G
 paints those pixels from P's context (P's skin where a long sleeve becomes a short one), the one
 thing FTN knows that TRN cannot, since only FTN sees P.
+
+With model.ftn_relight, T is relit to P's photo before anything else: T_lit = relight(T, g), a
+per-channel gain g on [0, 1] intensity predicted from M's and P's whole photos (`RelightHead`),
+used in FTN's input and in the composite x. Why: T carries M's photo's light (through the warp) and
+P' must be lit as P's photo; a gain, global and per channel, is what a change of exposure and white
+balance is, and FTN's convolutions, which see a few dozen pixels each, cannot estimate a whole
+photo's light. The gain is a map `[B, H, W, 3]` (constant over the image) so `recompose` resizes it
+with the other maps.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from m2e_jax.models.layers import GeneratorNet, check_choice
+from m2e_jax.models.layers import GeneratorNet, check_choice, compute_dtype
 
 FTN_MODES = ("composite", "direct")
 
@@ -43,17 +53,46 @@ def input_composite(person, refined, region):
     return person * (1.0 - region) + refined * region
 
 
-def fit_output(person, refined, region, soft_region, image, mask=None, paint=None):
+def relight(image, gain):
+    """`image` `[B, H, W, 3]` in [-1, 1] times `gain` (broadcastable, > 0) on [0, 1] intensity,
+    clipped: how a photo's exposure and colour balance act on it."""
+    return jnp.clip((image + 1.0) * 0.5 * gain, 0.0, 1.0) * 2.0 - 1.0
+
+
+class RelightHead(nn.Module):
+    """The light of P's photo relative to M's: M, P `[B, H, W, 3]` in [-1, 1] -> gain `[B, 1, 1, 3]`
+    in [exp(-max_log_gain), exp(max_log_gain)] per channel, exactly 1 at initialisation (zero-init
+    last layer). Three stride-2 3x3 convs, then a mean over the whole image: the light is a property
+    of the photo, not of a patch."""
+
+    channels: int = 16
+    max_log_gain: float = 0.5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, model_image, person):
+        x = jnp.concatenate([model_image, person], axis=-1).astype(self.dtype)
+        for level in range(3):
+            x = nn.relu(nn.Conv(self.channels * 2 ** level, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        z = nn.Dense(3, kernel_init=nn.initializers.zeros)(x)
+        return jnp.exp(self.max_log_gain * jnp.tanh(z))[:, None, None, :]
+
+
+def fit_output(person, refined, region, soft_region, image, mask=None, paint=None, gain=None):
     """P' from FTN's own outputs: G_img `image` and, in "composite" mode, the composition mask m.
 
     "composite": P' = R~ (m x + (1 - m) G_img) + (1 - R~) P with x = input_composite(P, T, R);
     "direct" (mask None): P' = R~ G_img + (1 - R~) P. With a paint map Q (model.ftn_paint, `[B, H,
-    W, 1]` in [0, 1]) the mask is m (1 - Q): FTN's own G_img wherever it paints. Any resolution:
+    W, 1]` in [0, 1]) the mask is m (1 - Q): FTN's own G_img wherever it paints. With a gain map
+    (model.ftn_relight, `[B, H, W, 3]`) x holds relight(T, gain). Any resolution:
     `recompose` in models/tryon.py evaluates it on full-resolution P, T and regions with FTN's maps
     upsampled.
     """
     if mask is None:
         return composite(image, person, soft_region)
+    if gain is not None:
+        refined = relight(refined, gain)
     if paint is not None:
         mask = mask * (1.0 - paint)
     generated = mask * input_composite(person, refined, region) + (1.0 - mask) * image
@@ -66,34 +105,49 @@ class FTN(GeneratorNet):
     Inputs (float32 `[B, H, W, C]`): person P and refined T in [-1, 1] (C=3), region R_P and
     soft_region R~ in [0, 1] (C=1), person_iuv I_P as float IUV; paint Q `[B, H, W, 1]` in [0, 1]
     or None (model.ftn_paint): the part of the region FTN paints, where T is hidden from it and P'
-    is its own G_img (`fit_output`).
+    is its own G_img (`fit_output`); model_image M `[B, H, W, 3]`, needed with `relight` (model.ftn_relight,
+    composite mode only).
     Returns P', float32 `[B, H, W, 3]` in [-1, 1]; with `with_mask=True` the pair (P', m) where m is
     the composition mask `[B, H, W, 1]` in [0, 1] ("composite") or None ("direct"); with
     `with_parts=True` a dict: `output` P', `generated` G_img `[B, H, W, 3]` in [-1, 1] and, in
-    "composite" mode, `mask` m (what `recompose` needs to redo the formula at another resolution).
+    "composite" mode, `mask` m (what `recompose` needs to redo the formula at another resolution)
+    and, with `relight`, `gain` (`[B, H, W, 3]`, constant over the image).
     """
 
     num_blocks: int = 6
     blocks_field = "ftn_blocks"
     mode: str = "composite"
     mask_offset: float = 3.0
+    relight: bool = False
 
     @classmethod
     def from_config(cls, model_cfg, **overrides):
         fields = dict(mode=model_cfg.get("ftn_mode", cls.mode),
-                      mask_offset=model_cfg.get("ftn_mask_offset", cls.mask_offset))
+                      mask_offset=model_cfg.get("ftn_mask_offset", cls.mask_offset),
+                      relight=bool(model_cfg.get("ftn_relight", False)))
         fields.update(overrides)
         return super().from_config(model_cfg, **fields)
 
     @nn.compact
     def __call__(self, person, refined, region, soft_region, person_iuv, paint=None,
-                 with_mask: bool = False, with_parts: bool = False):
+                 with_mask: bool = False, with_parts: bool = False, model_image=None):
         check_choice("model.ftn_mode", self.mode, FTN_MODES)
         dt = person.dtype
+        gain = None
+        if self.relight:
+            if self.mode != "composite" or model_image is None:
+                raise ValueError("FTN: model.ftn_relight needs model.ftn_mode='composite' and the model "
+                                 "image")
+            gain = RelightHead(self.base_channels, dtype=compute_dtype(self.dtype), name="relight")(
+                model_image, person)
+            gain = jnp.broadcast_to(gain, refined.shape)
+            lit = relight(refined, gain)
+        else:
+            lit = refined
         if paint is None:
-            x = [person * (1.0 - region), refined * region, region.astype(dt)]
+            x = [person * (1.0 - region), lit * region, region.astype(dt)]
         else:  # T is hidden where FTN paints; the paint map is one more input channel
-            x = [person * (1.0 - region), refined * (region - paint), region.astype(dt), paint.astype(dt)]
+            x = [person * (1.0 - region), lit * (region - paint), region.astype(dt), paint.astype(dt)]
         x = jnp.concatenate(x + [self.encode(person_iuv).astype(dt)], axis=-1)
         if self.mode == "direct":
             image, mask = jnp.tanh(self.generate(x, 3)), None
@@ -101,7 +155,8 @@ class FTN(GeneratorNet):
             logits = self.generate(x, 4)
             image = jnp.tanh(logits[..., :3])
             mask = nn.sigmoid(logits[..., 3:] + self.mask_offset)
-        output = fit_output(person, refined, region, soft_region, image, mask, paint)
+        output = fit_output(person, refined, region, soft_region, image, mask, paint, gain)
         if with_parts:
-            return {"output": output, "generated": image, **({} if mask is None else {"mask": mask})}
+            return {"output": output, "generated": image, **({} if mask is None else {"mask": mask}),
+                    **({} if gain is None else {"gain": gain})}
         return (output, mask) if with_mask else output

@@ -41,7 +41,7 @@ from m2e_jax.ops.uv_warp import uv_warp
 # stages 1..4 (schedule.py) are something else: which of these networks train when.
 NETWORKS = ("pan", "trn", "ftn")
 # The networks' maps that `recompose` resizes to another resolution (ftn_mask only in "composite").
-RESOLUTION_FREE = ("aligned", "texture", "alpha", "ftn_generated", "ftn_mask")
+RESOLUTION_FREE = ("aligned", "texture", "alpha", "ftn_generated", "ftn_mask", "ftn_gain")
 # Largest UV atlas tile of `scaled_model_config` (24 x 256 x 256 texels: ~25 MB of float32 planes).
 MAX_WARP_TILE = 256
 
@@ -156,7 +156,8 @@ class TryOnNet(nn.Module):
     `[B, H, W, 1]`, aligned A; with upto >= "trn": texture T_g, alpha `[B, H, W, 1]`, refined T;
     with upto == "ftn": ftn_region (the part of R_P that FTN replaces, `replace_region`), output P'
     `[B, H, W, 3]`, ftn_generated (FTN's own image G_img `[B, H, W, 3]`), when model.ftn_mode ==
-    "composite", ftn_mask `[B, H, W, 1]` in [0, 1] and, with model.ftn_paint, ftn_paint (the part
+    "composite", ftn_mask `[B, H, W, 1]` in [0, 1], with model.ftn_relight ftn_gain (T's relighting
+    gain `[B, H, W, 3]`, models/ftn.py) and, with model.ftn_paint, ftn_paint (the part
     of ftn_region FTN paints, `paint_region`) `[B, H, W, 1]`.
     Images in [-1, 1].
     """
@@ -211,13 +212,15 @@ class TryOnNet(nn.Module):
         FTN paints from P's context (model.ftn_paint), None otherwise.
         """
         region = inputs["region"] if region is None else region
-        parts = self.ftn(inputs["person_image"], refined, region, inputs["soft_region"],
-                         inputs["person_iuv"], paint=paint, with_parts=True)
+        parts = self.ftn(inputs["person_image"], refined, region, inputs["soft_region"], inputs["person_iuv"],
+                         paint=paint, with_parts=True, model_image=inputs["model_image"])
         out = {"output": parts["output"], "ftn_generated": parts["generated"]}
         if paint is not None:
             out["ftn_paint"] = paint
         if "mask" in parts:
             out["ftn_mask"] = parts["mask"]
+        if "gain" in parts:
+            out["ftn_gain"] = parts["gain"]
         return out
 
     def __call__(self, inputs, upto: str = "ftn"):
@@ -349,7 +352,7 @@ def recompose(maps: dict[str, jax.Array], inputs: dict[str, jax.Array], model_cf
     net = make_tryon(model_cfg)
     region, paint = net.apply({"params": {}}, inputs, inputs["valid"], method=TryOnNet.ftn_regions)
     output = fit_output(inputs["person_image"], refined, region, inputs["soft_region"],
-                        maps["ftn_generated"], maps.get("ftn_mask"), paint)
+                        maps["ftn_generated"], maps.get("ftn_mask"), paint, maps.get("ftn_gain"))
     return {"refined": refined, "ftn_region": region, "output": output}
 
 
