@@ -333,3 +333,29 @@ def test_model_parsing_alone_is_kept_when_the_checkpoint_trained_on_it(pass_thro
     write_checkpoint(other, cfg, STEP, seed=2)
     _, warnings = _tryon(capsys, other, model, person, tmp_path / "c.png", *model_parse)
     assert len(warnings) == 1 and "while the other photo has one; both are ignored" in warnings[0], warnings
+
+
+def test_relit_checkpoint_relights_the_full_resolution_tryon(pass_through, tmp_path, capsys):
+    """model.ftn_relight through infer's full-resolution path: the gain map travels with FTN's other
+    maps to the photo's size (64x48 for a 32x32 network), so a checkpoint whose gain head says
+    "redder, bluer-less" gives P' redder and less blue than the same checkpoint at gain 1 where the
+    garment is pasted (FTN's mask is saturated: ftn_mask_offset 30), and nothing else changes."""
+    d = pass_through["photos"]
+    model, person = d / f"{pass_through['model']}.png", d / f"{pass_through['person']}.png"
+    cfg = synthetic.get_config("test")
+    cfg.model.update(ftn_mask_offset=30.0, ftn_relight=True)
+    params = random_params(checkpointing.generator_shapes(cfg.model), seed=2)
+    dense = params["ftn"]["relight"]["Dense_0"]
+    outs = {}
+    for name, bias in (("one", [0.0, 0.0, 0.0]), ("lit", [1.0, 0.0, -1.0])):
+        dense["kernel"] = np.zeros_like(dense["kernel"])
+        dense["bias"] = np.asarray(bias, np.float32)
+        workdir = str(tmp_path / name)
+        write_checkpoint(workdir, cfg, STEP, params)
+        outs[name], _ = _tryon(capsys, workdir, model, person, tmp_path / f"{name}.png")
+    one, lit = (outs[k].astype(np.float32) for k in ("one", "lit"))
+    assert one.shape == lit.shape == (64, 48, 3)
+    moved = np.any(one != lit, axis=-1)
+    assert moved.sum() > 20
+    diff = (lit - one)[moved].mean(0)
+    assert diff[0] > 3 and diff[2] < -3 and abs(diff[1]) < 1, diff
