@@ -131,7 +131,7 @@ def _check_remaining(config, check, positive) -> None:
     """The fields the checks above leave out: sizes, free-form strings, distributed settings."""
     import math
 
-    from m2e_jax.models.ftn import FTN_MODES  # noqa: I001
+    from m2e_jax.models.ftn import FTN_MODES, RELIGHT_MODES  # noqa: I001
     from m2e_jax.models.pan import PAN_INPUTS
 
     d, m, dist, w = config.dataset, config.model, config.distributed, config.loss
@@ -149,7 +149,10 @@ def _check_remaining(config, check, positive) -> None:
     check(not m.get("ftn_paint", False) or m.get("parse_region", False),
           "config.model.ftn_paint: needs model.parse_region = True (it paints part of the parsing-guided "
           "region)")
-    check(not m.get("ftn_relight", False) or m.ftn_mode == "composite",
+    check(m.get("ftn_relight", "none") in RELIGHT_MODES,
+          f"config.model.ftn_relight: unknown value {m.get('ftn_relight')!r}; expected one of "
+          f"{RELIGHT_MODES}")
+    check(m.get("ftn_relight", "none") == "none" or m.ftn_mode == "composite",
           "config.model.ftn_relight: needs model.ftn_mode = 'composite' (the gain relights T in FTN's "
           "composite)")
     check(m.ftn_mode in FTN_MODES, f"config.model.ftn_mode: unknown value {m.ftn_mode!r}; expected one of "

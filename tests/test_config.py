@@ -70,7 +70,7 @@ def test_one_clear_error_per_bad_value(path, value, needle):
 
 
 def test_relight_needs_the_composite_ftn():
-    cfg = _bad("model.ftn_relight", True)
+    cfg = _bad("model.ftn_relight", "ramp")
     assert config_validation.problems(cfg) == []
     cfg.model.ftn_mode = "direct"
     found = config_validation.problems(cfg)

@@ -78,7 +78,7 @@ def test_relight_starts_at_gain_one_and_relights_the_pasted_garment(args):
     (`fit_output` with the gain map), and the gradient reaches the head."""
     person, refined, region, soft, iuv = args
     model_image = jax.random.uniform(jax.random.key(9), person.shape, minval=-1, maxval=1)
-    lit_ftn = FTN.from_config(tiny_model_config(ftn_relight=True), mask_offset=40.0)
+    lit_ftn = FTN.from_config(tiny_model_config(ftn_relight="gain"), mask_offset=40.0)
     plain_ftn = FTN.from_config(tiny_model_config(), mask_offset=40.0)
     params = jax.jit(lit_ftn.init)(jax.random.key(1), *args, model_image=model_image)
     apply = jax.jit(lambda p, m: lit_ftn.apply(p, *args, with_parts=True, model_image=m))
@@ -99,3 +99,24 @@ def test_relight_starts_at_gain_one_and_relights_the_pasted_garment(args):
     assert float(jnp.abs(grads["params"]["relight"]["Dense_0"]["kernel"]).max()) > 0
     with pytest.raises(ValueError, match="ftn_relight"):
         jax.eval_shape(lit_ftn.init, jax.random.key(0), *args)  # no model image
+
+
+def test_ramp_relight_is_a_linear_ramp_in_log_gain(args):
+    """model.ftn_relight="ramp": log g = z_c + z_3 x + z_4 y with x, y in [-1, 1] across the frame;
+    a head whose only nonzero output is the x slope gives a gain that falls from left to right,
+    equal in every row and channel, reciprocal at the two edges."""
+    person = args[0]
+    model_image = jax.random.uniform(jax.random.key(9), person.shape, minval=-1, maxval=1)
+    ftn = FTN.from_config(tiny_model_config(ftn_relight="ramp"))
+    params = jax.jit(ftn.init)(jax.random.key(1), *args, model_image=model_image)
+    params["params"]["relight"]["Dense_0"]["bias"] = jnp.asarray([0.0, 0.0, 0.0, -0.8, 0.0])
+    gain = np.asarray(ftn.apply(params, *args, with_parts=True, model_image=model_image)["gain"])
+    assert gain.shape == (2, 32, 32, 3)
+    c = 0.5 * np.tanh(0.8)
+    np.testing.assert_allclose(gain[:, 7, 0], np.exp(c), rtol=1e-5)
+    np.testing.assert_allclose(gain[:, 7, -1], np.exp(-c), rtol=1e-5)
+    np.testing.assert_allclose(np.log(gain[0, 3]), np.log(gain[1, 20]), atol=1e-6)
+    assert np.all(np.diff(gain[0, 0, :, 0]) < 0)
+    with pytest.raises(ValueError, match="model.ftn_relight"):
+        bad = FTN.from_config(tiny_model_config(ftn_relight="spot"))
+        jax.eval_shape(bad.init, jax.random.key(0), *args, model_image=model_image)

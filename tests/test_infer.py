@@ -343,7 +343,7 @@ def test_relit_checkpoint_relights_the_full_resolution_tryon(pass_through, tmp_p
     d = pass_through["photos"]
     model, person = d / f"{pass_through['model']}.png", d / f"{pass_through['person']}.png"
     cfg = synthetic.get_config("test")
-    cfg.model.update(ftn_mask_offset=30.0, ftn_relight=True)
+    cfg.model.update(ftn_mask_offset=30.0, ftn_relight="gain")
     params = random_params(checkpointing.generator_shapes(cfg.model), seed=2)
     dense = params["ftn"]["relight"]["Dense_0"]
     outs = {}

@@ -46,7 +46,7 @@ def set_field(cfg, name: str, value) -> None:
 
 BOOLS = {"distributed.enabled", "distributed.cpu_collectives", "schedule.freeze_earlier",
          "async_checkpointing", "profile", "model.spectral_norm", "model.parse_region", "model.ftn_paint",
-         "loss.consistency_relight", "model.ftn_relight"}
+         "loss.consistency_relight"}
 
 
 @pytest.mark.parametrize("name", [n for n, _ in leaves(default.get_config())])

@@ -213,7 +213,7 @@ def test_relit_tryon_recomposes_with_its_gain(setup):
     the unrelit formula's), and recompose, given it as one more resolution-free map, reproduces
     the forward pass; another gain gives another P'."""
     _, inputs, _, _, _ = setup
-    cfg = tiny_model_config(ftn_relight=True)
+    cfg = tiny_model_config(ftn_relight="gain")
     params = tryon.init_params(cfg, jax.random.key(0), batch_size=2)
     assert "relight" in params["ftn"]
     params["ftn"]["relight"]["Dense_0"]["bias"] = jnp.asarray([0.4, 0.0, -0.4])

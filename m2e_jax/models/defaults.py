@@ -23,8 +23,9 @@ config.model:
   person_parse_dropout 0.0        share of training examples that lose P's parsing mask only (M's is
                                   kept): with ftn_paint, FTN then repaints P's bare arms from P's hands
                                   and face, the skill a sleeve change needs (paired data has none)
-  ftn_relight          False      FTN relights T to P's photo: a per-channel gain from M's and P's
-                                  whole photos (models/ftn.py `RelightHead`), applied before FTN sees T
+  ftn_relight          "none" | "gain" | "ramp"   FTN relights T to P's photo by a gain map from
+                                  M's and P's whole photos (models/ftn.py `RelightHead`: per channel,
+                                  "ramp" times a linear ramp across the frame), applied before FTN sees T
                                   and in its composite; starts at gain 1
   norm                 "instance" | "group" | "none"
   upsample             "resize_conv" | "transpose" | "pixel_shuffle"
@@ -50,7 +51,7 @@ def model_config() -> ml_collections.ConfigDict:
         height=256, width=192, base_channels=64, num_downsamples=2, pan_blocks=9, trn_blocks=3,
         ftn_blocks=6, ftn_mode="composite", ftn_mask_offset=3.0, pan_inputs="model_and_warp",
         parse_region=False, parse_dropout=0.0, ftn_paint=False, person_parse_dropout=0.0,
-        ftn_relight=False,
+        ftn_relight="none",
         norm="instance", upsample="resize_conv",
         iuv_encoding="onehot", dtype="float32",
         garment_kind="upper", garment_dilation=2, soft_dilation=3, feather=2, warp_tile=32,

@@ -22,13 +22,13 @@ M's warped garment does not cover) T is hidden from G there and the mask becomes
 paints those pixels from P's context (P's skin where a long sleeve becomes a short one), the one
 thing FTN knows that TRN cannot, since only FTN sees P.
 
-With model.ftn_relight, T is relit to P's photo before anything else: T_lit = relight(T, g), a
-per-channel gain g on [0, 1] intensity predicted from M's and P's whole photos (`RelightHead`),
-used in FTN's input and in the composite x. Why: T carries M's photo's light (through the warp) and
-P' must be lit as P's photo; a gain, global and per channel, is what a change of exposure and white
-balance is, and FTN's convolutions, which see a few dozen pixels each, cannot estimate a whole
-photo's light. The gain is a map `[B, H, W, 3]` (constant over the image) so `recompose` resizes it
-with the other maps.
+With model.ftn_relight ("gain" or "ramp"), T is relit to P's photo before anything else:
+T_lit = relight(T, g), a gain map g on [0, 1] intensity predicted from M's and P's whole photos
+(`RelightHead`), used in FTN's input and in the composite x. "gain": one gain per channel (a change
+of exposure and white balance); "ramp": times a linear ramp across the frame (the light falling off
+to one side). Why: T carries M's photo's light (through the warp) and P' must be lit as P's photo,
+and FTN's convolutions, which see a few dozen pixels each, cannot estimate a whole photo's light.
+g is a map `[B, H, W, 3]` so `recompose` resizes it with the other maps.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from m2e_jax.models.layers import GeneratorNet, check_choice, compute_dtype
 
 FTN_MODES = ("composite", "direct")
+RELIGHT_MODES = ("none", "gain", "ramp")
 
 
 def composite(generated, person, soft_region):
@@ -60,13 +61,17 @@ def relight(image, gain):
 
 
 class RelightHead(nn.Module):
-    """The light of P's photo relative to M's: M, P `[B, H, W, 3]` in [-1, 1] -> gain `[B, 1, 1, 3]`
-    in [exp(-max_log_gain), exp(max_log_gain)] per channel, exactly 1 at initialisation (zero-init
-    last layer). Three stride-2 3x3 convs, then a mean over the whole image: the light is a property
-    of the photo, not of a patch."""
+    """The light of P's photo relative to M's: M, P `[B, H, W, 3]` in [-1, 1] -> gain map g > 0,
+    exactly 1 at initialisation (zero-init last layer). Three stride-2 3x3 convs, then a mean over
+    the whole image (the light is a property of the photo, not of a patch), then 3 (or with `ramp`
+    5) numbers z in [-max_log_gain, max_log_gain]:
+      ramp False: g = exp(z_c)                          `[B, 1, 1, 3]`
+      ramp True:  g = exp(z_c + z_3 x + z_4 y)          `[B, H, W, 3]`, x, y in [-1, 1] across the frame
+    """
 
     channels: int = 16
     max_log_gain: float = 0.5
+    ramp: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -75,8 +80,15 @@ class RelightHead(nn.Module):
         for level in range(3):
             x = nn.relu(nn.Conv(self.channels * 2 ** level, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        z = nn.Dense(3, kernel_init=nn.initializers.zeros)(x)
-        return jnp.exp(self.max_log_gain * jnp.tanh(z))[:, None, None, :]
+        z = nn.Dense(5 if self.ramp else 3, kernel_init=nn.initializers.zeros)(x)
+        z = self.max_log_gain * jnp.tanh(z)
+        log_gain = z[:, None, None, :3]
+        if self.ramp:
+            h, w = person.shape[1:3]
+            yy = jnp.linspace(-1.0, 1.0, h)[None, :, None, None]
+            xx = jnp.linspace(-1.0, 1.0, w)[None, None, :, None]
+            log_gain = log_gain + z[:, None, None, 3:4] * xx + z[:, None, None, 4:5] * yy
+        return jnp.exp(log_gain)
 
 
 def fit_output(person, refined, region, soft_region, image, mask=None, paint=None, gain=None):
@@ -105,26 +117,26 @@ class FTN(GeneratorNet):
     Inputs (float32 `[B, H, W, C]`): person P and refined T in [-1, 1] (C=3), region R_P and
     soft_region R~ in [0, 1] (C=1), person_iuv I_P as float IUV; paint Q `[B, H, W, 1]` in [0, 1]
     or None (model.ftn_paint): the part of the region FTN paints, where T is hidden from it and P'
-    is its own G_img (`fit_output`); model_image M `[B, H, W, 3]`, needed with `relight` (model.ftn_relight,
-    composite mode only).
+    is its own G_img (`fit_output`); model_image M `[B, H, W, 3]`, needed with `relight` (model.ftn_relight
+    "gain" or "ramp", composite mode only).
     Returns P', float32 `[B, H, W, 3]` in [-1, 1]; with `with_mask=True` the pair (P', m) where m is
     the composition mask `[B, H, W, 1]` in [0, 1] ("composite") or None ("direct"); with
     `with_parts=True` a dict: `output` P', `generated` G_img `[B, H, W, 3]` in [-1, 1] and, in
     "composite" mode, `mask` m (what `recompose` needs to redo the formula at another resolution)
-    and, with `relight`, `gain` (`[B, H, W, 3]`, constant over the image).
+    and, with `relight`, `gain` (`[B, H, W, 3]`, the gain map T was relit by).
     """
 
     num_blocks: int = 6
     blocks_field = "ftn_blocks"
     mode: str = "composite"
     mask_offset: float = 3.0
-    relight: bool = False
+    relight: str = "none"
 
     @classmethod
     def from_config(cls, model_cfg, **overrides):
         fields = dict(mode=model_cfg.get("ftn_mode", cls.mode),
                       mask_offset=model_cfg.get("ftn_mask_offset", cls.mask_offset),
-                      relight=bool(model_cfg.get("ftn_relight", False)))
+                      relight=model_cfg.get("ftn_relight", "none"))
         fields.update(overrides)
         return super().from_config(model_cfg, **fields)
 
@@ -133,13 +145,15 @@ class FTN(GeneratorNet):
                  with_mask: bool = False, with_parts: bool = False, model_image=None):
         check_choice("model.ftn_mode", self.mode, FTN_MODES)
         dt = person.dtype
+        check_choice("model.ftn_relight", self.relight, RELIGHT_MODES)
         gain = None
-        if self.relight:
+        if self.relight != "none":
             if self.mode != "composite" or model_image is None:
                 raise ValueError("FTN: model.ftn_relight needs model.ftn_mode='composite' and the model "
                                  "image")
-            gain = RelightHead(self.base_channels, dtype=compute_dtype(self.dtype), name="relight")(
-                model_image, person)
+            head = RelightHead(self.base_channels, ramp=self.relight == "ramp",
+                               dtype=compute_dtype(self.dtype), name="relight")
+            gain = head(model_image, person)
             gain = jnp.broadcast_to(gain, refined.shape)
             lit = relight(refined, gain)
         else:
