@@ -163,11 +163,12 @@ def relit_warp(warped, image, mask) -> jax.Array:
     warped, image: `[B, H, W, 3]` in [-1, 1]; mask: `[B, H, W, 1]` in [0, 1]. Returns `[B, H, W, 3]`
     in [-1, 1].
     """
-    w01, x01 = (warped + 1.0) / 2.0, (image + 1.0) / 2.0
-    num = jnp.sum(mask * x01, axis=(1, 2), keepdims=True)
-    den = jnp.sum(mask * w01, axis=(1, 2), keepdims=True)
+    from m2e_jax.models.ftn import relight
+
+    num = jnp.sum(mask * (image + 1.0) / 2.0, axis=(1, 2), keepdims=True)
+    den = jnp.sum(mask * (warped + 1.0) / 2.0, axis=(1, 2), keepdims=True)
     gain = jax.lax.stop_gradient(jnp.clip((num + 1e-3) / (den + 1e-3), 0.25, 4.0))
-    return jnp.clip(w01 * gain, 0.0, 1.0) * 2.0 - 1.0
+    return relight(warped, gain)
 
 
 def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array], loss_cfg, paired,

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from m2e_jax import losses
 from m2e_jax.benchmarks import common
 from m2e_jax.benchmarks import train_step as ts
 
@@ -32,7 +33,7 @@ def _measure(name: str, fn, args, repeats: int) -> dict:
 def parts(config, repeats: int, vgg=None, whole: bool = True) -> list[dict]:
     """One row per part of the joint step (see the module docstring); the last row is the whole
     step (whole=True) or the sum of the parts."""
-    from m2e_jax import losses, optimizer, train
+    from m2e_jax import optimizer, train
     from m2e_jax.models import tryon
 
     h, w, b = config.model.height, config.model.width, config.batch_size
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     widths = a.widths or ts.default_widths()
     config = ts.bench_config(h, w, a.dtype, a.batch, widths, a.base_channels, a.blocks, a.d_channels,
                           not a.no_perceptual)
-    vgg = ts.load_vgg_if_needed(config)
+    vgg = losses.load_perceptual_vgg(config.loss)
     info = common.machine_info()
     print(common.machine_line(info))
     rows = parts(config, a.repeats, vgg, whole=not a.skip_whole)

@@ -182,9 +182,7 @@ def image_grid(images: dict[str, np.ndarray], batch: dict[str, np.ndarray], path
 
 def markdown(table: dict, title: str) -> str:
     """The table as markdown: rows = methods in ROWS order, columns per subset (scoring's schema)."""
-    cols = (("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.2f}"), ("lpips", "LPIPS", "{:.4f}"),
-            ("ssim_masked", "SSIM R_P", "{:.4f}"), ("psnr_masked", "PSNR R_P", "{:.2f}"),
-            ("lpips_masked", "LPIPS R_P", "{:.4f}"), ("colour_masked", "colour err R_P", "{:.4f}"))
+    cols = [c for c in scoring.COLUMNS if c[0] not in ("fid", "is")]  # no feature extractor here
     lines = []
     for subset in scoring.SUBSETS:
         if subset not in table:

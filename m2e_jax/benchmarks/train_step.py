@@ -80,10 +80,6 @@ def paired_batch(height: int, width: int, batch: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([v] * reps)[:batch] for k, v in ex.items()}
 
 
-def load_vgg_if_needed(config):
-    return losses.load_perceptual_vgg(config.loss)
-
-
 def bench_one(config, stage: int, repeats: int, peak: float | None, vgg=None, num_devices: int = 1) -> dict:
     """Compiles and times one train step configuration; returns a table row.
 
@@ -171,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             for b in batches:
                 cfg = bench_config(h, w, dtype, b, widths, a.base_channels, a.blocks, a.d_channels,
                                    not a.no_perceptual)
-                vgg = vgg or load_vgg_if_needed(cfg)
+                vgg = vgg or losses.load_perceptual_vgg(cfg.loss)
                 try:
                     rows.append(bench_one(cfg, a.stage, repeats, a.peak_tflops, vgg))
                 except Exception as e:  # noqa: BLE001 -- e.g. out of device memory at a big batch

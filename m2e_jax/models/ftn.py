@@ -169,7 +169,8 @@ class FTN(GeneratorNet):
             logits = self.generate(x, 4)
             image = jnp.tanh(logits[..., :3])
             mask = nn.sigmoid(logits[..., 3:] + self.mask_offset)
-        output = fit_output(person, refined, region, soft_region, image, mask, paint, gain)
+        # T is relit once, above; `fit_output`'s gain argument is for `recompose` at other sizes.
+        output = fit_output(person, lit, region, soft_region, image, mask, paint)
         if with_parts:
             return {"output": output, "generated": image, **({} if mask is None else {"mask": mask}),
                     **({} if gain is None else {"gain": gain})}
