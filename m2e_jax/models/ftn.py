@@ -169,8 +169,9 @@ class FTN(GeneratorNet):
             logits = self.generate(x, 4)
             image = jnp.tanh(logits[..., :3])
             mask = nn.sigmoid(logits[..., 3:] + self.mask_offset)
-        # T is relit once, above; `fit_output`'s gain argument is for `recompose` at other sizes.
-        output = fit_output(person, lit, region, soft_region, image, mask, paint)
+        # fit_output relights T again (one elementwise op) rather than taking `lit`: the same
+        # formula as `recompose`, and the measured checkpoints (RESULTS.md section 9) came from it.
+        output = fit_output(person, refined, region, soft_region, image, mask, paint, gain)
         if with_parts:
             return {"output": output, "generated": image, **({} if mask is None else {"mask": mask}),
                     **({} if gain is None else {"gain": gain})}
