@@ -71,9 +71,10 @@ def test_alpha_and_consistency_by_hand():
 
 
 def test_relit_consistency_ignores_the_light_not_the_texture():
-    """loss.consistency_relight: T = W under another per-channel gain (the synthetic world's
-    lighting.gain * cast, on [0, 1] intensity) costs nothing; the plain term charges for it; a flat T
-    is not a way out; the gain is stop-gradient'ed, so the gradient is L1's toward the relit W."""
+    """loss.consistency_relight: T = W under another per-channel gain (as
+    m2e_jax/synthetic/effects.py `light` applies gain * cast[c] to intensity) costs nothing; the
+    plain term charges for it; a flat T is not a way out; the gain is stop-gradient'ed, so the
+    gradient is L1's toward the relit W."""
     rng = np.random.default_rng(1)
     w01 = rng.uniform(0.2, 0.6, (2, 4, 4, 3)).astype(np.float32)
     gain = np.array([[1.3, 0.8, 1.1], [0.7, 1.2, 1.0]], np.float32)[:, None, None, :]

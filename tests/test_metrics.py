@@ -65,8 +65,9 @@ def test_image_metrics_keys(images):
 
 
 def test_colour_error_is_the_light_off_in_the_mask(images):
-    """A per-channel gain (the synthetic world's lighting.gain * cast, on [0, 1] intensity) inside
-    the mask is charged by its size there; pixels outside the mask and pure texture are not."""
+    """A per-channel gain inside the mask (how m2e_jax/synthetic/effects.py `light` lights a photo:
+    intensity times gain * cast[c]) is charged by its size there; pixels outside the mask and pure
+    texture are not."""
     a, _ = images
     u = (np.asarray(a) + 1) / 2
     mask = np.zeros((2, 32, 32, 1), np.float32)
