@@ -47,6 +47,7 @@ def test_quick_run_writes_every_row(tmp_path, capsys):
     (["--variants", "hybrid,gan_only"], "--variants: unknown ['gan_only']"),
     (["--set", "loss.no_such_weight=1"], "config has no field 'no_such_weight'"),
     (["--set", "loss.l1_weight"], "expected FIELD=VALUE"),
+    (["--set", "model.ftn_relight_masked=yes"], "'yes' is not a bool, the field's type (now False)"),
 ])
 def test_bad_arguments_give_one_line(args, message, capsys):
     assert quality.main(["--quick", *args]) == 2
@@ -59,3 +60,4 @@ def test_settings_reach_the_config():
     assert config.loss.l1_weight == 5 and config.model.pan_inputs == "model_only"
     assert config.dataset.world == "hard"
     assert quality.parse_value("0.5") == 0.5 and quality.parse_value("model_only") == "model_only"
+    assert quality.parse_value("True") is True and quality.parse_value("false") is False

@@ -68,7 +68,10 @@ class Run:
 
 
 def parse_value(text: str) -> Any:
-    """A --set value: JSON (numbers, true/false, quoted strings, lists) or else the bare string."""
+    """A --set value: JSON (numbers, true/false, quoted strings, lists), Python's True / False,
+    or else the bare string."""
+    if text in ("True", "False"):
+        return text == "True"
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -86,7 +89,11 @@ def apply_settings(config: ml_collections.ConfigDict, settings: dict[str, Any]) 
             node = node[g]
         if leaf not in node:
             raise ValueError(f"--set {key}: config has no field {leaf!r}")
-        node[leaf] = tuple(value) if isinstance(node[leaf], tuple) else value
+        try:
+            node[leaf] = tuple(value) if isinstance(node[leaf], tuple) else value
+        except TypeError:
+            raise ValueError(f"--set {key}: {value!r} is not a {type(node[leaf]).__name__}, the field's "
+                             f"type (now {node[leaf]!r})") from None
 
 
 def base_config(preset: str, quick: bool, settings: dict[str, Any]) -> ml_collections.ConfigDict:
