@@ -122,28 +122,3 @@ def test_ramp_relight_is_a_linear_ramp_in_log_gain(args):
     with pytest.raises(ValueError, match="model.ftn_relight"):
         bad = FTN.from_config(tiny_model_config(ftn_relight="spot"))
         jax.eval_shape(bad.init, jax.random.key(0), *args, model_image=model_image)
-
-
-def test_masked_relight_reads_no_pixel_of_the_replaced_region(args):
-    """model.ftn_relight_masked: the gain comes from P outside FTN's region (and M), so P's old
-    garment, which on paired data is the target itself in the target's light, cannot set it; the
-    unmasked head does read it."""
-    person, refined, region, soft, iuv = args
-    model_image = jax.random.uniform(jax.random.key(9), person.shape, minval=-1, maxval=1)
-    repainted = jnp.where(region > 0.5, -person, person)  # another garment in the same region
-
-    def gains(masked: bool):
-        ftn = FTN.from_config(tiny_model_config(ftn_relight="gain", ftn_relight_masked=masked))
-        assert ftn.relight_masked is masked
-        params = jax.jit(ftn.init)(jax.random.key(1), *args, model_image=model_image)
-        dense = params["params"]["relight"]["Dense_0"]
-        dense["kernel"] = jax.random.normal(jax.random.key(2), dense["kernel"].shape)
-        apply = jax.jit(lambda p, x: ftn.apply(p, x, *args[1:], with_parts=True, model_image=model_image))
-        return np.asarray(apply(params, person)["gain"]), np.asarray(apply(params, repainted)["gain"])
-
-    assert float(jnp.mean(region)) > 0.05
-    kept, changed = gains(True)
-    np.testing.assert_array_equal(kept, changed)
-    assert np.abs(np.log(kept)).max() > 1e-3  # the head is not at its zero start
-    whole, changed = gains(False)
-    assert np.abs(np.log(whole) - np.log(changed)).max() > 1e-4

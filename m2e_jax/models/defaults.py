@@ -27,9 +27,6 @@ config.model:
                                   M's and P's whole photos (models/ftn.py `RelightHead`: per channel,
                                   "ramp" times a linear ramp across the frame), applied before FTN sees T
                                   and in its composite; starts at gain 1
-  ftn_relight_masked   False      the relight head sees P with FTN's replace region blanked, not P's
-                                  whole photo: on paired data P's garment there is the target's, in
-                                  the target's light, a shortcut an unpaired P (another garment) lacks
   norm                 "instance" | "group" | "none"
   upsample             "resize_conv" | "transpose" | "pixel_shuffle"
   iuv_encoding         "onehot" (27 channels) | "raw" (3 channels)
@@ -54,7 +51,7 @@ def model_config() -> ml_collections.ConfigDict:
         height=256, width=192, base_channels=64, num_downsamples=2, pan_blocks=9, trn_blocks=3,
         ftn_blocks=6, ftn_mode="composite", ftn_mask_offset=3.0, pan_inputs="model_and_warp",
         parse_region=False, parse_dropout=0.0, ftn_paint=False, person_parse_dropout=0.0,
-        ftn_relight="none", ftn_relight_masked=False,
+        ftn_relight="none",
         norm="instance", upsample="resize_conv",
         iuv_encoding="onehot", dtype="float32",
         garment_kind="upper", garment_dilation=2, soft_dilation=3, feather=2, warp_tile=32,
@@ -65,6 +62,6 @@ def model_config() -> ml_collections.ConfigDict:
 def loss_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         gan="lsgan", adv_weight=1.0, l1_weight=10.0, perceptual_weight=10.0, consistency_weight=10.0,
-        alpha_weight=1.0, ftn_mask_weight=1.0, consistency_relight=False, adv_region=False, vgg="lpips_vgg16",
+        alpha_weight=1.0, ftn_mask_weight=1.0, consistency_relight=False, vgg="lpips_vgg16",
         vgg16_layer_weights=(1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0),
     ))

@@ -131,14 +131,12 @@ class FTN(GeneratorNet):
     mode: str = "composite"
     mask_offset: float = 3.0
     relight: str = "none"
-    relight_masked: bool = False
 
     @classmethod
     def from_config(cls, model_cfg, **overrides):
         fields = dict(mode=model_cfg.get("ftn_mode", cls.mode),
                       mask_offset=model_cfg.get("ftn_mask_offset", cls.mask_offset),
-                      relight=model_cfg.get("ftn_relight", "none"),
-                      relight_masked=bool(model_cfg.get("ftn_relight_masked", False)))
+                      relight=model_cfg.get("ftn_relight", "none"))
         fields.update(overrides)
         return super().from_config(model_cfg, **fields)
 
@@ -155,7 +153,7 @@ class FTN(GeneratorNet):
                                  "image")
             head = RelightHead(self.base_channels, ramp=self.relight == "ramp",
                                dtype=compute_dtype(self.dtype), name="relight")
-            gain = head(model_image, person * (1.0 - region) if self.relight_masked else person)
+            gain = head(model_image, person)
             gain = jnp.broadcast_to(gain, refined.shape)
             lit = relight(refined, gain)
         else:
