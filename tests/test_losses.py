@@ -171,3 +171,44 @@ def test_discriminator_terms_by_name():
     terms = losses.discriminator_terms(real, {"pan": fake}, discriminate, "hinge")
     assert set(terms) == {"d_pan"}
     np.testing.assert_allclose(terms["d_pan"], losses.d_loss(REAL, FAKE, "hinge"), rtol=1e-6)
+
+
+def test_region_weighted_adversarial_terms():
+    """loss.adv_region: D_final's terms average over the logits whose cell touches R~ only; the
+    patches outside, where P' is P exactly, no longer enter either player's loss."""
+    region = np.zeros((1, 8, 8, 1), np.float32)
+    region[0, 7, 0] = 0.2  # one soft pixel in the bottom left corner marks that logit
+    region[0, 0:2, 6:8] = 1.0  # the top right one
+    weights = losses.patch_weights(jnp.asarray(region), jnp.zeros((1, 2, 2, 1)))
+    np.testing.assert_array_equal(weights[0, ..., 0], [[0, 1], [1, 0]])
+    # The discriminator's own grid (64x48 -> 14x10 logits at 2 layers): a pixel reaches a logit near it.
+    one = np.zeros((1, 64, 48, 1), np.float32)
+    one[0, 32, 24] = 1.0
+    near = np.asarray(losses.patch_weights(jnp.asarray(one), jnp.zeros((1, 14, 10, 1))))[0, ..., 0]
+    assert 1 <= near.sum() <= 9 and near[7, 5] == 1
+    real, fake = REAL.reshape(1, 2, 2, 1), FAKE.reshape(1, 2, 2, 1)
+    # Kept: real (2.0, -1.0), fake (-2.0, 1.5). lsgan: mean (1, 4) + mean (4, 2.25), halved.
+    np.testing.assert_allclose(losses.d_loss(real, fake, "lsgan", weights), 0.5 * (2.5 + 3.125))
+    np.testing.assert_allclose(losses.g_adv_loss(fake, "lsgan", weights), (9.0 + 0.25) / 2)
+    np.testing.assert_allclose(losses.g_adv_loss(fake, "lsgan", jnp.zeros_like(weights)), 0.0)
+    # discriminator_terms weights D_final only; D_pan scores A, which differs from P everywhere.
+    images = {0.0: real, 1.0: fake}
+    discriminate = lambda name, image: images[float(image.mean())]
+    terms = losses.discriminator_terms(jnp.zeros((1, 8, 8, 3)), {"pan": jnp.ones((1, 8, 8, 3)),
+                                       "final": jnp.ones((1, 8, 8, 3))}, discriminate, "lsgan",
+                                       jnp.asarray(region))
+    np.testing.assert_allclose(terms["d_final"], 0.5 * (2.5 + 3.125))
+    np.testing.assert_allclose(terms["d_pan"], losses.d_loss(real, fake, "lsgan"))
+    # generator_terms: FTN's adversarial term is weighted the same way, PAN's is not.
+    from m2e_jax.models.defaults import loss_config
+
+    cfg = loss_config()
+    cfg.update(dict(perceptual_weight=0.0, ftn_mask_weight=0.0, adv_weight=1.0, adv_region=True))
+    out, inputs = _pipeline_like()
+    soft = np.zeros((1, 4, 4, 1), np.float32)
+    soft[0, 3, 0], soft[0, 0, 3] = 0.2, 1.0  # the bottom left and top right logits, as above
+    out["soft_region"] = jnp.asarray(soft)
+    discriminate = lambda name, image: fake
+    terms = losses.generator_terms(out, inputs, cfg, paired=1.0, discriminate=discriminate)
+    np.testing.assert_allclose(terms["ftn_adv"], (9.0 + 0.25) / 2)
+    np.testing.assert_allclose(terms["pan_adv"], losses.g_adv_loss(fake))
