@@ -12,9 +12,6 @@ Weights and choices come from `config.loss` (defaults in m2e_jax/models/defaults
   consistency_relight False  compare T with W relit by T's per-channel gain (relit_warp): M's
                              lighting is then no target, only the warped texture is
   alpha_weight        1.0    pulls TRN's alpha toward V inside R_P
-  adv_region          False  D_final's terms (both players) average over the patches touching R~
-                             only: outside R~ P' is P exactly, so those patches show the same real
-                             pixels as fake and as real and only dilute the loss (`patch_weights`)
   vgg                 "lpips_vgg16" | path to converted VGG19 weights (.npz)
   vgg16_layer_weights (1/32, 1/16, 1/8, 1/4, 1)  per-layer weights of the perceptual loss
 
@@ -44,64 +41,41 @@ def _check_gan(kind: str) -> None:
         raise ValueError(f"loss.gan: unknown adversarial loss {kind!r}; expected one of {GANS}")
 
 
-def _patch_mean(x: jax.Array, weight: jax.Array | None) -> jax.Array:
-    """Mean of per-patch values `x` `[B, h, w, 1]`, or their `weight`-ed mean (weights `[B, h, w, 1]`
-    in [0, 1]; all-zero weights give 0)."""
-    if weight is None:
-        return jnp.mean(x)
-    return jnp.sum(weight * x) / jnp.maximum(jnp.sum(weight), 1.0)
-
-
-def patch_weights(region: jax.Array, logits: jax.Array) -> jax.Array:
-    """1 for each PatchGAN logit whose footprint overlaps `region`, else 0: `[B, h, w, 1]` float.
-
-    region: `[B, H, W, 1]` in [0, 1] (R~). A logit's footprint: `region` resized to the logits'
-    grid with an antialiasing (triangle) filter, which spans about two logit strides; the receptive
-    field is wider still, so a logit that sees any of the region counts whole.
-    """
-    b, _, _, c = region.shape
-    h, w = logits.shape[1:3]
-    footprint = jax.image.resize(region.astype(jnp.float32), (b, h, w, c), "linear", antialias=True)
-    return (jnp.max(footprint, axis=-1, keepdims=True) > 1e-6).astype(jnp.float32)
-
-
-def d_loss(real_logits, fake_logits, kind: str = "lsgan", weight: jax.Array | None = None) -> jax.Array:
+def d_loss(real_logits, fake_logits, kind: str = "lsgan") -> jax.Array:
     """Discriminator loss, summed over discriminators; means over patches and batch.
 
     lsgan:          1/2 [ E (D(real) - 1)^2 + E D(fake)^2 ]
     hinge:          1/2 [ E relu(1 - D(real)) + E relu(1 + D(fake)) ]
     nonsaturating:  1/2 [ E softplus(-D(real)) + E softplus(D(fake)) ]   (= BCE with logits)
-    The 1/2 slows D relative to G (pix2pix's convention). weight: None, or per-patch weights
-    `[B, h, w, 1]` (`patch_weights`, a single discriminator): E becomes the weighted mean.
+    The 1/2 slows D relative to G (pix2pix's convention).
     """
     _check_gan(kind)
     total = jnp.zeros((), jnp.float32)
     for real, fake in zip(_as_list(real_logits), _as_list(fake_logits), strict=True):
         if kind == "lsgan":
-            r, f = (real - 1.0) ** 2, fake ** 2
+            term = jnp.mean((real - 1.0) ** 2) + jnp.mean(fake ** 2)
         elif kind == "hinge":
-            r, f = jax.nn.relu(1.0 - real), jax.nn.relu(1.0 + fake)
+            term = jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
         else:
-            r, f = jax.nn.softplus(-real), jax.nn.softplus(fake)
-        total = total + 0.5 * (_patch_mean(r, weight) + _patch_mean(f, weight))
+            term = jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake))
+        total = total + 0.5 * term
     return total
 
 
-def g_adv_loss(fake_logits, kind: str = "lsgan", weight: jax.Array | None = None) -> jax.Array:
+def g_adv_loss(fake_logits, kind: str = "lsgan") -> jax.Array:
     """Generator adversarial loss, summed over discriminators.
 
     lsgan: E (D(fake) - 1)^2;  hinge: -E D(fake);  nonsaturating: E softplus(-D(fake)).
-    weight: as in `d_loss`.
     """
     _check_gan(kind)
     total = jnp.zeros((), jnp.float32)
     for fake in _as_list(fake_logits):
         if kind == "lsgan":
-            total = total + _patch_mean((fake - 1.0) ** 2, weight)
+            total = total + jnp.mean((fake - 1.0) ** 2)
         elif kind == "hinge":
-            total = total - _patch_mean(fake, weight)
+            total = total - jnp.mean(fake)
         else:
-            total = total + _patch_mean(jax.nn.softplus(-fake), weight)
+            total = total + jnp.mean(jax.nn.softplus(-fake))
     return total
 
 
@@ -239,10 +213,7 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
 
     def adversarial(name: str, disc: str, image: jax.Array) -> None:
         if discriminate is not None:
-            logits = discriminate(disc, image)
-            weight = (patch_weights(out["soft_region"], logits)
-                      if disc == "final" and w.get("adv_region", False) else None)
-            terms[f"{name}_adv"] = w.adv_weight * g_adv_loss(logits, w.gan, weight)
+            terms[f"{name}_adv"] = w.adv_weight * g_adv_loss(discriminate(disc, image), w.gan)
 
     if "pan" in trained:
         reconstruction("pan", out["aligned"])
@@ -265,20 +236,15 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
 
 
 def discriminator_terms(real: jax.Array, fakes: Mapping[str, jax.Array], discriminate: Discriminate,
-                        kind: str = "lsgan", region: jax.Array | None = None) -> dict[str, jax.Array]:
+                        kind: str = "lsgan") -> dict[str, jax.Array]:
     """{"d_<name>": d_loss(D(real), D(fake))} per discriminator name in `fakes` ("pan": A, "final": P').
 
     real: P, a real photo in pose I_P (the conditional "real" pair). The fakes are stop-gradient'ed:
-    this objective trains the discriminators only. region: None, or R~ `[B, H, W, 1]`
-    (loss.adv_region): D_final's loss then averages over the patches touching it (`patch_weights`).
+    this objective trains the discriminators only.
     """
-    terms = {}
-    for name, fake in fakes.items():
-        real_logits = discriminate(name, real)
-        weight = patch_weights(region, real_logits) if name == "final" and region is not None else None
-        terms[f"d_{name}"] = d_loss(real_logits, discriminate(name, jax.lax.stop_gradient(fake)), kind,
-                                    weight)
-    return terms
+    return {f"d_{name}": d_loss(discriminate(name, real), discriminate(name, jax.lax.stop_gradient(fake)),
+                                kind)
+            for name, fake in fakes.items()}
 
 
 def total(terms: Mapping[str, jax.Array]) -> jax.Array:

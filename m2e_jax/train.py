@@ -121,9 +121,8 @@ def train_step(state: dict, batch: dict, vgg=None, *, config, stage: int) -> tup
 
     def d_loss(trained):
         fake = {k[len("d_"):]: fakes[k] for k in trained}
-        d_terms = losses.discriminator_terms(
-            inputs["person_image"], fake, discriminate(trained), config.loss.gan,
-            inputs["soft_region"] if config.loss.get("adv_region", False) else None)
+        d_terms = losses.discriminator_terms(inputs["person_image"], fake, discriminate(trained),
+                                             config.loss.gan)
         return losses.total(d_terms), d_terms
 
     (d_total, d_terms), d_grads = jax.value_and_grad(d_loss, has_aux=True)({k: params[k] for k in discs})
