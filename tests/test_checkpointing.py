@@ -118,12 +118,25 @@ def test_hashes_of_every_file_after_commit_in_sha256sum_format(tmp_path, async_s
             assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_flipped_bytes_in_the_newest_step_move_it_aside_and_resume_from_the_previous(tmp_path, caplog):
+def remove_a_listed_data_file(step_dir) -> str:
+    """Deletes the largest array data file that `step_dir/SHA256SUMS` lists; returns its name there."""
+    listed = [line.rstrip("\n").split("  ", 1)[1] for line in open(step_dir / checkpointing.HASHES)]
+    arrays = [r for r in listed if r.startswith("state" + os.sep)]
+    rel = max(arrays, key=lambda r: os.path.getsize(step_dir / r))
+    os.remove(step_dir / rel)
+    return rel
+
+
+@pytest.mark.parametrize("damage", [flip_4k, remove_a_listed_data_file])
+def test_a_damaged_newest_step_is_moved_aside_and_training_resumes_from_the_previous(tmp_path, caplog,
+                                                                                     damage):
+    """Bytes flipped in a data file, or a file SHA256SUMS lists gone from the step (an interrupted
+    copy): either is named as damaged, with the file, and the step moved aside like a corrupt one."""
     cfg = synthetic.get_config("test")
     with checkpointing.Checkpointer(str(tmp_path), async_save=False) as ck:
         for step in (1, 2):
             ck.save(step, big_tree(step), cfg)
-    damaged = flip_4k(tmp_path / "2")
+    damaged = damage(tmp_path / "2")
     with checkpointing.Checkpointer(str(tmp_path)) as ck:
         step, state = ck.restore_latest(big_tree(0))
         assert step == 1 and ck.all_steps() == [1]
@@ -131,6 +144,8 @@ def test_flipped_bytes_in_the_newest_step_move_it_aside_and_resume_from_the_prev
         np.testing.assert_array_equal(a, b)
     lines = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
     assert len(lines) == 1 and "checkpoint step 2" in lines[0] and damaged in lines[0], lines
+    if damage is remove_a_listed_data_file:
+        assert f"missing (listed in {checkpointing.HASHES})" in lines[0], lines
     assert (tmp_path / "2.corrupt").is_dir() and not (tmp_path / "2").exists()  # moved, never deleted
 
 

@@ -248,3 +248,25 @@ def test_mvc_flat_folder_of_unpairable_photos_is_refused(tmp_path):
         fixtures.write_rgb(tmp_path / f"{i}_front.jpg", np.zeros((8, 6, 3), np.uint8))
     with pytest.raises(ValueError, match="no two views of a garment to pair"):
         mvc.read_mvc(tmp_path)
+
+
+def test_mvc_link_list_without_item_numbers_keeps_colours_apart(tmp_path):
+    """A link list whose records carry `productId` and `colourId` but no `itemN` (the field names the
+    reader accepts, data_prep/readers/mvc.py; the MVC release's own schema was not available to check
+    against): the colour is part of the item, so two colours of one product are two items and no
+    pair crosses them (a red shirt is not the target of its blue twin)."""
+    records = []
+    for product, colour in (("7254374", "3"), ("7254374", "9")):
+        rec = {"productId": product, "colourId": colour}
+        for v in "pab":
+            name = f"{product}-{colour}{v}-4x.jpg"
+            rec[f"image_url_{v}"] = f"http://www.example.com/images/z/{name}?v=2"
+            fixtures.write_rgb(tmp_path / name, np.zeros((8, 6, 3), np.uint8))
+        records.append(rec)
+    (tmp_path / "image_links.json").write_text(json.dumps(records))
+    (cat,) = mvc.read_mvc(tmp_path, test_fraction=0.0, num_unpaired=4, seed=0).values()
+    assert {r.item for r in cat.images.values()} == {"7254374/3", "7254374/9"}
+    colour = lambda name: name.split("-")[1][0]
+    paired = [e for e in cat.examples if e.paired]
+    assert len(paired) == 2 * 3 * 2 and all(colour(e.model) == colour(e.person) for e in paired)
+    assert all(colour(e.model) != colour(e.person) for e in cat.examples if not e.paired)

@@ -88,3 +88,21 @@ def test_markdown_rows_are_methods_and_columns_metrics():
     assert "| M2E-TON (ours) | 0.5000 | 20.00 |" in lines and "| P unchanged | 0.2500 | 10.00 |" in lines
     # The named methods first, in their fixed order, then the caller's own by name.
     assert lines.index("| P unchanged | 0.2500 | 10.00 |") < lines.index("| ablation | 0.4000 | 15.00 |")
+
+
+def test_warp_paste_baseline_keeps_p_over_the_warps_holes():
+    """"UV warp pasted in R_P" replaces P by W only where the warp filled the texel (R_P * V = 1):
+    inside R_P over the warp's holes (V = 0) and outside R_P it is P exactly."""
+    rng = np.random.default_rng(0)
+    shape = (2, 6, 5)
+    person, warped = (rng.uniform(-1, 1, shape + (3,)).astype(np.float32) for _ in range(2))
+    region = (rng.uniform(size=shape + (1,)) < 0.6).astype(np.float32)
+    valid = (rng.uniform(size=shape + (1,)) < 0.6).astype(np.float32)
+    paste = (region * valid)[..., 0] == 1
+    assert paste.any() and (region[..., 0] * (1 - valid[..., 0])).any()  # both cases inside R_P
+    out = scoring.baseline_images({"person_image": person, "warped": warped, "valid": valid,
+                                   "region": region})
+    np.testing.assert_array_equal(out["identity"], person)
+    got = np.asarray(out["warp_paste"])
+    np.testing.assert_array_equal(got[paste], warped[paste])
+    np.testing.assert_array_equal(got[~paste], person[~paste])

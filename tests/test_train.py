@@ -227,3 +227,29 @@ def test_unpaired_batches_update_only_unpaired_trains(fixed_batch, data_dir):
     for key in ("pan", "trn", "ftn"):
         assert not same(after["params"][key], init["params"][key]), key
     assert compiled.traces["train4"] == 1  # the paired / unpaired branch is not static
+
+
+@pytest.mark.slow  # compiles one stage-4 step with a small perceptual VGG
+def test_the_compiled_step_weights_each_batch_by_its_paired_share(fixed_batch, data_dir):
+    """The joint stage's metrics as the compiled step returns them: an unpaired batch (no target for
+    the reconstruction terms) reports zero for every L1 and perceptual term and a positive
+    self-consistency term; a paired batch the reverse (losses.generator_terms' `paired` weighting,
+    which train.train_step must pass the batch's share, not a constant)."""
+    config = tiny_config(data_dir)
+    config.loss.update(perceptual_weight=1.0, vgg16_layer_weights=(1.0, 1.0), consistency_weight=1.0)
+    trunk = VggTrunk(cfg=(4, "M", 8), taps=(0, 1))
+    weights = trunk.init(jax.random.key(3), np.zeros((1, 32, 32, 3), np.float32))["params"]
+    vgg = Vgg(trunk, weights, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), ("a", "b"))
+    compiled = train.Steps(config, parallel.DataParallel("shard_map", devices=jax.devices()[:1]), vgg)
+    unpaired = {**fixed_batch, "paired": np.zeros_like(fixed_batch["paired"]),
+                "has_target": np.zeros_like(fixed_batch["has_target"])}
+    init = train.init_state(config)
+    reconstruction = ("pan_l1", "pan_perceptual", "trn_l1", "ftn_l1", "ftn_perceptual")
+    (_, [u]), (_, [p]) = (run_steps(config, compiled, batch, stage=4, steps=1, state=init)
+                          for batch in (unpaired, fixed_batch))
+    assert u["finite"] == p["finite"] == 1.0
+    for name in reconstruction:
+        assert u[name] == 0.0, (name, u[name])
+        assert p[name] > 0.0, (name, p[name])
+    assert u["trn_consistency"] > 0.0 and p["trn_consistency"] == 0.0
+    assert compiled.traces["train4"] == 1  # one program serves both kinds of batch
