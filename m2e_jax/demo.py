@@ -6,9 +6,10 @@ Detectron `_IUV.png` or a detectron2 `apply_net.py dump` file) and an optional p
 (0 other, 1 upper, 2 lower garment). It shows the try-on beside the inputs, the warp / PAN / TRN /
 FTN stages on request, and offers the result as a PNG at the person photo's resolution.
 
-It runs the CLI's code (m2e_jax/infer.py): the same checkpoint loading, photo checks, letterbox and
-paste-back, so a bad upload gets the CLI's one-line message (the file named by its upload name) and
-the server keeps serving. The checkpoint is loaded and the forward pass compiled once, at startup.
+The try-on is m2e_jax.tryon_pipeline's, as the infer command's: the same checkpoint loading, photo
+checks, letterbox, networks and full-resolution composition, so a bad upload gets the command's
+one-line message (the file named by its upload name) and the server keeps serving. This module is
+the HTTP server around it. The checkpoint is loaded and the forward pass compiled once, at startup.
 
 The server is the standard library's (http.server): Gradio pins pillow < 13 (we pin 13.0.0) and
 stores every upload on disk under the file name the browser sent; this page needs neither. It
@@ -42,22 +43,25 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from m2e_jax import checkpointing, densepose, infer, input_pipeline, preprocess, xla_flags
-from m2e_jax.readers import detectron2_dump, images, photos
+from m2e_jax import checkpointing, densepose, input_pipeline, xla_flags
+from m2e_jax import tryon_pipeline as pipeline
+from m2e_jax.readers import images, photos
 
 DEFAULT_PORT = 7860  # Gradio's default: where users of try-on demos look first
 DEFAULT_MAX_UPLOAD_MB = 20.0
 ROLES = ("model", "person")
+# The stages the page shows on request: label -> tryon_pipeline.Result.stages key (network size).
 STAGES = {"warp": "warped", "PAN": "aligned", "TRN": "refined", "FTN": "output"}
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# What infer reports as the user's problem (one line); anything else is a bug, answered with one line
-# too while the server keeps serving (and its traceback logged on the server's stderr).
-_USER_ERRORS = (infer.InferError, checkpointing.CheckpointError, images.ReadError, detectron2_dump.DumpError,
-                photos.RecordError)
 
 
 class DemoError(Exception):
-    """A problem with a request; the message is the one line the page shows."""
+    """A problem with a request or an argument; the message is the one line the page shows."""
+
+
+# The user's problem (one line); anything else is a bug, answered with one line too while the server
+# keeps serving (and its traceback logged on the server's stderr).
+_USER_ERRORS = (DemoError, *pipeline.USER_ERRORS)
 
 
 def one_line(e: BaseException) -> str:
@@ -87,7 +91,7 @@ def too_large_message(size: int, limit: int) -> str:
 
 def read_uploaded_photo(role: str, photo: Upload | None, iuv: Upload | None, parse: Upload | None,
                         select: str = "largest", max_pixels: int = images.MAX_PIXELS) -> photos.Photo:
-    """A checked photo (as infer.read_photo returns) from uploaded bytes.
+    """A checked photo (as tryon_pipeline.read_photo returns) from uploaded bytes.
 
     DensePose is a Detectron `_IUV.png` (told apart by its PNG signature) or a detectron2 dump whose
     entry is found by the photo's upload name, as the CLI finds it by file name. An image over
@@ -115,27 +119,18 @@ def read_uploaded_photo(role: str, photo: Upload | None, iuv: Upload | None, par
             if iuv.data.startswith(_PNG_MAGIC):
                 ref = photos.IuvRef(png=iuv_path)
             else:
-                # matched on the upload's name (a string here, never opened), as infer.photo_ref does
+                # matched on the upload's name (a string here, never opened), as photo_ref does
                 ref = photos.DumpIndex(iuv_path).ref(photo.name)
                 if ref is None or ref.problem:
                     raise DemoError(f"{iuv.name}: {ref.problem if ref else 'no entry'} for {photo.name}")
             parse_path = spool(parse, f"{role}_parse") if parse is not None else None
-            return infer.read_photo(photos.ImageRef(name=role, image=image_path, item="", iuv=ref,
-                                             parse=parse_path), select, max_pixels)
-        except _USER_ERRORS as e:
+            return pipeline.read_photo(photos.ImageRef(name=role, image=image_path, item="", iuv=ref,
+                                                parse=parse_path), select, max_pixels)
+        except pipeline.USER_ERRORS as e:
             message = one_line(e)
             for path, name in names.items():
                 message = message.replace(path, name)
             raise DemoError(message) from None
-
-
-def test_photo(source: Any, index: int, role: str) -> photos.Photo:
-    """Test example `index`'s model or person side as a Photo; its garment mask becomes the parsing
-    map of the example's garment kind (what make_example turns back into the mask)."""
-    ex = source[index]
-    kind = int(np.asarray(ex["garment_kind"]))
-    parse = (np.asarray(ex[f"{role}_mask"])[..., 0] > 0).astype(np.uint8) * np.uint8(kind + 1)
-    return photos.Photo(np.asarray(ex[f"{role}_image"]), np.asarray(ex[f"{role}_iuv"]), parse)
 
 
 # ---------------------------------------------------------------- the try-on
@@ -150,38 +145,14 @@ def data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
-def run_tryon(net: infer.TryOn, model: photos.Photo, person: photos.Photo, garment_kind: int,
-              with_stages: bool, names: tuple[str, str] = ("model photo", "person photo"),
-              resolution: str = "full") -> tuple[dict[str, np.ndarray], list[str]]:
-    """({"result": uint8 [h, w, 3] at the person photo's resolution, and with stages "warp", "PAN",
-    "TRN", "FTN": uint8 [H, W, 3] at network size}, notes) through the steps infer.run_jobs takes
-    for one pair: parsing kept only for both photos, letterbox, forward, infer.tryon_image at
-    `resolution`. `notes` are the lines infer prints as warnings (`names` name the photos in them)."""
-    job = infer.Job(photos.ImageRef("model", names[0], ""), photos.ImageRef("person", names[1], ""),
-                    "the try-on")
-    pair, notes = infer.drop_unpaired_parsing((model, person), job, net.needs_parsing,
-                                              net.uses_model_parsing_alone)
-    fitted = tuple(preprocess.fit(p.image, p.iuv, net.height, net.width, p.parse, where=name)
-                   for p, name in zip(pair, names))
-    out = net.run([infer.make_example(*fitted, garment_kind)], 1)[0]
-    image, soft = infer.tryon_image(net, pair, fitted, out, garment_kind, resolution)
-    reason = infer.unchanged_reason(pair[1].image, image, soft, names[1], garment_kind)
-    files = infer.result_images(pair, fitted, out, "result.png", with_stages, image)
-    images_out = {"result": files["result.png"]}
-    if with_stages:
-        stage_names = infer.stage_files("result.png")
-        images_out.update({label: files[stage_names[key]] for label, key in STAGES.items()})
-    return images_out, notes + ([reason] if reason else [])
-
-
 @dataclasses.dataclass
 class Demo:
-    """What the page serves: the restored try-on, the test set (None when it cannot be opened: the
-    page then offers uploads only, saying why) and the upload limit."""
+    """What the page serves: the restored try-on (`net.checkpoint`: where it came from), the garment
+    it transfers (index into densepose.GARMENT_KINDS), the test set (None when it cannot be opened:
+    the page then offers uploads only, saying why) and the upload limits."""
 
-    net: infer.TryOn
+    net: pipeline.TryOn
     garment_kind: int
-    checkpoint: str
     test_set: Any = None
     test_note: str = ""
     select: str = "largest"
@@ -195,7 +166,7 @@ class Demo:
         return 0 if self.test_set is None else len(self.test_set)
 
     def info(self) -> dict:
-        return {"checkpoint": self.checkpoint, "height": self.net.height, "width": self.net.width,
+        return {"checkpoint": self.net.checkpoint, "height": self.net.height, "width": self.net.width,
                 "garment_kind": densepose.GARMENT_KINDS[self.garment_kind], "test_count": self.test_count,
                 "test_note": self.test_note, "max_upload_bytes": self.max_upload_bytes,
                 "stages": list(STAGES)}
@@ -206,7 +177,7 @@ class Demo:
         if not 0 <= index < self.test_count:
             raise DemoError(f"{role} pick {index}: the test set has {self.test_count} photos"
                             + (f" (0..{self.test_count - 1})" if self.test_count else f" ({self.test_note})"))
-        return test_photo(self.test_set, index, role)
+        return pipeline.example_photos(self.test_set[index])[ROLES.index(role)]
 
     def photo(self, role: str, spec: Any) -> tuple[photos.Photo, str]:
         """(the photo a request names for `role`, its name for messages): {"pick": i} or {"photo":
@@ -229,17 +200,17 @@ class Demo:
             (model, model_name), (person, person_name) = (self.photo(r, request.get(r)) for r in ROLES)
             with self.lock:  # one try-on at a time: bounded memory, and the timing means something
                 t0 = time.perf_counter()
-                result, notes = run_tryon(self.net, model, person, self.garment_kind,
-                                          bool(request.get("stages")), (model_name, person_name),
-                                          self.resolution)
+                (result,) = self.net.tryon([pipeline.Pair(model, person, model_name, person_name)],
+                                           self.garment_kind, self.resolution, batch_size=1)
                 network_ms = (time.perf_counter() - t0) * 1e3
-        except (DemoError, *_USER_ERRORS) as e:
+        except _USER_ERRORS as e:
             return {"error": one_line(e)}
+        stages = STAGES if request.get("stages") else {}
         reply: dict[str, Any] = {
-            "result": data_url(result["result"]), "size": list(result["result"].shape[1::-1]),
+            "result": data_url(result.image), "size": list(result.image.shape[1::-1]),
             "model": data_url(model.image), "person": data_url(person.image),
-            "stages": {k: data_url(result[k]) for k in STAGES if k in result},
-            "notes": [one_line(n) for n in notes]}
+            "stages": {label: data_url(result.stages[key]) for label, key in stages.items()},
+            "notes": [one_line(n) for n in result.notes]}
         picks = [request[r].get("pick") if isinstance(request[r], dict) else None for r in ROLES]
         if picks[0] is not None and picks[0] == picks[1]:  # one test example: its ground truth if known
             example = self.test_set[picks[0]]
@@ -265,12 +236,12 @@ def _decode_file(raw: Any, what: str) -> Upload | None:
     return Upload(upload_name(raw.get("name"), what), data)
 
 
-def warm_up(net: infer.TryOn, garment_kind: int, resolution: str) -> None:
+def warm_up(net: pipeline.TryOn, garment_kind: int, resolution: str) -> None:
     """Compiles the batch-of-one forward pass (and the full-resolution try-on at the network's size,
     the test set's) on a blank pair, so the first request answers at full speed."""
     blank = photos.Photo(np.zeros((net.height, net.width, 3), np.uint8),
                          np.zeros((net.height, net.width, 3), np.uint8), None)
-    run_tryon(net, blank, blank, garment_kind, False, resolution=resolution)
+    net.tryon([pipeline.Pair(blank, blank)], garment_kind, resolution, batch_size=1)
 
 
 def open_test_set(config) -> tuple[Any, str]:
@@ -368,16 +339,14 @@ def server_url(server: http.server.HTTPServer) -> str:
 def load_demo(workdir: str | None = None, checkpoint: str | None = None, step: int | None = None,
               select: str = "largest", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
               max_pixels: int = images.MAX_PIXELS, resolution: str = "full", fallback: bool = True) -> Demo:
-    """Restores the checkpoint (as infer does), opens its test set, compiles the forward pass."""
+    """Restores the checkpoint (tryon_pipeline.restore, as infer does), opens its test set, compiles
+    the forward pass."""
     located = checkpointing.find_step(workdir, checkpoint, step)
-    config, params, step_dir = checkpointing.load_generators(
-        located, fallback=fallback,
-        warn=lambda m: print(f"m2e_jax.demo: warning: {' '.join(m.split())}", file=sys.stderr))
-    net = infer.TryOn(config, params)
-    kind = densepose.GARMENT_KINDS.index(config.model.garment_kind)
-    warm_up(net, kind, resolution)
-    test_set, note = open_test_set(config)
-    return Demo(net, kind, step_dir, test_set, note, select, int(max_upload_mb * 1e6), max_pixels,
+    net = pipeline.restore(located, fallback=fallback,
+                           warn=lambda m: print(f"m2e_jax.demo: warning: {one_line(m)}", file=sys.stderr))
+    warm_up(net, net.garment_kind, resolution)
+    test_set, note = open_test_set(net.config)
+    return Demo(net, net.garment_kind, test_set, note, select, int(max_upload_mb * 1e6), max_pixels,
                 resolution)
 
 
@@ -400,7 +369,7 @@ def parser() -> argparse.ArgumentParser:
                    help="largest try-on request accepted (all its files, base64-encoded)")
     p.add_argument("--max_pixels", type=int, default=images.MAX_PIXELS,
                    help="largest uploaded image (width x height), refused from its header")
-    infer.add_tryon_arguments(p)
+    pipeline.add_arguments(p)
     xla_flags.add_argument(p)
     return p
 
@@ -417,9 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         if args.max_upload_mb <= 0:
-            raise infer.InferError(f"--max_upload_mb must be > 0, got {args.max_upload_mb}")
+            raise DemoError(f"--max_upload_mb must be > 0, got {args.max_upload_mb}")
         if args.max_pixels <= 0:
-            raise infer.InferError(f"--max_pixels must be > 0, got {args.max_pixels}")
+            raise DemoError(f"--max_pixels must be > 0, got {args.max_pixels}")
         demo = load_demo(args.workdir, args.checkpoint, args.step, args.select, args.max_upload_mb,
                          args.max_pixels, args.resolution, not args.no_fallback)
         server.RequestHandlerClass.demo = demo
@@ -429,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if demo.test_note:
         print(f"m2e_jax.demo: {demo.test_note}; uploads only", file=sys.stderr)
-    print(f"m2e_jax.demo: serving {demo.checkpoint} at {server_url(server)} (Ctrl-C stops)", flush=True)
+    print(f"m2e_jax.demo: serving {demo.net.checkpoint} at {server_url(server)} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

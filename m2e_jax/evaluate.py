@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
-from m2e_jax import checkpointing, infer, input_pipeline, metrics, scoring, xla_flags
+from m2e_jax import checkpointing, input_pipeline, metrics, scoring, tryon_pipeline, xla_flags
 
 Features = scoring.Features
 
@@ -105,16 +106,16 @@ def load_feature_extractor(path: str) -> Features:
     return extract
 
 
-def _write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+def _write_text(path: epath.Path, text: str) -> None:
+    """Writes `text` to a temporary name beside `path`, then renames it (a local folder or gs://)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        tmp.write_text(text)
+        tmp.replace(path)
     except OSError:
-        if os.path.exists(tmp):  # nothing half-written stays behind
-            os.remove(tmp)
+        if tmp.exists():  # nothing half-written stays behind
+            tmp.unlink()
         raise
 
 
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         located = checkpointing.find_step(args.workdir, args.checkpoint, args.step)
-        override = infer.load_config_file(args.config) if args.config else None
+        override = tryon_pipeline.load_config_file(args.config) if args.config else None
         config, params, step_dir = checkpointing.load_generators(
             located, override, not args.no_fallback,
             lambda m: print(f"m2e_jax.evaluate: warning: {' '.join(m.split())}", file=sys.stderr))
@@ -148,23 +149,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         features = load_feature_extractor(args.inception_weights) if args.inception_weights else None
         table = evaluate(config, params, args.split, args.num_examples, args.batch_size, args.lpips_net,
                          features)
-    except (infer.InferError, checkpointing.CheckpointError, EvalError) as e:
+    except (tryon_pipeline.TryOnError, checkpointing.CheckpointError, EvalError) as e:
         print(f"m2e_jax.evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     step = os.path.basename(step_dir)
-    out_dir = args.output_dir or os.path.join(located.workdir, "eval")
+    out_dir = epath.Path(args.output_dir or epath.Path(located.workdir) / "eval")
     name = config.dataset.get("name", "dataset")
     meta = {"dataset": name, "split": args.split, "step": int(step) if step.isdigit() else step,
             "checkpoint": step_dir, "lpips_net": args.lpips_net,
             "inception_weights": args.inception_weights, "metrics": table}
-    base = os.path.join(out_dir, f"metrics_{args.split}_step{step}")
+    base = out_dir / f"metrics_{args.split}_step{step}"
+    title = f"{name} / {args.split} (step {step})"
     try:  # a full disk or a read-only workdir: one line, as for every user error
-        _write_text(base + ".json", json.dumps(meta, indent=2) + "\n")
-        _write_text(base + ".md", scoring.markdown(table, f"{name} / {args.split} (step {step})"))
+        _write_text(out_dir / f"{base.name}.json", json.dumps(meta, indent=2) + "\n")
+        _write_text(out_dir / f"{base.name}.md", scoring.markdown(table, title))
     except OSError as e:
         print(f"m2e_jax.evaluate: error: {base}.json: cannot write ({e.strerror or e})", file=sys.stderr)
         return 1
-    print(scoring.markdown(table, f"{name} / {args.split} (step {step})"))
+    print(scoring.markdown(table, title))
     print(f"wrote {base}.json and {base}.md")
     return 0
 

@@ -11,21 +11,19 @@ in training. The config saved with the checkpoint rebuilds the networks; only th
 parameters (the EMA copy when training kept one) are read from it (m2e_jax.checkpointing: the newest
 complete checkpoint that verifies; a damaged newer one is named on stderr, `--no_fallback` refuses).
 
-Photos of any size are letterboxed to the network's size (preprocess.fit) for the networks; the
-try-on is then made at the person photo's own resolution (`--resolution full`, the default:
-models.tryon.full_resolution_tryon redoes the UV warp, the regions and TRN's / FTN's output formulas
-at the photo's size with the networks' maps upsampled, so the garment keeps the photo's detail) or
-pasted back from the network's size (`--resolution network`, preprocess.paste_back). Either way the
-person's own bytes are kept outside the garment region.
-
-Parsing maps are optional. Without them (DensePose alone: either photo lacks one, so both are
-dropped) the replace region is the DensePose garment region R_P (models.tryon.replace_region); a
-checkpoint trained with model.parse_region but never without parsing (model.parse_dropout = 0)
+The try-on itself is m2e_jax.tryon_pipeline's (the web page and benchmarks.fullres run the same
+code): photos of any size are letterboxed to the network's size for the networks; the try-on is
+then made at the person photo's own resolution (`--resolution full`, the default) or pasted back
+from the network's size (`--resolution network`). Either way the person's own bytes are kept
+outside the garment region. Parsing maps are optional: without one for both photos the replace
+region is the DensePose garment region R_P, and a checkpoint that never trained without parsing
 says so in one line. A try-on that leaves the garment region as it was says why.
 
-One compilation per batch size; the last batch is padded, so a photo
-gets the same result alone or in a batch. Errors in the inputs are one line on stderr and exit code
-1; outputs are written to temporary names and renamed at the end, so nothing is half-written.
+This module is the command: arguments, the job list (one pair or a `--pairs` CSV), writing the
+outputs (local folders or gs:// alike), one-line errors. One compilation per batch size; the last
+batch is padded, so a photo gets the same result alone or in a batch. Errors in the inputs are one
+line on stderr and exit code 1; every input is checked before anything is written, and outputs are
+written to temporary names and renamed at the end, so nothing is half-written.
 """
 
 from __future__ import annotations
@@ -33,188 +31,67 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import functools
-import importlib.util
+import io
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
-import jax
-import ml_collections
 import numpy as np
+from etils import epath
 from PIL import Image
 
-from m2e_jax import checkpointing, data_schema, densepose, preprocess, xla_flags
-from m2e_jax.models import tryon as tryon_lib
-from m2e_jax.readers import detectron2_dump, images, iuv_png
-from m2e_jax.readers.photos import DumpIndex, ImageRef, IuvRef, Photo, RecordError, check_person, load_photo
+from m2e_jax import checkpointing, densepose, xla_flags
+from m2e_jax import tryon_pipeline as pipeline
+from m2e_jax.readers.photos import ImageRef
 
+# --save_stages: the file suffix of each network-size stage (tryon_pipeline.STAGES).
 STAGE_FILES = {"warped": "warp", "aligned": "pan", "refined": "trn", "output": "ftn"}
 
 
 class InferError(Exception):
-    """A problem with the user's inputs or checkpoint; the message is one line naming the file."""
-
-
-# ---------------------------------------------------------------- config
-
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """`configs/NAME.py[:ARG]` -> its get_config(ARG) (as `--config` of the training command)."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise InferError(f"--config {path}: file not found")
-    module_spec = importlib.util.spec_from_file_location("_m2e_infer_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-        return module.get_config(arg or None)
-    except Exception as e:  # a user file: report, do not trace back
-        raise InferError(f"--config {spec}: {type(e).__name__}: {e}") from None
-
-
-# ---------------------------------------------------------------- photos
-
-def photo_ref(image: str, iuv: str | None = None, parse: str | None = None, role: str = "photo") -> ImageRef:
-    """An ImageRef for readers.photos.load_photo: DensePose from `iuv` (an `_IUV.png` or a dump file) or
-    `NAME_IUV.png` beside the photo; parsing from `parse` or `NAME_parse.png` beside it if present."""
-    stem = os.path.splitext(image)[0]
-    if iuv is None:
-        iuv = stem + "_IUV.png"
-        if not os.path.isfile(iuv):
-            raise InferError(f"{image}: no DensePose output beside the {role} photo ({iuv}); "
-                             f"pass --{role}_iuv")
-    if not os.path.isfile(iuv):
-        raise InferError(f"--{role}_iuv {iuv}: file not found")
-    if iuv.lower().endswith(".png"):
-        ref = IuvRef(png=iuv, inds=iuv_png.inds_path_for(iuv))
-    else:
-        try:
-            index = DumpIndex(iuv)
-        except detectron2_dump.DumpError as e:
-            raise InferError(str(e)) from None
-        ref = index.ref(image)
-        if ref is None or ref.problem:
-            raise InferError(f"{iuv}: {ref.problem if ref else 'no entry'} for {os.path.basename(image)}")
-    if parse is None and os.path.isfile(stem + "_parse.png"):
-        parse = stem + "_parse.png"
-    return ImageRef(name=os.path.basename(stem), image=image, item="", iuv=ref, parse=parse)
-
-
-def read_photo(ref: ImageRef, select: str = "largest", max_pixels: int = images.MAX_PIXELS) -> Photo:
-    """Decodes and checks a photo, its DensePose (same size, a person present) and parsing map; an
-    image over `max_pixels` is refused from its header."""
-    try:
-        photo = load_photo(ref, select, max_pixels=max_pixels)
-        check_person(photo.iuv, ref.iuv.describe())
-    except RecordError as e:
-        raise InferError(str(e)) from None
-    return photo
-
-
-def _mask(parse: np.ndarray | None, kind: int, shape: tuple[int, int]) -> np.ndarray:
-    return preprocess.parse_mask(parse, kind, shape)
-
-
-def make_example(model: preprocess.Fitted, person: preprocess.Fitted, garment_kind: int) -> dict:
-    """A data_schema example (no target) from two photos at network size."""
-    ex = data_schema.empty_example(*person.image.shape[:2])
-    ex.update(model_image=model.image, model_iuv=model.iuv, person_image=person.image, person_iuv=person.iuv,
-              model_mask=_mask(model.parse, garment_kind, model.image.shape[:2]),
-              person_mask=_mask(person.parse, garment_kind, person.image.shape[:2]),
-              garment_kind=np.int32(garment_kind))
-    return ex
+    """A problem with the command's arguments or pairs file; the message is one line naming it."""
 
 
 @dataclasses.dataclass
 class Job:
-    """One try-on to run: the two photos, where to write, and the person's full-resolution photo."""
+    """One try-on to run: the two photos' files and the output path."""
 
     model: ImageRef
     person: ImageRef
     output: str
 
 
-# ---------------------------------------------------------------- the network
+# ---------------------------------------------------------------- writing
 
-class TryOn:
-    """Restored generators + one jitted forward per batch size. `run(examples) -> outputs`."""
-
-    def __init__(self, config: ml_collections.ConfigDict, params: dict):
-        self.config = config
-        self.model_cfg = ml_collections.FrozenConfigDict(config.model)
-        self.height, self.width = int(config.model.height), int(config.model.width)
-        self.params = jax.device_put(params)
-        # models.tryon.forward, compiled once per batch size for this TryOn's life.
-        self._forward = jax.jit(functools.partial(tryon_lib.forward, model_cfg=self.model_cfg))
-        # One compilation per (photo size, scaled config); scaled_model_config is static.
-        self._full = jax.jit(tryon_lib.full_resolution_tryon, static_argnames="model_cfg")
-
-    @property
-    def needs_parsing(self) -> bool:
-        """Trained with model.parse_region on parsing masks only (model.parse_dropout = 0): photos
-        without parsing maps get the DensePose-only region R_P, which it never saw in training."""
-        m = self.model_cfg
-        return bool(m.get("parse_region", False)) and float(m.get("parse_dropout", 0.0)) == 0.0
-
-    @property
-    def uses_model_parsing_alone(self) -> bool:
-        """Trained with model.ftn_paint and model.person_parse_dropout > 0: a model photo's parsing map
-        is used without the person's (models.tryon.paint_region), a case it saw in training."""
-        m = self.model_cfg
-        return bool(m.get("ftn_paint", False)) and float(m.get("person_parse_dropout", 0.0)) > 0.0
-
-    def full_resolution(self, model: Photo, person: Photo, out: dict[str, np.ndarray],
-                        box, garment_kind: int) -> dict[str, np.ndarray]:
-        """The try-on at the person photo's size (models.tryon.full_resolution_tryon) from one
-        example's network outputs `out` (`run`) and the person's Letterbox `box`; float numpy
-        `[h, w, C]`: output, soft_region, warped, refined, ..."""
-        maps = preprocess.upsample_maps(out, box, tryon_lib.RESOLUTION_FREE)
-        mask = lambda photo: preprocess.parse_mask(photo.parse, garment_kind, photo.image.shape[:2])
-        batch = preprocess.full_resolution_example(model.image, model.iuv, mask(model), person.image,
-                                                   person.iuv, mask(person), garment_kind)
-        cfg = tryon_lib.scaled_model_config(self.model_cfg, preprocess.photo_scale(box))
-        res = jax.device_get(self._full({k: v[None] for k, v in maps.items()}, batch, model_cfg=cfg))
-        return {k: np.asarray(v[0]) for k, v in res.items()}
-
-    def run(self, examples: Sequence[dict], batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
-        """Network outputs (warped, aligned, refined, output, soft_region; float numpy, network size)
-        per example; batches of `batch_size` (default: all), the last padded with empty examples."""
-        n = len(examples)
-        bs = batch_size or n
-        keys = ("warped", "aligned", "refined", "output", "soft_region", "region") + tryon_lib.RESOLUTION_FREE
-        results: list[dict[str, np.ndarray]] = []
-        for start in range(0, n, bs):
-            chunk = list(examples[start: start + bs])
-            chunk += [data_schema.empty_example(self.height, self.width)] * (bs - len(chunk))
-            batch = {k: np.stack([np.asarray(ex[k]) for ex in chunk]) for k in data_schema.KEYS}
-            out = jax.device_get(self._forward(self.params, batch))
-            results += [{k: np.asarray(out[k][i]) for k in keys if k in out}
-                        for i in range(min(bs, n - start))]
-        return results
+def _tmp_name(path: epath.Path) -> epath.Path:
+    root, ext = os.path.splitext(path.name)
+    return path.parent / f".{root}.tmp-{os.getpid()}{ext}"
 
 
-def _tmp_name(path: str) -> str:
-    d, base = os.path.split(os.path.abspath(path))
-    root, ext = os.path.splitext(base)
-    return os.path.join(d, f".{root}.tmp-{os.getpid()}{ext}")
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _write_atomic(files: dict[str, np.ndarray]) -> None:
-    """Writes every uint8 image to a temporary name first, then renames all into place."""
-    tmps = {}
+    """Writes every uint8 image to a temporary name first, then renames all into place (local
+    folders or gs:// alike: etils.epath)."""
+    tmps: dict[epath.Path, epath.Path] = {}
     try:
-        for path, image in files.items():
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        for name, image in files.items():
+            path = epath.Path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmps[path] = _tmp_name(path)
-            Image.fromarray(image).save(tmps[path])
+            tmps[path].write_bytes(_png(image))
     except (OSError, ValueError) as e:
         for t in tmps.values():
-            if os.path.exists(t):
-                os.remove(t)
-        raise InferError(f"{path}: cannot write ({e})") from None
+            if t.exists():
+                t.unlink()
+        raise InferError(f"{name}: cannot write ({e})") from None
     for path, tmp in tmps.items():
-        os.replace(tmp, path)
+        tmp.replace(path)
 
 
 def stage_files(output: str) -> dict[str, str]:
@@ -225,116 +102,36 @@ def stage_files(output: str) -> dict[str, str]:
     return names
 
 
-RESOLUTIONS = ("full", "network")
-
-
-def tryon_image(net: TryOn, job_photos: tuple[Photo, Photo],
-                fitted: tuple[preprocess.Fitted, ...], out: dict[str, np.ndarray], garment_kind: int,
-                resolution: str = "full") -> tuple[np.ndarray, np.ndarray]:
-    """(try-on uint8 `[h, w, 3]`, its soft region R~ float `[h, w, 1]`) at the person photo's size.
-
-    resolution "full": made at the photo's resolution (TryOn.full_resolution); "network": the
-    network-size try-on pasted back (preprocess.paste_back). P's own bytes wherever R~ is 0.
-    """
-    model, person = job_photos
-    if resolution not in RESOLUTIONS:
-        raise InferError(f"--resolution must be one of {RESOLUTIONS}, got {resolution!r}")
-    p_fit = fitted[1]
-    if resolution == "network":
-        image = preprocess.paste_back(person.image, out["output"], preprocess.to_float(p_fit.image),
-                                      out["soft_region"], p_fit.box)
-        return image, preprocess.unfit(out["soft_region"], p_fit.box)
-    full = net.full_resolution(model, person, out, p_fit.box, garment_kind)
-    return preprocess.keep_person(person.image, full["output"], full["soft_region"]), full["soft_region"]
-
-
-def unchanged_reason(person: np.ndarray, image: np.ndarray, soft_region: np.ndarray, person_name: str,
-                     garment_kind: int) -> str | None:
-    """One line saying why the try-on `image` equals the `person` photo in the garment region, else None."""
-    inside = np.asarray(soft_region)[..., 0] > 0
-    kind = densepose.GARMENT_KINDS[garment_kind]
-    if not inside.any():
-        return (f"{person_name}: DensePose finds none of the {kind} garment's body parts on the person, "
-                f"so there is nothing to replace: the output is the person photo unchanged")
-    if np.array_equal(image[inside], person[inside]):
-        return (f"{person_name}: the try-on equals the person photo inside the {kind} garment region "
-                f"({int(inside.sum())} pixels): the networks kept the person's own pixels there")
-    return None
-
-
-def drop_unpaired_parsing(photos: tuple[Photo, Photo], job: Job, needs_parsing: bool,
-                          model_alone: bool = False) -> tuple[tuple[Photo, Photo], list[str]]:
-    """The two photos with parsing maps kept only when both have one (an example has parsing for
-    both photos or for neither, as in training), and the one-line notes to print. With
-    `model_alone` (TryOn.uses_model_parsing_alone) the model photo's map is also kept without the
-    person's: the checkpoint trained on that case."""
-    model, person = photos
-    if model_alone and model.parse is not None and person.parse is None:
-        return (model, person), []
-    missing = [ref.image for p, ref in ((model, job.model), (person, job.person)) if p.parse is None]
-    notes = []
-    if missing and len(missing) < 2:
-        notes.append(f"{missing[0]}: no parsing map (NAME_parse.png or --*_parse) while the other photo "
-                     f"has one; both are ignored and the DensePose garment region is replaced")
-    if missing and needs_parsing:
-        notes.append(f"{job.output}: this checkpoint needs parsing maps (trained with "
-                     f"model.parse_region=True and model.parse_dropout=0) and {missing[0]} has none: "
-                     f"it replaces the whole DensePose garment region instead, which it never trained "
-                     f"on; give NAME_parse.png for both photos or use a checkpoint trained with "
-                     f"model.parse_dropout > 0")
-    if missing:
-        model = dataclasses.replace(model, parse=None)
-        person = dataclasses.replace(person, parse=None)
-    return (model, person), notes
-
-
-def result_images(job_photos: tuple[Photo, Photo], fitted: tuple[preprocess.Fitted, ...],
-                  out: dict[str, np.ndarray], output: str, save_stages: bool,
-                  image: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """{path: uint8 image}: the try-on at the person photo's size (`image`, else the network-size
-    try-on pasted back) and, if asked, the network-size stages."""
-    _, person = job_photos
-    m_fit, p_fit = fitted
-    if image is None:
-        image = preprocess.paste_back(person.image, out["output"], preprocess.to_float(p_fit.image),
-                                      out["soft_region"], p_fit.box)
-    files = {output: image}
+def output_files(result: pipeline.Result, output: str, save_stages: bool) -> dict[str, np.ndarray]:
+    """{path: uint8 image}: the try-on at the person photo's size and, if asked, the network-size
+    stages and their side-by-side sheet."""
+    files = {output: result.image}
     if save_stages:
         names = stage_files(output)
-        stages = {key: preprocess.to_uint8(out[key]) for key in STAGE_FILES}
-        files.update({names[key]: img for key, img in stages.items()})
-        files[names["stages"]] = np.concatenate([m_fit.image, p_fit.image] + list(stages.values()), axis=1)
+        files.update({names[key]: result.stages[key] for key in STAGE_FILES})
+        files[names["stages"]] = result.sheet()
     return files
 
 
-def run_jobs(net: TryOn, jobs: Sequence[Job], garment_kind: int, batch_size: int = 8, select: str = "largest",
-             save_stages: bool = False, progress: bool = False, resolution: str = "full") -> None:
+def run_jobs(net: pipeline.TryOn, jobs: Sequence[Job], garment_kind: int, batch_size: int = 8,
+             select: str = "largest", save_stages: bool = False, progress: bool = False,
+             resolution: str = "full") -> None:
     """Checks every job's inputs first (one bad file stops the run before anything is written), then
-    runs them in batches of `batch_size` and writes each result atomically (`tryon_image` at
-    `resolution`); notes on missing parsing maps and unchanged results go to stderr, one line each."""
+    tries them on in batches of `batch_size` (TryOn.tryon at `resolution`) and writes each result
+    atomically; its notes (missing parsing maps, an unchanged result) go to stderr, one line each."""
     for job in jobs:  # validation pass: decode, check, discard
-        read_photo(job.model, select), read_photo(job.person, select)
+        pipeline.read_photo(job.model, select), pipeline.read_photo(job.person, select)
     from tqdm import tqdm
 
     batches = range(0, len(jobs), batch_size)
     for start in tqdm(batches, desc="try-on", unit="batch", disable=not progress):
         chunk = jobs[start: start + batch_size]
-        photos = []
-        for j in chunk:
-            pair, notes = drop_unpaired_parsing((read_photo(j.model, select), read_photo(j.person, select)),
-                                                j, net.needs_parsing, net.uses_model_parsing_alone)
-            photos.append(pair)
-            for note in notes:
+        pairs = [pipeline.Pair(pipeline.read_photo(j.model, select), pipeline.read_photo(j.person, select),
+                               j.model.image, j.person.image, j.output) for j in chunk]
+        for job, result in zip(chunk, net.tryon(pairs, garment_kind, resolution, batch_size)):
+            for note in result.notes:
                 warn(note)
-        fitted = [tuple(preprocess.fit(p.image, p.iuv, net.height, net.width, p.parse, where=ref.image)
-                        for p, ref in zip(pair, (j.model, j.person))) for pair, j in zip(photos, chunk)]
-        outs = net.run([make_example(m, p, garment_kind) for m, p in fitted], batch_size)
-        for job, pair, fit, out in zip(chunk, photos, fitted, outs):
-            image, soft = tryon_image(net, pair, fit, out, garment_kind, resolution)
-            reason = unchanged_reason(pair[1].image, image, soft, job.person.image, garment_kind)
-            if reason:
-                warn(reason)
-            _write_atomic(result_images(pair, fit, out, job.output, save_stages, image))
+            _write_atomic(output_files(result, job.output, save_stages))
 
 
 # ---------------------------------------------------------------- pairs files
@@ -376,7 +173,7 @@ def read_pairs(path: str, output_dir: str, image_dir: str | None = None) -> list
             raise InferError(f"{path}:{line}: expected {len(header)} columns, got {len(row)}")
         m, p = (_resolve(row[c].strip(), bases, f"{path}:{line}") for c in cols)
         out = os.path.join(output_dir, f"{_stem(m)}__{_stem(p)}.png")
-        jobs.append(Job(photo_ref(m, role="model"), photo_ref(p, role="person"), out))
+        jobs.append(Job(pipeline.photo_ref(m, role="model"), pipeline.photo_ref(p, role="person"), out))
     if not jobs:
         raise InferError(f"--pairs {path}: no pairs listed")
     return jobs
@@ -387,15 +184,6 @@ def _stem(path: str) -> str:
 
 
 # ---------------------------------------------------------------- command line
-
-def add_tryon_arguments(p: argparse.ArgumentParser) -> None:
-    """--select and --resolution: how one pair is tried on, for infer and the web page alike."""
-    p.add_argument("--select", choices=("largest", "central", "score"), default="largest",
-                   help="which person to use when DensePose found several")
-    p.add_argument("--resolution", choices=RESOLUTIONS, default="full",
-                   help="full: the try-on made at the person photo's resolution (default); network: "
-                        "made at the network's size and pasted back")
-
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m m2e_jax.infer", description=__doc__.split("\n\n")[0])
@@ -415,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--garment_kind", choices=densepose.GARMENT_KINDS, default=None,
                    help="garment to transfer (default: the config's model.garment_kind)")
-    add_tryon_arguments(p)
+    pipeline.add_arguments(p)
     p.add_argument("--save_stages", action="store_true",
                    help="also write the warp, PAN, TRN, FTN outputs and a side-by-side PNG")
     xla_flags.add_argument(p)
@@ -433,8 +221,9 @@ def _jobs_from_args(args) -> list[Job]:
     for flag in ("model_image", "person_image"):
         if not os.path.isfile(getattr(args, flag)):
             raise InferError(f"--{flag} {getattr(args, flag)}: file not found")
-    return [Job(photo_ref(args.model_image, args.model_iuv, args.model_parse, "model"),
-                photo_ref(args.person_image, args.person_iuv, args.person_parse, "person"), args.output)]
+    return [Job(pipeline.photo_ref(args.model_image, args.model_iuv, args.model_parse, "model"),
+                pipeline.photo_ref(args.person_image, args.person_iuv, args.person_parse, "person"),
+                args.output)]
 
 
 def warn(message: str) -> None:
@@ -451,13 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InferError(f"--batch_size must be >= 1, got {args.batch_size}")
         jobs = _jobs_from_args(args)
         located = checkpointing.find_step(args.workdir, args.checkpoint, args.step)
-        override = load_config_file(args.config) if args.config else None
-        config, params, _ = checkpointing.load_generators(located, override, not args.no_fallback, warn)
-        kind = densepose.GARMENT_KINDS.index(args.garment_kind or config.model.garment_kind)
+        net = pipeline.restore(located, args.config, not args.no_fallback, warn)
+        kind = densepose.GARMENT_KINDS.index(args.garment_kind) if args.garment_kind else net.garment_kind
         batch_size = 1 if len(jobs) == 1 else args.batch_size
-        run_jobs(TryOn(config, params), jobs, kind, batch_size, args.select, args.save_stages,
+        run_jobs(net, jobs, kind, batch_size, args.select, args.save_stages,
                  progress=len(jobs) > 1, resolution=args.resolution)
-    except (InferError, checkpointing.CheckpointError, images.ReadError, detectron2_dump.DumpError) as e:
+    except (InferError, *pipeline.USER_ERRORS) as e:
         print(f"m2e_jax.infer: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     return 0

@@ -1,9 +1,10 @@
 """The try-on web page (m2e_jax/demo.py), driven in a real headless browser (Debian's chromium through
-selenium), compared with the CLI (m2e_jax/infer.py) on the same files, plus its HTTP limits.
+selenium), compared with the CLI (m2e_jax/infer.py, the same tryon_pipeline) on the same files, plus
+its HTTP limits.
 
 The browser test loads the page, runs one try-on from the test set (with stages) and one upload at a
 size other than the network's, checks the returned images against `python -m m2e_jax.infer` on the
-same photos (exactly equal: the page runs the CLI's code), checks that only the garment region
+same photos (exactly equal: both run m2e_jax.tryon_pipeline), checks that only the garment region
 changed, that the page loaded nothing from elsewhere, and that a bad upload shows the CLI's one-line
 message while the server keeps serving. Files are written in the real formats by data_prep.fixtures:
 `NAME_IUV.png` as Detectron's `infer_simple.py` writes it through OpenCV, and detectron2
@@ -31,7 +32,7 @@ from PIL import Image
 
 from configs import synthetic
 from data_prep import fixtures
-from m2e_jax import demo, densepose, infer
+from m2e_jax import demo, densepose, infer, tryon_pipeline
 from m2e_jax.synthetic import dataset
 from tests.test_infer import write_checkpoint
 
@@ -76,7 +77,7 @@ def cli_tryon(workdir, model, person, out, *extra) -> tuple[int, np.ndarray | No
 
 def write_test_photo(source, index: int, role: str, folder, name: str):
     """Test example `index`'s model/person side as NAME.png, NAME_IUV.png, NAME_parse.png."""
-    photo = demo.test_photo(source, index, role)
+    photo = tryon_pipeline.example_photos(source[index])[demo.ROLES.index(role)]
     fixtures.write_rgb(folder / f"{name}.png", photo.image)
     fixtures.write_iuv_png(folder / f"{name}_IUV.png", photo.iuv)
     fixtures.write_label_png(folder / f"{name}_parse.png", photo.parse)

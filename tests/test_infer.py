@@ -12,7 +12,7 @@ import pytest
 
 from configs import synthetic
 from data_prep import fixtures
-from m2e_jax import checkpointing, densepose, infer, input_pipeline
+from m2e_jax import checkpointing, densepose, infer, input_pipeline, tryon_pipeline
 from m2e_jax.models import tryon
 from m2e_jax.readers import images
 from m2e_jax.synthetic import dataset
@@ -129,7 +129,7 @@ def test_single_cli_with_dump_and_stages(world, tmp_path):
     assert not glob.glob(str(out.parent / ".*tmp*"))
 
 
-@pytest.mark.parametrize("resolution", infer.RESOLUTIONS)
+@pytest.mark.parametrize("resolution", tryon_pipeline.RESOLUTIONS)
 def test_any_photo_size_keeps_the_person_outside_the_garment(world, tmp_path, capsys, resolution):
     d = world["root"] / "syn_big" / "test" / "images"
     rows = (world["root"] / "syn_big" / "test" / "triplets.csv").read_text().splitlines()[1:]

@@ -1,10 +1,10 @@
 """Try-on at the photo's resolution: `python -m m2e_jax.benchmarks.fullres --workdir W [--quick]`.
 
 Held-out synthetic unpaired triplets (their own seed; `--preset` world, default easy; rendered at 1x,
-2x and 4x the network's size, with exact ground truth P*) go through the infer command's functions
-(infer.TryOn, tryon_image), and each try-on is scored against P* inside the person's garment region
-R_P at the photo's size (masked SSIM, higher is better; masked LPIPS AlexNet, lower is better), with
-and without parsing maps (DensePose alone). Methods:
+2x and 4x the network's size, with exact ground truth P*) go through the infer command's library
+(m2e_jax.tryon_pipeline: TryOn's steps), and each try-on is scored against P* inside the person's
+garment region R_P at the photo's size (masked SSIM, higher is better; masked LPIPS AlexNet, lower
+is better), with and without parsing maps (DensePose alone). Methods:
 
   network    letterbox -> networks at their size -> paste back (`infer --resolution network`)
   full       networks at their size, then the warp, regions and TRN / FTN formulas at the photo's
@@ -23,6 +23,7 @@ parameters (for a smoke run only: the scores then mean nothing).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -31,10 +32,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from m2e_jax import checkpointing, densepose, infer, metrics, preprocess
+from m2e_jax import checkpointing, densepose, metrics, preprocess
+from m2e_jax import tryon_pipeline as pipeline
 from m2e_jax.benchmarks import common
 from m2e_jax.models import tryon as tryon_lib
-from m2e_jax.readers.photos import Photo
 
 METHODS = ("network", "full", "conv", "warp", "identity")
 DEFAULT_SEED = 20261201  # not a training seed: identities, garments and poses the networks never saw
@@ -60,13 +61,13 @@ def held_out(seed: int, num: int, height: int, width: int, kind: str, world: str
                                  world_cfg=world)
 
 
-def photos(ex: dict, kind: int, parsing: bool) -> tuple[Photo, Photo]:
-    """(model, person) as infer reads them: parsing label maps (kind + 1 on the garment) or None."""
-    def one(role):
-        parse = (ex[f"{role}_mask"][..., 0] * (kind + 1)).astype(np.uint8) if parsing else None
-        return Photo(ex[f"{role}_image"], ex[f"{role}_iuv"], parse)
-
-    return one("model"), one("person")
+def pair_of(ex: dict, parsing: bool) -> pipeline.Pair:
+    """The example's two photos as infer reads them: parsing label maps (kind + 1 on the garment), or
+    none (DensePose alone)."""
+    model, person = pipeline.example_photos(ex)
+    if not parsing:
+        model, person = (dataclasses.replace(p, parse=None) for p in (model, person))
+    return pipeline.Pair(model, person)
 
 
 def conv_config(config: ml_collections.ConfigDict, height: int, width: int, scale: float):
@@ -94,34 +95,34 @@ def bench_scale(config, params, factor: int, num: int, seed: int, lpips_net: str
     kind_name = config.model.garment_kind
     kind = densepose.GARMENT_KINDS.index(kind_name)
     examples = held_out(seed, num, h, w, kind_name, world)
-    net = infer.TryOn(config, params)
+    net = pipeline.TryOn(config, params)
     conv_net = None
     if with_conv and factor > 1:
-        conv_net = infer.TryOn(conv_config(config, h, w, float(factor)), params)
+        conv_net = pipeline.TryOn(conv_config(config, h, w, float(factor)), params)
     target = jnp.asarray(np.stack([preprocess.to_float(ex["target_image"]) for ex in examples]))
     region = score_region(np.stack([ex["person_iuv"] for ex in examples]),
                           np.stack([ex["person_mask"] for ex in examples]), config.model, kind_name, factor)
     lp = metrics.lpips_params(lpips_net)
     rows = []
     for parsing in (True, False):
-        pairs = [photos(ex, kind, parsing) for ex in examples]
-        fitted = [tuple(preprocess.fit(p.image, p.iuv, net.height, net.width, p.parse) for p in pair)
-                  for pair in pairs]
-        outs = net.run([infer.make_example(m, p, kind) for m, p in fitted], batch_size=min(8, num))
+        # One forward pass per example serves both infer resolutions and the warp baseline: the
+        # pipeline's steps one by one (TryOn.tryon would run the networks once per resolution).
+        pairs = [pair_of(ex, parsing) for ex in examples]
+        fitted = [net.fit(pair) for pair in pairs]
+        outs = net.run([pipeline.make_example(m, p, kind) for m, p in fitted], batch_size=min(8, num))
         images: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
         for pair, fit, out in zip(pairs, fitted, outs):
-            images["network"].append(infer.tryon_image(net, pair, fit, out, kind, "network")[0])
-            full = net.full_resolution(pair[0], pair[1], out, fit[1].box, kind)
-            images["full"].append(preprocess.keep_person(pair[1].image, full["output"], full["soft_region"]))
+            images["network"].append(net.compose(pair.model, pair.person, fit, out, kind, "network")[0])
+            full = net.full_resolution(pair.model, pair.person, out, fit[1].box, kind)
+            person = pair.person.image
+            images["full"].append(preprocess.keep_person(person, full["output"], full["soft_region"]))
             paste = full["region"] * full["valid"]
-            person = preprocess.to_float(pair[1].image)
-            images["warp"].append(preprocess.to_uint8(person * (1 - paste) + full["warped"] * paste))
-            images["identity"].append(pair[1].image)
+            images["warp"].append(preprocess.to_uint8(preprocess.to_float(person) * (1 - paste)
+                                                      + full["warped"] * paste))
+            images["identity"].append(person)
         if conv_net is not None:
-            conv_fit = [tuple(preprocess.fit(p.image, p.iuv, h, w, p.parse) for p in pair) for pair in pairs]
-            conv_outs = conv_net.run([infer.make_example(m, p, kind) for m, p in conv_fit], batch_size=1)
-            images["conv"] = [infer.tryon_image(conv_net, pair, fit, out, kind, "network")[0]
-                              for pair, fit, out in zip(pairs, conv_fit, conv_outs)]
+            results = conv_net.tryon(pairs, kind, "network", batch_size=1)
+            images["conv"] = [r.image for r in results]
         elif factor == 1:
             images["conv"] = images["network"]  # at the network's size the two are one path
         for method in METHODS:
@@ -142,19 +143,17 @@ def bench_latency(config, params, size: tuple[int, int], repeats: int, seed: int
     kind_name = config.model.garment_kind
     kind = densepose.GARMENT_KINDS.index(kind_name)
     (ex,) = held_out(seed + 1, 1, size[0], size[1], kind_name)
-    pair = photos(ex, kind, parsing=False)
-    net = infer.TryOn(config, params)
-    runs = [(resolution, net, resolution) for resolution in infer.RESOLUTIONS]
+    pair = pair_of(ex, parsing=False)
+    net = pipeline.TryOn(config, params)
+    runs = [(resolution, net, resolution) for resolution in pipeline.RESOLUTIONS]
     stride = 2 ** max(config.model.num_downsamples, config.model.d_layers)
     if with_conv and size[0] % stride == 0 and size[1] % stride == 0:
         scale = min(size[0] / config.model.height, size[1] / config.model.width)
-        runs.append(("conv", infer.TryOn(conv_config(config, size[0], size[1], scale), params), "network"))
+        runs.append(("conv", pipeline.TryOn(conv_config(config, size[0], size[1], scale), params), "network"))
     rows = []
     for method, tryon, resolution in runs:
         def one(tryon=tryon, resolution=resolution):
-            fit = tuple(preprocess.fit(p.image, p.iuv, tryon.height, tryon.width, p.parse) for p in pair)
-            (out,) = tryon.run([infer.make_example(*fit, kind)])
-            return infer.tryon_image(tryon, pair, fit, out, kind, resolution)[0]
+            return tryon.tryon([pair], kind, resolution)[0].image
 
         t0 = time.perf_counter()
         jax.block_until_ready(one())

@@ -1,20 +1,21 @@
 """Inference benchmark: `python -m m2e_jax.benchmarks.inference [--quick] [--json PATH]`.
 
-Times the jitted try-on forward pass `models.tryon.forward` that image grids, the infer command
-and evaluation run (uint8 batch -> prepare_batch -> UV warp -> PAN -> TRN -> FTN): latency of one
-try-on (batch 1) and throughput (try-ons/s) for larger batches, per size and compute dtype, with
-compile time and XLA's FLOPs per try-on. Random parameters (speed does not depend on training).
+Times the jitted try-on forward pass `models.tryon.forward` that image grids, evaluation and the
+infer command run, as the infer command compiles it (`tryon_pipeline.TryOn.forward`): uint8 batch ->
+prepare_batch -> UV warp -> PAN -> TRN -> FTN. Latency of one try-on (batch 1) and throughput
+(try-ons/s) for larger batches, per size and compute dtype, with compile time and XLA's FLOPs per
+try-on. Random parameters (speed does not depend on training).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 from collections.abc import Sequence
 
 import jax
 
+from m2e_jax import tryon_pipeline
 from m2e_jax.benchmarks import common
 from m2e_jax.benchmarks.train_step import bench_config, default_widths, paired_batch
 
@@ -23,17 +24,13 @@ QUICK_SIZES, QUICK_BATCHES = "64x48", "1,4"
 
 
 def bench_one(config, repeats: int) -> dict:
-    import ml_collections
-
     from m2e_jax.models import tryon
 
     h, w, b = config.model.height, config.model.width, config.batch_size
-    params = jax.device_put(tryon.init_params(config.model, jax.random.key(0)))
+    net = tryon_pipeline.TryOn(config, tryon.init_params(config.model, jax.random.key(0)))
     batch = jax.device_put(paired_batch(h, w, b))
-    model_cfg = ml_collections.FrozenConfigDict(config.model)
-    forward = jax.jit(functools.partial(tryon.forward, model_cfg=model_cfg))
-    exe, compile_s = common.compile_timed(forward, params, batch)
-    ms = common.median_ms(lambda: exe(params, batch)["output"], repeats, warmup=1)
+    exe, compile_s = common.compile_timed(net.forward, net.params, batch)
+    ms = common.median_ms(lambda: exe(net.params, batch)["output"], repeats, warmup=1)
     flops = common.flops_of(exe)
     return {"size": f"{h}x{w}", "dtype": config.model.dtype, "batch": b, "compile_s": compile_s,
             "ms_per_batch": ms, "ms_per_tryon": ms / b, "tryons_per_s": b / (ms / 1e3),
