@@ -3,6 +3,7 @@
 Build the records first (data_prep, see datasets.md), then
 `python -m m2e_jax.main --config configs/deepfashion.py --workdir runs/deepfashion
  --config.dataset.data_dir=/path/to/tfds`. `:local` shrinks everything for a smoke run.
+The model and losses are the defaults (the choices the ablation kept, m2e_jax/config_schema.py).
 """
 
 import ml_collections
@@ -14,6 +15,7 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A tiny variant of a real-data config: checks the plumbing on a laptop, learns nothing."""
     c.model.update(height=64, width=64 if c.model.width == c.model.height else 48, base_channels=8,
                    pan_blocks=1, trn_blocks=1, ftn_blocks=1, d_channels=8, d_layers=2, warp_tile=8)
+    # The VGG16 perceptual loss would cost more than the tiny generators together on a laptop CPU.
     c.loss.perceptual_weight = 0.0
     c.batch_size = c.eval_batch_size = 4
     c.schedule.update(pan_steps=2, trn_steps=2, ftn_steps=2, joint_steps=4)

@@ -1,4 +1,7 @@
-"""MVC at paper scale (method.md): 256x256, batch 16. `:local` for a smoke run."""
+"""MVC at paper scale (method.md): 256x256, batch 16. `:local` for a smoke run.
+
+The model and losses are the defaults (the choices the ablation kept, m2e_jax/config_schema.py).
+"""
 
 import ml_collections
 

@@ -60,6 +60,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from m2e_jax import config_schema
 from m2e_jax.models import tryon as tryon_lib
 
 # Written by orbax only after every item of a step is on disk (atomicity.COMMIT_SUCCESS_FILE), then
@@ -345,7 +346,8 @@ def find_step(workdir: str | None = None, checkpoint: str | None = None, step: i
 
 
 def saved_config(step_dir: str) -> ml_collections.ConfigDict:
-    """The resolved config saved beside the checkpoint (else the workdir's config.json)."""
+    """The resolved config saved beside the checkpoint (else the workdir's config.json), as a current
+    config (config_schema.from_saved: fields added since get the behaviour the checkpoint had)."""
     step_dir = os.path.abspath(step_dir)
     candidates = [os.path.join(step_dir, "config", "metadata"),
                   os.path.join(os.path.dirname(os.path.dirname(step_dir)), "config.json")]
@@ -353,10 +355,14 @@ def saved_config(step_dir: str) -> ml_collections.ConfigDict:
         if os.path.isfile(path):
             try:
                 with open(path) as f:
-                    return ml_collections.ConfigDict(json.load(f))
+                    raw = json.load(f)
             except (OSError, ValueError) as e:
                 raise DamagedCheckpoint(step_dir, os.path.relpath(path, step_dir),
                                         f"unreadable saved config ({e})") from None
+            try:
+                return config_schema.from_saved(raw, path)
+            except config_schema.ConfigError as e:
+                raise CheckpointError(str(e)) from None
     raise CheckpointError(f"{step_dir}: no config saved with this checkpoint; pass --config configs/NAME.py")
 
 

@@ -246,7 +246,7 @@ def warm_up(net: pipeline.TryOn, garment_kind: int, resolution: str) -> None:
 
 def open_test_set(config) -> tuple[Any, str]:
     """(the config's test split as a random-access source, "") or (None, why it is unavailable)."""
-    split = config.dataset.get("test_split", "test")
+    split = config.dataset.test_split
     try:
         source = input_pipeline.open_source(config, split)
         if len(source) == 0:

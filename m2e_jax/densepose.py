@@ -54,7 +54,6 @@ GARMENT_PARTS: dict[str, tuple[int, ...]] = {
     "lower": UPPER_LEGS + LOWER_LEGS,
 }
 
-IUV_ENCODINGS = ("onehot", "raw")
 
 
 def _xp(x: Any):
@@ -107,34 +106,22 @@ def iuv_to_png_rgb(iuv):
     return iuv[..., ::-1]
 
 
-def encode_iuv(iuv, mode: str = "onehot", dtype=jnp.float32):
-    """Network encoding of an IUV map (enc(IUV) in method.md).
+def encode_iuv(iuv, dtype=jnp.float32):
+    """Network encoding of an IUV map (enc(IUV) in method.md): one-hot of the 25 labels, then U, V
+    zeroed on background.
 
     Args:
       iuv: `[..., H, W, 3]` uint8 or float IUV.
-      mode: "onehot" -> 27 channels (one-hot of the 25 labels, then U, V zeroed on background);
-        "raw" -> 3 channels (I / 24, U, V).
 
     Returns:
-      `[..., H, W, C]` in [0, 1], C = 27 or 3.
+      `[..., H, W, 27]` in [0, 1].
     """
     i, u, v = split_iuv(iuv)
     xp = _xp(iuv)
     fg = (i > 0).astype(dtype)
-    if mode == "onehot":
-        onehot = (i[..., None] == xp.arange(NUM_LABELS)).astype(dtype)
-        return xp.concatenate([onehot, (u * fg)[..., None].astype(dtype),
-                               (v * fg)[..., None].astype(dtype)], axis=-1)
-    if mode == "raw":
-        return xp.stack([i.astype(dtype) / NUM_PARTS, u.astype(dtype), v.astype(dtype)], axis=-1)
-    raise ValueError(f"unknown IUV encoding {mode!r}; expected one of {IUV_ENCODINGS}")
-
-
-def iuv_channels(mode: str) -> int:
-    """Number of channels `encode_iuv(..., mode)` produces."""
-    if mode not in IUV_ENCODINGS:
-        raise ValueError(f"unknown IUV encoding {mode!r}; expected one of {IUV_ENCODINGS}")
-    return NUM_LABELS + 2 if mode == "onehot" else 3
+    onehot = (i[..., None] == xp.arange(NUM_LABELS)).astype(dtype)
+    return xp.concatenate([onehot, (u * fg)[..., None].astype(dtype), (v * fg)[..., None].astype(dtype)],
+                          axis=-1)
 
 
 def parts_mask(iuv, parts: tuple[int, ...], dtype=np.float32):

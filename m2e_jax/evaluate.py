@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     step = os.path.basename(step_dir)
     out_dir = epath.Path(args.output_dir or epath.Path(located.workdir) / "eval")
-    name = config.dataset.get("name", "dataset")
+    name = config.dataset.name
     meta = {"dataset": name, "split": args.split, "step": int(step) if step.isdigit() else step,
             "checkpoint": step_dir, "lpips_net": args.lpips_net,
             "inception_weights": args.inception_weights, "metrics": table}

@@ -61,7 +61,7 @@ def stack_examples(examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
 def _synthetic_cache_path(dcfg: Any, seed: int, split: str, height: int, width: int) -> str:
     num = dcfg.num_train if split == dcfg.train_split else dcfg.num_test
     key = f"{seed}-{split}-{num}-{height}x{width}-{dcfg.paired_fraction}-{dcfg.garment_kind}"
-    world = dcfg.get("world", "easy")
+    world = dcfg.world
     if world != "easy":  # easy keeps the cache names it always had
         key += f"-{world}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
@@ -81,7 +81,7 @@ def synthetic_source(dcfg: Any, seed: int, split: str, height: int, width: int) 
     arrays = stack_examples(dataset.make_examples(seed, split, num, height, width,
                                                   paired_fraction=dcfg.paired_fraction,
                                                   garment_kind=dcfg.garment_kind,
-                                                  world_cfg=dcfg.get("world", "easy")))
+                                                  world_cfg=dcfg.world))
     os.makedirs(dcfg.data_dir, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
     np.savez(tmp, **arrays)
@@ -121,8 +121,8 @@ class TrainData:
     def __init__(self, source, config: Any, process_index: int = 0, process_count: int = 1):
         self.source, self.seed, self.sched = source, config.seed, config.schedule
         self.batch_size = config.batch_size
-        self.parse_dropout = float(config.model.get("parse_dropout", 0.0))
-        self.person_parse_dropout = float(config.model.get("person_parse_dropout", 0.0))
+        self.parse_dropout = float(config.model.parse_dropout)
+        self.person_parse_dropout = float(config.model.person_parse_dropout)
         if self.batch_size % process_count:
             raise ValueError(f"config.batch_size={self.batch_size} not divisible by "
                              f"{process_count} processes")

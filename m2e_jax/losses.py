@@ -3,17 +3,9 @@
 The one home of the objective: `generator_terms` (the generators' weighted terms, what the train
 step optimises and logs) and `discriminator_terms`, built from the formulas below.
 
-Weights and choices come from `config.loss` (defaults in m2e_jax/models/defaults.py):
-  gan                 "lsgan" | "hinge" | "nonsaturating"   adversarial formulation
-  adv_weight          1.0    weight of the generator's adversarial terms
-  l1_weight           10.0   L1 to the target (paired) image
-  perceptual_weight   10.0   VGG perceptual loss to the target
-  consistency_weight  10.0   unpaired self-consistency: T agrees with W where V = 1 inside R_P
-  consistency_relight False  compare T with W relit by T's per-channel gain (relit_warp): M's
-                             lighting is then no target, only the warped texture is
-  alpha_weight        1.0    pulls TRN's alpha toward V inside R_P
-  vgg                 "lpips_vgg16" | path to converted VGG19 weights (.npz)
-  vgg16_layer_weights (1/32, 1/16, 1/8, 1/4, 1)  per-layer weights of the perceptual loss
+Weights and choices come from `config.loss`, declared with their defaults and meanings in
+m2e_jax/config_schema.py (`python -m m2e_jax.main --describe`). A new term: its weight there, its
+formula in `generator_terms` here.
 
 The adversarial losses take discriminator logits; the discriminators are pose-conditional through
 their inputs (image concatenated with enc(I_P), see models/discriminators.py). Logits may be a
@@ -140,35 +132,12 @@ def alpha_loss(alpha, valid, region) -> jax.Array:
     return l1_loss(alpha, valid, region)
 
 
-def consistency_loss(refined, warped, valid, region, relight: bool = False) -> jax.Array:
+def consistency_loss(refined, warped, valid, region) -> jax.Array:
     """Unpaired self-consistency: l1_loss(T, W, mask=V * R_P), T agrees with W where the warp is valid.
 
-    Restricted to R_P because outside it T is the aligned image A by construction. relight: compare
-    with relit_warp(W, T, V * R_P) instead of W.
+    Restricted to R_P because outside it T is the aligned image A by construction.
     """
-    mask = valid * region
-    if relight:
-        warped = relit_warp(warped, refined, mask)
-    return l1_loss(refined, warped, mask)
-
-
-def relit_warp(warped, image, mask) -> jax.Array:
-    """W relit to `image`'s light: per example and channel, in [0, 1] intensity, W * g with the gain
-    g = sum(mask * image) / sum(mask * W) (clipped to [1/4, 4]), stop-gradient'ed.
-
-    Why: W carries M's photo's light, but P' must be lit as P's photo (gain and colour cast act per
-    channel, multiplicatively, on real photos as in the synthetic world), so matching W pixel for
-    pixel pulls the try-on toward the wrong light. One gain per channel cannot flatten the texture
-    (a flat T still differs from the gained W by the texture's contrast), unlike a fitted offset.
-    warped, image: `[B, H, W, 3]` in [-1, 1]; mask: `[B, H, W, 1]` in [0, 1]. Returns `[B, H, W, 3]`
-    in [-1, 1].
-    """
-    from m2e_jax.models.ftn import relight
-
-    num = jnp.sum(mask * (image + 1.0) / 2.0, axis=(1, 2), keepdims=True)
-    den = jnp.sum(mask * (warped + 1.0) / 2.0, axis=(1, 2), keepdims=True)
-    gain = jax.lax.stop_gradient(jnp.clip((num + 1e-3) / (den + 1e-3), 0.25, 4.0))
-    return relight(warped, gain)
+    return l1_loss(refined, warped, valid * region)
 
 
 def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array], loss_cfg, paired,
@@ -191,12 +160,12 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
       pan_l1 = paired w.l1 L1(A, Y)             pan_perceptual = paired w.perceptual perc(A, Y)
       pan_adv = w.adv g_adv(D_pan(A))
       trn_l1 = paired w.l1 L1(T, Y | R_P)       trn_alpha = w.alpha alpha_loss(alpha, V, R_P)
-      trn_consistency = (1 - paired) w.consistency consistency_loss(T, W, V, R_P, w.consistency_relight)
+      trn_consistency = (1 - paired) w.consistency consistency_loss(T, W, V, R_P)
       ftn_l1 = paired w.l1 L1(P', Y)            ftn_perceptual = paired w.perceptual perc(P', Y)
       ftn_adv = w.adv g_adv(D_final(P'))
       ftn_mask = w.ftn_mask_weight L1(m, 1 | R~)  FTN's composition mask toward 1 inside R~, which
-                 keeps T's pixels passing straight through (model.ftn_mode "composite" only; with
-                 model.ftn_paint, inside R~ (1 - Q) only: m is unused where FTN paints)
+                 keeps T's pixels passing straight through (with model.ftn_paint, inside
+                 R~ (1 - Q) only: m is unused where FTN paints)
     The objective is their sum (`total`).
     """
     w = loss_cfg
@@ -223,11 +192,11 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
         terms["trn_l1"] = paired * w.l1_weight * l1_loss(out["refined"], target, region)
         terms["trn_alpha"] = w.alpha_weight * alpha_loss(out["alpha"], valid, region)
         terms["trn_consistency"] = (1.0 - paired) * w.consistency_weight * consistency_loss(
-            out["refined"], out["warped"], valid, region, relight=w.get("consistency_relight", False))
+            out["refined"], out["warped"], valid, region)
     if "output" in out:
         reconstruction("ftn", out["output"])
         adversarial("ftn", "final", out["output"])
-        if "ftn_mask" in out and w.get("ftn_mask_weight", 0.0) > 0:
+        if "ftn_mask" in out and w.ftn_mask_weight > 0:
             mask, where = out["ftn_mask"], out["soft_region"]
             if "ftn_paint" in out:  # where FTN paints, m is unused (fit_output)
                 where = where * (1.0 - out["ftn_paint"])

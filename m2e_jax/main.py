@@ -2,6 +2,8 @@
 
 Validates the config, then trains and evaluates (m2e_jax.train.train_and_evaluate); rerunning the
 same command resumes from the workdir's latest checkpoint. Exits 0 after a SIGTERM (state saved).
+`python -m m2e_jax.main --describe` lists every config field with its default, allowed values and
+meaning (m2e_jax/config_schema.py), and exits.
 A problem the user can act on (a config value, the workdir: unwritable, full, in use by another run;
 a checkpoint; a non-finite loss) ends with one line on stderr and exit code 1, no traceback.
 """
@@ -17,17 +19,18 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, images and eval tables.")
 config_flags.DEFINE_config_file("config", None, "configs/NAME.py[:ARG]", lock_config=True)
+flags.DEFINE_bool("describe", False, "List every config field (default, allowed values, meaning) and exit.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from m2e_jax import config_validation, xla_flags
+    from m2e_jax import config_schema, xla_flags
 
     try:
-        config_validation.validate(FLAGS.config)  # before TensorFlow / JAX start up
-    except config_validation.ConfigError as e:
+        config_schema.validate(FLAGS.config)  # before TensorFlow / JAX start up
+    except config_schema.ConfigError as e:
         _exit_with(e)
     xla_flags.configure(FLAGS.config.cpu_convolutions)
     try:  # clu's writers import TensorFlow: keep it off the accelerators.
@@ -46,7 +49,7 @@ def main(argv: list[str]) -> None:
     logging.info("workdir %s", FLAGS.workdir)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (config_validation.ConfigError, checkpointing.WorkdirError, checkpointing.CheckpointError,
+    except (config_schema.ConfigError, checkpointing.WorkdirError, checkpointing.CheckpointError,
             train.DataError, FloatingPointError) as e:
         _exit_with(e)
 
@@ -59,7 +62,13 @@ def _exit_with(error: Exception) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag or a `--config` file that fails to load (missing, raises
-    on import or in get_config) reported in one line instead of a traceback through the loader."""
+    on import or in get_config) reported in one line instead of a traceback through the loader.
+    `--describe` prints the config fields and exits (it needs neither --config nor --workdir)."""
+    if any(a in ("--describe", "-describe", "--describe=true") for a in argv[1:]):
+        from m2e_jax import config_schema
+
+        print(config_schema.describe())
+        sys.exit(0)
     try:
         rest = FLAGS(argv)
         FLAGS.config.keys()  # ml_collections defers a missing file's error to the first access

@@ -45,24 +45,23 @@ def initialize_distributed(cfg: Any = None) -> bool:
     in a collective). Returns True when multi-host was initialised.
     On CPU the collectives go through gloo (the default CPU backend has none across processes).
     """
-    enabled = bool(cfg is not None and cfg.get("enabled", False))
+    enabled = bool(cfg is not None and cfg.enabled)
     from_env = any(k in os.environ for k in _CLUSTER_ENV)
     if not (enabled or from_env):
         return False
     kwargs: dict[str, Any] = {}
     if cfg is not None:
-        if cfg.get("coordinator_address"):
+        if cfg.coordinator_address:
             kwargs["coordinator_address"] = cfg.coordinator_address
-        if cfg.get("num_processes", -1) >= 0:
+        if cfg.num_processes >= 0:
             kwargs["num_processes"] = cfg.num_processes
-        if cfg.get("process_id", -1) >= 0:
+        if cfg.process_id >= 0:
             kwargs["process_id"] = cfg.process_id
-        if cfg.get("local_device_ids"):
+        if cfg.local_device_ids:
             kwargs["local_device_ids"] = list(cfg.local_device_ids)
-        if cfg.get("heartbeat_timeout_s"):
-            kwargs["heartbeat_timeout_seconds"] = int(cfg.heartbeat_timeout_s)
+        kwargs["heartbeat_timeout_seconds"] = int(cfg.heartbeat_timeout_s)
     on_cpu = os.environ.get("JAX_PLATFORMS", "").startswith("cpu")
-    if on_cpu or (cfg is not None and cfg.get("cpu_collectives")):
+    if on_cpu or (cfg is not None and cfg.cpu_collectives):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     logging.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(),

@@ -40,7 +40,7 @@ from PIL import Image
 
 from m2e_jax import (
     checkpointing,
-    config_validation,
+    config_schema,
     input_pipeline,
     losses,
     optimizer,
@@ -131,13 +131,7 @@ def train_step(state: dict, batch: dict, vgg=None, *, config, stage: int) -> tup
 
     new_params, new_opt = optimizer.update(params, state["opt"], grads, state["step"], config)
     finite = optimizer.all_finite({"metrics": metrics, "grads": grads})
-    # schedule.unpaired_trains: the generators an unpaired batch updates (the others keep their
-    # parameters and Adam moments on that step); the discriminators always train.
-    unpaired_trains = tuple(config.schedule.get("unpaired_trains", NETWORKS))
-    applies = {k: finite if k not in NETWORKS or k in unpaired_trains else finite & (paired > 0.5)
-               for k in params}
-    keep = lambda new, old: {k: jax.tree.map(lambda a, b, ok=applies[k]: jnp.where(ok, a, b), new[k], old[k])
-                             for k in old}
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = {"step": state["step"] + 1, "params": keep(new_params, params),
                  "opt": keep(new_opt, state["opt"])}
     if "ema" in state:
@@ -348,7 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
     Writes workdir/config.json, checkpoints/<step>/, TensorBoard events, images/step_*.png and
     eval/step_*.json (process 0 only, except checkpoints, which every process takes part in).
     """
-    config_validation.validate(config)
+    config_schema.validate(config)
     checkpointing.check_workdir(workdir)
     parallel.initialize_distributed(config.distributed)
     with checkpointing.disk_full_is_workdir_error(workdir, "training"):
@@ -366,7 +360,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
     par = steps.par
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % par.num_devices:
-            raise config_validation.ConfigError(
+            raise config_schema.ConfigError(
                 f"config.{name}={config[name]} is not divisible by the {par.num_devices} devices")
     lead = jax.process_index() == 0
     writer = metric_writers.create_default_writer(workdir, just_logging=not lead)

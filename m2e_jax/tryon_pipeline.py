@@ -260,14 +260,14 @@ class TryOn:
         """Trained with model.parse_region on parsing masks only (model.parse_dropout = 0): photos
         without parsing maps get the DensePose-only region R_P, which it never saw in training."""
         m = self.model_cfg
-        return bool(m.get("parse_region", False)) and float(m.get("parse_dropout", 0.0)) == 0.0
+        return bool(m.parse_region) and float(m.parse_dropout) == 0.0
 
     @property
     def uses_model_parsing_alone(self) -> bool:
         """Trained with model.ftn_paint and model.person_parse_dropout > 0: a model photo's parsing map
         is used without the person's (models.tryon.paint_region), a case it saw in training."""
         m = self.model_cfg
-        return bool(m.get("ftn_paint", False)) and float(m.get("person_parse_dropout", 0.0)) > 0.0
+        return bool(m.ftn_paint) and float(m.person_parse_dropout) > 0.0
 
     def fit(self, pair: Pair) -> tuple[preprocess.Fitted, preprocess.Fitted]:
         """(M, P) letterboxed to the network's `[H, W]` (preprocess.fit: the dataset builder's resize)."""

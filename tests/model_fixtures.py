@@ -11,11 +11,18 @@ from m2e_jax.models.defaults import model_config
 H, W = 32, 32
 
 
+# The defaults' additions to the plain networks switched off: the unit tests check each network's
+# own formula, and each addition (parsing-guided region, painting, relighting, the weaker mask
+# offset) in the test that switches it on; the training tests run the defaults (configs/synthetic.py).
+PLAIN = dict(parse_region=False, parse_dropout=0.0, ftn_paint=False, person_parse_dropout=0.0,
+             ftn_relight="none", ftn_mask_offset=3.0)
+
+
 def tiny_model_config(**overrides):
-    """32x32 images, 8 base channels, 1 residual block per generator, 2-layer PatchGAN."""
+    """32x32 images, 8 base channels, 1 residual block per generator, 2-layer PatchGAN; PLAIN."""
     cfg = model_config()
     cfg.update(dict(height=H, width=W, base_channels=8, pan_blocks=1, trn_blocks=1, ftn_blocks=1,
-                    d_channels=8, d_layers=2, garment_dilation=1, soft_dilation=1, feather=1))
+                    d_channels=8, d_layers=2, garment_dilation=1, soft_dilation=1, feather=1, **PLAIN))
     cfg.update(overrides)
     return cfg
 

@@ -1,5 +1,5 @@
 """FTN: P' equals P exactly outside R~, stays in [-1, 1], gradients reach every parameter; the
-"composite" mode passes the pasted garment through its mask, "direct" paints from scratch."""
+composite passes the pasted garment through its mask."""
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +17,9 @@ def args():
     return (inputs["person_image"], refined, inputs["region"], inputs["soft_region"], inputs["person_iuv"])
 
 
-@pytest.fixture(scope="module", params=["composite", "direct"])
-def setup(request, args):
-    ftn = FTN.from_config(tiny_model_config(ftn_mode=request.param))
-    assert ftn.mode == request.param
+@pytest.fixture(scope="module")
+def setup(args):
+    ftn = FTN.from_config(tiny_model_config())
     params = jax.jit(ftn.init)(jax.random.key(0), *args)
     apply = jax.jit(lambda p, *a: ftn.apply(p, *a, with_mask=True))
     return ftn, params, apply
@@ -40,14 +39,10 @@ def test_person_kept_outside_soft_region(setup, args):
     assert np.abs(np.asarray(out)[inside] - np.asarray(person)[inside]).mean() > 1e-2
     pasted = input_composite(person, refined, region)
     gap = float(jnp.abs(out - pasted)[inside].mean())
-    if ftn.mode == "direct":
-        assert mask is None
-        assert gap > 0.2  # repainted from scratch: far from the pasted garment at initialisation
-    else:
-        # m ~ sigmoid(3) at initialisation: P' starts close to the pasted composite x.
-        assert 0.0 <= float(mask.min()) and float(mask.max()) <= 1.0
-        assert 0.85 < float(mask.mean()) < 0.99
-        assert gap < 0.1, gap
+    # m ~ sigmoid(3) at initialisation (the fixture's offset): P' starts close to the pasted composite x.
+    assert 0.0 <= float(mask.min()) and float(mask.max()) <= 1.0
+    assert 0.85 < float(mask.mean()) < 0.99
+    assert gap < 0.1, gap
 
 
 def test_gradients_reach_every_parameter(setup, args):
@@ -59,17 +54,11 @@ def test_gradients_reach_every_parameter(setup, args):
 def test_composite_passes_texture_through_exactly(args):
     """With the mask saturated at 1, P' = R~ * x + (1 - R~) * P: T's pixels are not re-synthesised."""
     person, refined, region, soft, _ = args
-    ftn = FTN.from_config(tiny_model_config(ftn_mode="composite"), mask_offset=40.0)
+    ftn = FTN.from_config(tiny_model_config(), mask_offset=40.0)
     params = jax.jit(ftn.init)(jax.random.key(1), *args)
     out = jax.jit(ftn.apply)(params, *args)
     expected = soft * input_composite(person, refined, region) + (1.0 - soft) * person
     np.testing.assert_allclose(out, expected, atol=1e-6)
-
-
-def test_unknown_mode_is_rejected(args):
-    ftn = FTN.from_config(tiny_model_config(ftn_mode="paint"))
-    with pytest.raises(ValueError, match="model.ftn_mode"):
-        jax.eval_shape(ftn.init, jax.random.key(0), *args)
 
 
 def test_relight_starts_at_gain_one_and_relights_the_pasted_garment(args):

@@ -44,7 +44,7 @@ def test_gradients_reach_every_parameter(setup):
 
 
 def test_other_sizes_and_bad_size():
-    cfg = tiny_model_config(iuv_encoding="raw", base_channels=4, pan_blocks=0)
+    cfg = tiny_model_config(base_channels=4, pan_blocks=0)
     pan = PAN.from_config(cfg)
     inputs = random_inputs(h=16, w=24, cfg=cfg)
     a, _ = jax.jit(pan.init_with_output)(jax.random.key(0), *_args(inputs))

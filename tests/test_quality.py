@@ -47,7 +47,7 @@ def test_quick_run_writes_every_row(tmp_path, capsys):
     (["--variants", "hybrid,gan_only"], "--variants: unknown ['gan_only']"),
     (["--set", "loss.no_such_weight=1"], "config has no field 'no_such_weight'"),
     (["--set", "loss.l1_weight"], "expected FIELD=VALUE"),
-    (["--set", "loss.consistency_relight=yes"], "'yes' is not a bool, the field's type (now False)"),
+    (["--set", "schedule.freeze_earlier=yes"], "'yes' is not a bool, the field's type (now True)"),
 ])
 def test_bad_arguments_give_one_line(args, message, capsys):
     assert quality.main(["--quick", *args]) == 2

@@ -298,7 +298,7 @@ def test_world_rejects_wrong_garment_kinds():
 
 # ------------------------------------------------------------------ harder worlds (effects.py)
 
-from m2e_jax import config_validation  # noqa: E402
+from m2e_jax import config_schema  # noqa: E402
 from m2e_jax.synthetic import effects  # noqa: E402
 
 # One world per effect family, each turned up so that it shows in a handful of examples.
@@ -452,4 +452,4 @@ def test_presets_from_the_cli_and_the_training_config(tmp_path):
         cli.main(["--out", str(tmp_path / "e"), "--preset", "extreme"])
     with pytest.raises(ValueError, match="unknown 'extreme'"):
         effects.preset("extreme")
-    assert config_validation.WORLD_PRESETS == tuple(effects.PRESETS)
+    assert config_schema.WORLD_PRESETS == tuple(effects.PRESETS)

@@ -202,33 +202,6 @@ def test_vgg_is_an_argument_of_the_step(fixed_batch, data_dir, jax_events):
     assert 0.0 < a["ftn_mask"] < 0.3
 
 
-@pytest.mark.slow  # compiles one stage-4 step
-def test_unpaired_batches_update_only_unpaired_trains(fixed_batch, data_dir):
-    """schedule.unpaired_trains = ("ftn",): an unpaired batch leaves PAN's and TRN's parameters and
-    Adam moments as they were and updates FTN and both discriminators; a paired batch updates all."""
-    config = tiny_config(data_dir)
-    config.schedule.unpaired_trains = ("ftn",)
-    compiled = train.Steps(config, parallel.DataParallel("shard_map", devices=jax.devices()[:1]))
-    unpaired = {**fixed_batch, "paired": np.zeros_like(fixed_batch["paired"]),
-                "has_target": np.zeros_like(fixed_batch["has_target"])}
-    init = train.init_state(config)
-
-    def same(a, b):
-        return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-    after, history = run_steps(config, compiled, unpaired, stage=4, steps=1, state=init)
-    assert history[0]["finite"] == 1.0
-    for key in ("pan", "trn"):
-        assert same(after["params"][key], init["params"][key]), key
-        assert same(after["opt"][key], init["opt"][key]), key
-    for key in ("ftn", "d_pan", "d_final"):
-        assert not same(after["params"][key], init["params"][key]), key
-    after, _ = run_steps(config, compiled, fixed_batch, stage=4, steps=1, state=init)
-    for key in ("pan", "trn", "ftn"):
-        assert not same(after["params"][key], init["params"][key]), key
-    assert compiled.traces["train4"] == 1  # the paired / unpaired branch is not static
-
-
 @pytest.mark.slow  # compiles one stage-4 step with a small perceptual VGG
 def test_the_compiled_step_weights_each_batch_by_its_paired_share(fixed_batch, data_dir):
     """The joint stage's metrics as the compiled step returns them: an unpaired batch (no target for

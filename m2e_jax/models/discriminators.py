@@ -5,14 +5,6 @@ patch. Architecture (pix2pix's 70x70 PatchGAN for d_layers=3): 4x4 stride-2 conv
 LeakyReLU(0.2); d_layers - 1 more 4x4 stride-2 convs doubling the width (capped at 8x) + norm +
 LeakyReLU; one 4x4 stride-1 conv + norm + LeakyReLU; a 4x4 stride-1 conv to 1 logit. Zero padding 1.
 Output `[B, H / 2**d_layers - 2, W / 2**d_layers - 2, 1]` float32 logits.
-
-Spectral norm (`model.spectral_norm=True`): every conv is wrapped in `nn.SpectralNorm` and the
-normalisation layers are dropped (the usual SN-GAN setup). The power-iteration vectors then live in
-a `batch_stats` collection, so the caller passes
-`variables = {"params": ..., "batch_stats": ...}` and in the discriminator step
-`apply(variables, x, iuv, update_stats=True, mutable=["batch_stats"])` (carrying the new stats in
-its state), elsewhere `update_stats=False`. Without spectral norm there is no such collection and
-`update_stats` is ignored.
 """
 
 from __future__ import annotations
@@ -25,42 +17,35 @@ from m2e_jax.models.layers import NORMS, Norm, check_choice, check_divisible, co
 
 
 class PatchDiscriminator(nn.Module):
-    """Pose-conditional PatchGAN. `__call__(image, person_iuv, update_stats=False)` -> logits."""
+    """Pose-conditional PatchGAN. `__call__(image, person_iuv)` -> logits."""
 
     channels: int = 64
     num_layers: int = 3
     norm: str = "instance"
-    spectral_norm: bool = False
-    iuv_encoding: str = "onehot"
     dtype: str = "float32"
 
     @classmethod
     def from_config(cls, model_cfg, **overrides):
         fields = dict(channels=model_cfg.d_channels, num_layers=model_cfg.d_layers, norm=model_cfg.norm,
-                      spectral_norm=model_cfg.spectral_norm, iuv_encoding=model_cfg.iuv_encoding,
                       dtype=model_cfg.dtype)
         fields.update(overrides)
         return cls(**fields)
 
     @nn.compact
-    def __call__(self, image, person_iuv, update_stats: bool = False):
+    def __call__(self, image, person_iuv):
         check_choice("model.norm", self.norm, NORMS)
         check_divisible(image.shape[1], image.shape[2], 2 ** self.num_layers, "discriminator")
         dt = compute_dtype(self.dtype)
-        norm = "none" if self.spectral_norm else self.norm
 
         def conv(x, features, stride, bias):
-            layer = nn.Conv(features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                            use_bias=bias, dtype=dt)
-            if self.spectral_norm:
-                return nn.SpectralNorm(layer)(x, update_stats=update_stats)
-            return layer(x)
+            return nn.Conv(features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
+                           use_bias=bias, dtype=dt)(x)
 
         x = jnp.concatenate([image.astype(dt),
-                             densepose.encode_iuv(person_iuv, self.iuv_encoding, dtype=dt)], axis=-1)
+                             densepose.encode_iuv(person_iuv, dtype=dt)], axis=-1)
         x = nn.leaky_relu(conv(x, self.channels, 2, True), 0.2)
         for n in range(1, self.num_layers + 1):
             stride = 2 if n < self.num_layers else 1
-            x = conv(x, self.channels * min(2 ** n, 8), stride, norm == "none")
-            x = nn.leaky_relu(Norm(norm, dt)(x), 0.2)
+            x = conv(x, self.channels * min(2 ** n, 8), stride, self.norm == "none")
+            x = nn.leaky_relu(Norm(self.norm, dt)(x), 0.2)
         return conv(x, 1, 1, True).astype(jnp.float32)

@@ -1,20 +1,17 @@
 """Fitting Network (FTN): fits the refined garment onto the person.
 
-Two output formulas (`model.ftn_mode`); both keep the face, hair, background and other garments of
-P untouched wherever the soft region R~ is 0, and give P' in [-1, 1].
-
-"direct" (method.md "Our design" 4, the generator paints the whole region from scratch):
-    P' = R~ * tanh(G([P * (1 - R_P), T * R_P, R_P, enc(I_P)])) + (1 - R~) * P
-
-"composite" (default; our design choice, not the paper's): G edits the input composite
-x = P * (1 - R_P) + T * R_P instead of redrawing it,
-    [G_img, m] = G(same inputs);  G_img = tanh(.),  m = sigmoid(. + mask_offset) in [0, 1]
+P' keeps the face, hair, background and other garments of P untouched wherever the soft region R~
+is 0, and lies in [-1, 1]. G edits the input composite x = P * (1 - R_P) + T * R_P (our design
+choice, not the paper's) instead of redrawing it:
+    [G_img, m] = G([P * (1 - R_P), T * R_P, R_P, enc(I_P)]);  G_img = tanh(.)
+    m = sigmoid(. + mask_offset) in [0, 1]
     P' = R~ * (m * x + (1 - m) * G_img) + (1 - R~) * P
-Why: in "direct" mode every texture detail of T must pass through G's bottleneck and comes out
-blurred (measured on the synthetic demo: SSIM below the "paste the warp" baseline). With a
-composition mask, as in pix2pixHD's / CP-VTON's try-on modules, T's pixels pass straight through
-where they are right and G only repaints seams, skin and holes. `mask_offset` (default 3, so
-m ~ sigmoid(3) = 0.95 at initialisation) makes P' ~ x at the start of training; the trainer's
+Why: when G paints the whole region from scratch (method.md "Our design" 4, P' = R~ G_img +
+(1 - R~) P; the former `model.ftn_mode="direct"`), every texture detail of T must pass through G's
+bottleneck and comes out blurred (measured on the synthetic demo: SSIM below the "paste the warp"
+baseline). With a composition mask, as in pix2pixHD's / CP-VTON's try-on modules, T's pixels pass
+straight through where they are right and G only repaints seams, skin and holes. `mask_offset`
+(model.ftn_mask_offset: 1, m ~ sigmoid(1) = 0.73 at initialisation) starts P' near x; the trainer's
 `loss.ftn_mask_weight` term (L1 of m toward 1 inside R~) keeps m from collapsing to 0.
 
 With a paint map Q (model.ftn_paint; models/tryon.py `paint_region`: the part of the region that
@@ -40,7 +37,6 @@ import jax.numpy as jnp
 
 from m2e_jax.models.layers import GeneratorNet, check_choice, compute_dtype
 
-FTN_MODES = ("composite", "direct")
 RELIGHT_MODES = ("none", "gain", "ramp")
 
 
@@ -91,18 +87,15 @@ class RelightHead(nn.Module):
         return jnp.exp(log_gain)
 
 
-def fit_output(person, refined, region, soft_region, image, mask=None, paint=None, gain=None):
-    """P' from FTN's own outputs: G_img `image` and, in "composite" mode, the composition mask m.
+def fit_output(person, refined, region, soft_region, image, mask, paint=None, gain=None):
+    """P' from FTN's own outputs: G_img `image` and the composition mask m.
 
-    "composite": P' = R~ (m x + (1 - m) G_img) + (1 - R~) P with x = input_composite(P, T, R);
-    "direct" (mask None): P' = R~ G_img + (1 - R~) P. With a paint map Q (model.ftn_paint, `[B, H,
-    W, 1]` in [0, 1]) the mask is m (1 - Q): FTN's own G_img wherever it paints. With a gain map
-    (model.ftn_relight, `[B, H, W, 3]`) x holds relight(T, gain). Any resolution:
+    P' = R~ (m x + (1 - m) G_img) + (1 - R~) P with x = input_composite(P, T, R). With a paint map Q
+    (model.ftn_paint, `[B, H, W, 1]` in [0, 1]) the mask is m (1 - Q): FTN's own G_img wherever it
+    paints. With a gain map (model.ftn_relight, `[B, H, W, 3]`) x holds relight(T, gain). Any resolution:
     `recompose` in models/tryon.py evaluates it on full-resolution P, T and regions with FTN's maps
     upsampled.
     """
-    if mask is None:
-        return composite(image, person, soft_region)
     if gain is not None:
         refined = relight(refined, gain)
     if paint is not None:
@@ -112,45 +105,40 @@ def fit_output(person, refined, region, soft_region, image, mask=None, paint=Non
 
 
 class FTN(GeneratorNet):
-    """FTN generator (`model.ftn_blocks` residual blocks, `model.ftn_mode` output formula).
+    """FTN generator (`model.ftn_blocks` residual blocks; the composite formula of the module docstring).
 
     Inputs (float32 `[B, H, W, C]`): person P and refined T in [-1, 1] (C=3), region R_P and
     soft_region R~ in [0, 1] (C=1), person_iuv I_P as float IUV; paint Q `[B, H, W, 1]` in [0, 1]
     or None (model.ftn_paint): the part of the region FTN paints, where T is hidden from it and P'
     is its own G_img (`fit_output`); model_image M `[B, H, W, 3]`, needed with `relight` (model.ftn_relight
-    "gain" or "ramp", composite mode only).
+    "gain" or "ramp").
     Returns P', float32 `[B, H, W, 3]` in [-1, 1]; with `with_mask=True` the pair (P', m) where m is
-    the composition mask `[B, H, W, 1]` in [0, 1] ("composite") or None ("direct"); with
-    `with_parts=True` a dict: `output` P', `generated` G_img `[B, H, W, 3]` in [-1, 1] and, in
-    "composite" mode, `mask` m (what `recompose` needs to redo the formula at another resolution)
-    and, with `relight`, `gain` (`[B, H, W, 3]`, the gain map T was relit by).
+    the composition mask `[B, H, W, 1]` in [0, 1]; with `with_parts=True` a dict: `output` P',
+    `generated` G_img `[B, H, W, 3]` in [-1, 1], `mask` m (what `recompose` needs to redo the
+    formula at another resolution) and, with `relight`, `gain` (`[B, H, W, 3]`, the gain map T was
+    relit by).
     """
 
     num_blocks: int = 6
     blocks_field = "ftn_blocks"
-    mode: str = "composite"
     mask_offset: float = 3.0
     relight: str = "none"
 
     @classmethod
     def from_config(cls, model_cfg, **overrides):
-        fields = dict(mode=model_cfg.get("ftn_mode", cls.mode),
-                      mask_offset=model_cfg.get("ftn_mask_offset", cls.mask_offset),
-                      relight=model_cfg.get("ftn_relight", "none"))
+        fields = dict(mask_offset=model_cfg.ftn_mask_offset, relight=model_cfg.ftn_relight)
         fields.update(overrides)
         return super().from_config(model_cfg, **fields)
 
     @nn.compact
     def __call__(self, person, refined, region, soft_region, person_iuv, paint=None,
                  with_mask: bool = False, with_parts: bool = False, model_image=None):
-        check_choice("model.ftn_mode", self.mode, FTN_MODES)
         dt = person.dtype
         check_choice("model.ftn_relight", self.relight, RELIGHT_MODES)
         gain = None
         if self.relight != "none":
-            if self.mode != "composite" or model_image is None:
-                raise ValueError("FTN: model.ftn_relight needs model.ftn_mode='composite' and the model "
-                                 "image")
+            if model_image is None:
+                raise ValueError("FTN: model.ftn_relight needs the model image")
             head = RelightHead(self.base_channels, ramp=self.relight == "ramp",
                                dtype=compute_dtype(self.dtype), name="relight")
             gain = head(model_image, person)
@@ -163,16 +151,13 @@ class FTN(GeneratorNet):
         else:  # T is hidden where FTN paints; the paint map is one more input channel
             x = [person * (1.0 - region), lit * (region - paint), region.astype(dt), paint.astype(dt)]
         x = jnp.concatenate(x + [self.encode(person_iuv).astype(dt)], axis=-1)
-        if self.mode == "direct":
-            image, mask = jnp.tanh(self.generate(x, 3)), None
-        else:
-            logits = self.generate(x, 4)
-            image = jnp.tanh(logits[..., :3])
-            mask = nn.sigmoid(logits[..., 3:] + self.mask_offset)
+        logits = self.generate(x, 4)
+        image = jnp.tanh(logits[..., :3])
+        mask = nn.sigmoid(logits[..., 3:] + self.mask_offset)
         # fit_output relights T again (one elementwise op) rather than taking `lit`: the same
         # formula as `recompose`, and the measured checkpoints (RESULTS.md section 9) came from it.
         output = fit_output(person, refined, region, soft_region, image, mask, paint, gain)
         if with_parts:
-            return {"output": output, "generated": image, **({} if mask is None else {"mask": mask}),
+            return {"output": output, "generated": image, "mask": mask,
                     **({} if gain is None else {"gain": gain})}
         return (output, mask) if with_mask else output

@@ -304,7 +304,6 @@ class GeneratorNet(nn.Module):
     num_blocks: int = 9
     norm: str = "instance"
     upsample: str = "resize_conv"
-    iuv_encoding: str = "onehot"
     dtype: str = "float32"
     fast: bool = True
 
@@ -316,14 +315,14 @@ class GeneratorNet(nn.Module):
         """Builds the network from `config.model` (see models/defaults.py for the fields)."""
         fields = dict(base_channels=model_cfg.base_channels, num_downsamples=model_cfg.num_downsamples,
                       num_blocks=model_cfg[cls.blocks_field], norm=model_cfg.norm,
-                      upsample=model_cfg.upsample, iuv_encoding=model_cfg.iuv_encoding,
+                      upsample=model_cfg.upsample,
                       dtype=model_cfg.dtype)
         fields.update(overrides)
         return cls(**fields)
 
     def encode(self, iuv):
         """enc(IUV) of method.md in the compute dtype: float IUV `[B, H, W, 3]` -> `[B, H, W, 27 or 3]`."""
-        return densepose.encode_iuv(iuv, self.iuv_encoding, dtype=compute_dtype(self.dtype))
+        return densepose.encode_iuv(iuv, dtype=compute_dtype(self.dtype))
 
     def generate(self, x, out_channels: int):
         """The ResNet generator on `[B, H, W, Cin]` -> float32 `[B, H, W, out_channels]` logits."""

@@ -30,7 +30,7 @@ class PAN(GeneratorNet):
 
     @classmethod
     def from_config(cls, model_cfg, **overrides):
-        fields = dict(inputs=model_cfg.get("pan_inputs", cls.inputs))
+        fields = dict(inputs=model_cfg.pan_inputs)
         fields.update(overrides)
         return super().from_config(model_cfg, **fields)
 

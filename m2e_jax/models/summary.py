@@ -52,7 +52,7 @@ def summarise(cfg, batch: int = 1, log: Callable[[str], None] = print,
             log(f"{name}\n{parameter_overview.get_parameter_overview(params, include_stats=False)}")
     log(f"Image {cfg.height}x{cfg.width}, batch {batch}, base_channels {cfg.base_channels}, blocks "
         f"PAN {cfg.pan_blocks} / TRN {cfg.trn_blocks} / FTN {cfg.ftn_blocks}, d_layers {cfg.d_layers}, "
-        f"{cfg.upsample}, {cfg.iuv_encoding} IUV")
+        f"{cfg.upsample}")
     log("| network | parameters | forward GFLOPs |")
     log("|---|---:|---:|")
     for name, count, gflops in rows:

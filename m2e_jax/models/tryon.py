@@ -40,7 +40,7 @@ from m2e_jax.ops.uv_warp import uv_warp
 # The three generators in pipeline order (also the keys of their parameter trees). The schedule's
 # stages 1..4 (schedule.py) are something else: which of these networks train when.
 NETWORKS = ("pan", "trn", "ftn")
-# The networks' maps that `recompose` resizes to another resolution (ftn_mask only in "composite").
+# The networks' maps that `recompose` resizes to another resolution (ftn_gain only with model.ftn_relight).
 RESOLUTION_FREE = ("aligned", "texture", "alpha", "ftn_generated", "ftn_mask", "ftn_gain")
 # Largest UV atlas tile of `scaled_model_config` (24 x 256 x 256 texels: ~25 MB of float32 planes).
 MAX_WARP_TILE = 256
@@ -155,8 +155,8 @@ class TryOnNet(nn.Module):
     Output keys (float32): warped W `[B, H, W, 3]`, valid V `[B, H, W, 1]`, region, soft_region
     `[B, H, W, 1]`, aligned A; with upto >= "trn": texture T_g, alpha `[B, H, W, 1]`, refined T;
     with upto == "ftn": ftn_region (the part of R_P that FTN replaces, `replace_region`), output P'
-    `[B, H, W, 3]`, ftn_generated (FTN's own image G_img `[B, H, W, 3]`), when model.ftn_mode ==
-    "composite", ftn_mask `[B, H, W, 1]` in [0, 1], with model.ftn_relight ftn_gain (T's relighting
+    `[B, H, W, 3]`, ftn_generated (FTN's own image G_img `[B, H, W, 3]`), ftn_mask `[B, H, W, 1]`
+    in [0, 1], with model.ftn_relight ftn_gain (T's relighting
     gain `[B, H, W, 3]`, models/ftn.py) and, with model.ftn_paint, ftn_paint (the part
     of ftn_region FTN paints, `paint_region`) `[B, H, W, 1]`.
     Images in [-1, 1].
@@ -190,14 +190,14 @@ class TryOnNet(nn.Module):
         (module function `paint_region`, which also widens the first for examples with M's map only).
         """
         cfg = self.model_cfg
-        if not cfg.get("parse_region", False):
+        if not cfg.parse_region:
             return inputs["region"], None
         g, _ = uv_warp(inputs["model_mask"], inputs["model_iuv"], inputs["person_iuv"],
                        tile_size=cfg.warp_tile, fill_iters=cfg.warp_fill_iters)
         g = jax.lax.stop_gradient(jnp.clip(g.astype(jnp.float32), 0.0, 1.0) * valid)
         f = replace_region(inputs["region"], g, inputs["person_mask"],
                            has_parsing(inputs["model_mask"], inputs["person_mask"]))
-        if not cfg.get("ftn_paint", False):
+        if not cfg.ftn_paint:
             return f, None
         return paint_region(inputs["region"], f, g, inputs["model_mask"], inputs["person_mask"])
 
@@ -206,7 +206,7 @@ class TryOnNet(nn.Module):
         return self.ftn_regions(inputs, valid)[0]
 
     def run_ftn(self, inputs, refined, region=None, paint=None):
-        """FTN's dict: `output` P', and `ftn_mask` (composition mask m) in model.ftn_mode "composite".
+        """FTN's dict: `output` P', `ftn_generated` G_img and `ftn_mask` (composition mask m).
 
         region: the part of R_P to replace (default R_P; see `ftn_regions`); paint: the part of it
         FTN paints from P's context (model.ftn_paint), None otherwise.
@@ -214,11 +214,9 @@ class TryOnNet(nn.Module):
         region = inputs["region"] if region is None else region
         parts = self.ftn(inputs["person_image"], refined, region, inputs["soft_region"], inputs["person_iuv"],
                          paint=paint, with_parts=True, model_image=inputs["model_image"])
-        out = {"output": parts["output"], "ftn_generated": parts["generated"]}
+        out = {"output": parts["output"], "ftn_generated": parts["generated"], "ftn_mask": parts["mask"]}
         if paint is not None:
             out["ftn_paint"] = paint
-        if "mask" in parts:
-            out["ftn_mask"] = parts["mask"]
         if "gain" in parts:
             out["ftn_gain"] = parts["gain"]
         return out
@@ -341,7 +339,7 @@ def recompose(maps: dict[str, jax.Array], inputs: dict[str, jax.Array], model_cf
 
     TRN's T = R_P (alpha W + (1 - alpha) T_g) + (1 - R_P) A and FTN's composite (ftn.fit_output) are
     pixel-wise, so with the networks' resolution-free maps resized to a photo's size (`maps`:
-    RESOLUTION_FREE keys, `[B, h, w, C]`; ftn_mask absent in "direct" mode) and the warp W, V,
+    RESOLUTION_FREE keys, `[B, h, w, C]`; ftn_gain absent without model.ftn_relight) and the warp W, V,
     regions and P computed at that size (`inputs`: prepare_batch output at any size, with warped and
     valid), the garment keeps the warp's full-resolution detail where TRN's alpha and FTN's mask pass
     it through, and the networks' own pixels (T_g, G_img, A) arrive upsampled where they paint.
@@ -352,7 +350,7 @@ def recompose(maps: dict[str, jax.Array], inputs: dict[str, jax.Array], model_cf
     net = make_tryon(model_cfg)
     region, paint = net.apply({"params": {}}, inputs, inputs["valid"], method=TryOnNet.ftn_regions)
     output = fit_output(inputs["person_image"], refined, region, inputs["soft_region"],
-                        maps["ftn_generated"], maps.get("ftn_mask"), paint, maps.get("ftn_gain"))
+                        maps["ftn_generated"], maps["ftn_mask"], paint, maps.get("ftn_gain"))
     return {"refined": refined, "ftn_region": region, "output": output}
 
 
