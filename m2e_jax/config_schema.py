@@ -330,10 +330,12 @@ def group_defaults(group: str) -> ml_collections.ConfigDict:
 
 
 def describe() -> str:
-    """Every field, one line each: name, default, allowed values, meaning (for --describe)."""
+    """Every field, one line each: name, default, allowed values, meaning (for --describe); the
+    fields a dataset config may change (SCALE_FIELDS) are marked "[per dataset]"."""
     lines = []
     for name, f in fields().items():
-        lines.append(f"{name} = {f.default!r}  ({f.rule.text})  {f.meaning}")
+        mark = "  [per dataset]" if name in SCALE_FIELDS else ""
+        lines.append(f"{name} = {f.default!r}  ({f.rule.text})  {f.meaning}{mark}")
     return "\n".join(lines)
 
 

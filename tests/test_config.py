@@ -173,6 +173,7 @@ def test_describe_lists_every_field(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" = ")[0] for line in lines] == list(config_schema.fields())
     assert "model.ftn_relight = 'ramp'  (one of ('none', 'gain', 'ramp'))  FTN relights" in "\n".join(lines)
+    assert lines[[line.split(" = ")[0] for line in lines].index("model.width")].endswith("[per dataset]")
 
 
 def _older_saved_config() -> dict:

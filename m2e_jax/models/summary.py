@@ -24,16 +24,19 @@ from m2e_jax.models.trn import TRN
 from m2e_jax.models.vgg import VGG16_CFG, VGG16_TAPS, VggTrunk
 
 
-def _networks(cfg, b: int) -> list[tuple[str, object, tuple]]:
+def _networks(cfg, b: int) -> list[tuple[str, object, tuple, dict]]:
+    """(name, network, positional inputs, keyword inputs) as abstract shapes."""
     h, w = cfg.height, cfg.width
     img = jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32)
     one = jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32)
+    # FTN's paint map with model.ftn_paint, M's photo for its relighting head with model.ftn_relight.
+    ftn_extra = dict(paint=one if cfg.ftn_paint else None, model_image=img)
     return [
-        ("PAN", PAN.from_config(cfg), (img, img, img, img, one)),
-        ("TRN", TRN.from_config(cfg), (img, img, one, one, img)),
-        ("FTN", FTN.from_config(cfg), (img, img, one, one, img)),
-        ("D (each of pan, final)", PatchDiscriminator.from_config(cfg), (img, img)),
-        ("VGG16 trunk (loss, frozen)", VggTrunk(VGG16_CFG, VGG16_TAPS), (img,)),
+        ("PAN", PAN.from_config(cfg), (img, img, img, img, one), {}),
+        ("TRN", TRN.from_config(cfg), (img, img, one, one, img), {}),
+        ("FTN", FTN.from_config(cfg), (img, img, one, one, img), ftn_extra),
+        ("D (each of pan, final)", PatchDiscriminator.from_config(cfg), (img, img), {}),
+        ("VGG16 trunk (loss, frozen)", VggTrunk(VGG16_CFG, VGG16_TAPS), (img,), {}),
     ]
 
 
@@ -41,11 +44,11 @@ def summarise(cfg, batch: int = 1, log: Callable[[str], None] = print,
               verbose: bool = False) -> list[tuple[str, int, float]]:
     """Returns and prints rows (name, parameter count, forward GFLOPs)."""
     rows = []
-    for name, net, args in _networks(cfg, batch):
-        variables = jax.eval_shape(net.init, jax.random.key(0), *args)
+    for name, net, args, kwargs in _networks(cfg, batch):
+        variables = jax.eval_shape(net.init, jax.random.key(0), *args, **kwargs)
         params = variables["params"]
         count = parameter_overview.count_parameters(params)
-        cost = jax.jit(net.apply).lower(variables, *args).cost_analysis()
+        cost = jax.jit(net.apply).lower(variables, *args, **kwargs).cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
         rows.append((name, count, float(cost["flops"]) / 1e9))
         if verbose:
