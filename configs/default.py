@@ -23,14 +23,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.dataset = ml_collections.ConfigDict(dict(
         name="deepfashion",       # synthetic | deepfashion | mvc | folder
-        source="tfds",            # tfds (data_prep's array_record source) | synthetic_memory
-        data_dir="data",          # TFDS data_dir, or where the synthetic .npz cache lives
+        # tfds: records built by `python -m data_prep.build`; synthetic: the trainer writes the synthetic
+        # world as a folder dataset and builds its records with the same builder on first use
+        # (m2e_jax/synthetic/records.py). Both are read by m2e_jax/tfds_source.py.
+        source="tfds",            # tfds | synthetic
+        data_dir="data",          # TFDS data_dir (synthetic: where its folder and records are kept)
         tfds_config="",           # data_prep builder config; "" means "<name>_<height>x<width>"
         train_split="train", test_split="test",
-        num_train=0, num_test=0,  # synthetic_memory only: examples to render
-        paired_fraction=0.5,      # synthetic_memory only
-        garment_kind="upper",     # synthetic_memory only
-        world="easy",             # synthetic_memory only: easy | medium | hard (m2e_jax/synthetic/effects.py)
+        num_train=0, num_test=0,  # synthetic only: examples to write
+        paired_fraction=0.5,      # synthetic only
+        garment_kind="upper",     # synthetic only
+        world="easy",             # synthetic only: easy | medium | hard (m2e_jax/synthetic/effects.py)
     ))
     c.model = model_config()
     c.loss = loss_config()

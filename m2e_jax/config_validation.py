@@ -14,7 +14,9 @@ import ml_collections
 from m2e_jax import xla_flags
 
 DATASETS = ("synthetic", "deepfashion", "mvc", "folder")
-SOURCES = ("tfds", "synthetic_memory")
+# "synthetic_memory": the name runs saved before the synthetic world went through records use for "synthetic"
+SOURCES = ("tfds", "synthetic", "synthetic_memory")
+SYNTHETIC_SOURCES = ("synthetic", "synthetic_memory")
 # synthetic/effects.PRESETS (named here: validation runs before JAX is imported; a test keeps them equal)
 WORLD_PRESETS = ("easy", "medium", "hard")
 PARALLEL = ("shard_map", "pmap")
@@ -62,15 +64,15 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     check(d.name in DATASETS, f"config.dataset.name: unknown dataset {d.name!r}; expected one of {DATASETS}")
     check(d.source in SOURCES,
           f"config.dataset.source: unknown source {d.source!r}; expected one of {SOURCES}")
-    if d.name in DATASETS and d.source == "synthetic_memory":
+    if d.name in DATASETS and d.source in SYNTHETIC_SOURCES:
         check(d.name == "synthetic",
-              f"config.dataset.source: 'synthetic_memory' renders only the synthetic world, not {d.name!r}")
-    if d.source == "synthetic_memory":
+              f"config.dataset.source: {d.source!r} builds only the synthetic world, not {d.name!r}")
+    if d.source in SYNTHETIC_SOURCES:
         positive("dataset.num_train", d.num_train)
         positive("dataset.num_test", d.num_test)
         check(0.0 <= d.paired_fraction <= 1.0,
               f"config.dataset.paired_fraction: must lie in [0, 1], got {d.paired_fraction!r}")
-    check(d.get("world", "easy") in WORLD_PRESETS,  # used by synthetic_memory; a typo elsewhere too
+    check(d.get("world", "easy") in WORLD_PRESETS,  # used by source "synthetic"; a typo elsewhere too
           f"config.dataset.world: unknown preset {d.get('world')!r}; expected one of {WORLD_PRESETS}")
     check(config.parallel in PARALLEL,
           f"config.parallel: unknown mode {config.parallel!r}; expected one of {PARALLEL}")
@@ -165,7 +167,7 @@ def _check_remaining(config, check, positive) -> None:
     check(all(isinstance(x, int | float) and x >= 0 for x in w.vgg16_layer_weights),
           f"config.loss.vgg16_layer_weights: must all be >= 0, got {w.vgg16_layer_weights!r}")
     positive("seed", config.seed, allow_zero=True)
-    if d.source != "synthetic_memory":  # unused there, but a negative count is still a typo
+    if d.source not in SYNTHETIC_SOURCES:  # unused there, but a negative count is still a typo
         positive("dataset.num_train", d.num_train, allow_zero=True)
         positive("dataset.num_test", d.num_test, allow_zero=True)
         check(0.0 <= d.paired_fraction <= 1.0,
