@@ -148,7 +148,7 @@ def test_densepose_only_try_on_changes_the_garment_and_keeps_the_rest_at_the_pho
 OWN_BUILD = ("python -m data_prep.build --dataset folder --manual_dir data/my_photos --data_dir data/my_tfds "
              "--height 256 --width 192",
              ["-m", "data_prep.build", "--dataset", "folder", "--manual_dir", "data/my_photos", "--data_dir",
-              "data/my_tfds", "--height", "64", "--width", "48"])
+              "data/my_tfds", "--height", "32", "--width", "32"])
 OWN_TRAIN = ("python -m m2e_jax.main --config configs/folder.py --workdir runs/folder "
              "--config.dataset.data_dir=data/my_tfds",
              ["-m", "m2e_jax.main", "--config", "configs/folder.py:test", "--workdir", "runs/folder",
@@ -161,8 +161,8 @@ OWN_TRY_ON = ("python -m m2e_jax.infer --workdir runs/folder --model_image model
                "--person_image", "person.jpg", "--output", "tryon.png"])
 OWN_DEMO = ("python -m m2e_jax.demo --workdir runs/folder",
             ["-m", "m2e_jax.demo", "--workdir", "runs/folder", "--port", "0"])  # any free port here
-OWN_STEPS = 10  # configs/folder.py:test (configs/deepfashion.py shrink_for_smoke: 2 + 2 + 2 + 4)
-PHOTO_H, PHOTO_W = 100, 72  # not the records' 4:3, so the build letterboxes
+OWN_STEPS = 6  # configs/folder.py:test (configs/synthetic.py:test's model, 32x32: 2 + 1 + 1 + 2 steps)
+PHOTO_H, PHOTO_W = 100, 72  # not the records' shape, so the build letterboxes
 
 # Each figure part: DensePose part label (densepose.md: 2 torso front, 15/16 upper arm left/right,
 # 19/20 lower arm left/right, 7/8 upper leg right/left, 11/12 lower leg right/left, 23 head) and what
@@ -260,7 +260,7 @@ def test_own_photos_build_train_evaluate_try_on_and_serve(clone, tmp_path):
     names = write_own_photos(clone / "data" / "my_photos")
     assert sum(len(v) for v in names.values()) >= 24
     run(clone, OWN_BUILD[1], log)
-    report = (clone / "data" / "my_tfds" / "m2e_dataset" / "folder_64x48" / "1.0.0" / "build_report.txt")
+    report = (clone / "data" / "my_tfds" / "m2e_dataset" / "folder_32x32" / "1.0.0" / "build_report.txt")
     assert report.read_text().startswith("0 record(s) skipped"), report.read_text()
     run(clone, OWN_TRAIN[1], log)
     assert (clone / "runs" / "folder" / "checkpoints" / str(OWN_STEPS) / "SHA256SUMS").is_file()

@@ -4,9 +4,9 @@ Configs are `<source>_<H>x<W>` (source: synthetic, deepfashion, mvc, folder); an
 `M2EConfig`. This builder reads the folder layout (m2e_jax/data_schema.py; "synthetic" is that layout
 as m2e_jax.synthetic writes it), so the trainer builds the demo's records with it; data_prep's
 subclass (data_prep/m2e_dataset) adds the DeepFashion and MVC readers, and `build` runs either one.
-Input is read from `manual_dir`; every photo is validated first (validate.py),
-bad records are skipped and listed in `build_report.json` / `.txt` inside the version folder (or, with
-`strict`, the build stops at the first). TFDS writes into a temporary folder and renames it at the end,
+Input is read from `manual_dir`; every photo is validated first (validate.py), bad records are
+skipped and listed in `build_report.json` / `.txt` inside the version folder (or, with `strict`, the
+build stops at the first). TFDS writes into a temporary folder and renames it at the end,
 so an interrupted build never looks complete.
 """
 
@@ -89,6 +89,7 @@ def read_synthetic_catalog(root: Path, opts: BuildOptions) -> dict[str, SplitCat
 
 
 def paired_count(cats: dict[str, SplitCatalog]) -> int:
+    """The most paired examples any split has (the default number of unpaired draws per split)."""
     return max((sum(e.paired for e in c.examples) for c in cats.values()), default=0)
 
 
