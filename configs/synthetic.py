@@ -1,4 +1,6 @@
-"""The embedded demo: builds the synthetic try-on world on first use and trains on a laptop CPU.
+"""The embedded demo: writes the synthetic try-on world as a folder dataset on first use, builds its
+TFDS records with the builder `python -m data_prep.build` runs (m2e_jax/synthetic/records.py) and
+trains from them on a laptop CPU: the road users' own photos take.
 
 `python -m m2e_jax.main --config configs/synthetic.py --workdir runs/synthetic` (about 10 minutes on
 a 2-core CPU). `--config configs/synthetic.py:test` is a tiny smoke variant (tests use it).
@@ -56,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The "medium" world (m2e_jax/synthetic/effects.py): DensePose errors, back views, loose tops,
     # long hair, per-photo lighting, JPEG inputs. On the "easy" world (exact IUV, one lighting) the
     # UV warp is already the answer and the networks learn to pass it through.
-    c.dataset.update(name="synthetic", source="synthetic_memory", data_dir="data/synthetic",
+    c.dataset.update(name="synthetic", source="synthetic", data_dir="data/synthetic",
                      num_train=512, num_test=64, paired_fraction=0.5, garment_kind="upper", world="medium")
     if arg in ("test", "local"):
         c.dataset.update(num_train=16, num_test=8, world="easy")

@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from m2e_jax import tfds_source
 from m2e_jax.readers import images
+from m2e_jax.records import builder as records_builder
 
 
 def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike, height: int, width: int,
@@ -27,12 +27,12 @@ def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
           synthetic_counts: tuple[int, int] = (64, 16), test_fraction: float = 0.1) -> str:
     """Builds (or reuses) one config; returns its folder DATA_DIR/m2e_dataset/<dataset>_<H>x<W>/1.0.0.
 
-    For "synthetic", an empty/missing `manual_dir` is first filled by m2e_jax.synthetic.write_dataset
-    (`synthetic_counts` = (num_train, num_test) examples, this `seed` and size). An existing build is
-    reused unless `overwrite`. The trainer can call this to build the synthetic set on first use.
+    m2e_jax.records.builder.build with data_prep's builder (every layout). For "synthetic", an
+    empty/missing `manual_dir` is first filled by m2e_jax.synthetic.dataset.write_dataset
+    (`synthetic_counts` = (num_train, num_test) examples, this `seed` and size; the trainer's own
+    synthetic records come from m2e_jax.synthetic.records). An existing build is reused unless
+    `overwrite`.
     """
-    import tensorflow_datasets as tfds
-
     from data_prep.m2e_dataset import m2e_dataset_dataset_builder as mb
 
     manual = Path(manual_dir).expanduser()
@@ -41,22 +41,11 @@ def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
 
         synthetic.write_dataset(manual, seed, height, width, *synthetic_counts, overwrite=manual.exists(),
                                 **({"garment_kind": garment_kind} if garment_kind else {}))
-    if not manual.is_dir():
-        raise FileNotFoundError(f"--manual_dir {manual}: not a directory")
-    if not any(manual.iterdir()):  # TFDS would fail with a multi-line AssertionError
-        raise FileNotFoundError(f"--manual_dir {manual}: empty folder (no photos or DensePose outputs)")
-    config = mb.M2EConfig(source=dataset, height=height, width=width)
-    # TFDS refuses a config object named like a predefined one: pass predefined ones by name
-    config_arg = config.name if config.name in mb.Builder.builder_configs else config
     options = mb.BuildOptions(strict=strict, num_unpaired=num_unpaired, seed=seed, select=select,
                               garment_kind=garment_kind, workers=workers, test_fraction=test_fraction,
                               max_pixels=max_pixels)
-    builder = mb.Builder(config=config_arg, data_dir=os.fspath(Path(data_dir).expanduser()), options=options)
-    mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else \
-        tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.fspath(manual), download_mode=mode))
-    return tfds_source.dataset_dir(data_dir, config.name)
+    return records_builder.build(dataset, manual, data_dir, height, width, options, overwrite=overwrite,
+                                 builder_cls=mb.Builder)
 
 
 def _select(value: str) -> str | int:

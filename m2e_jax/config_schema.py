@@ -26,7 +26,7 @@ from typing import Any
 import ml_collections
 
 DATASETS = ("synthetic", "deepfashion", "mvc", "folder")
-SOURCES = ("tfds", "synthetic_memory")
+SOURCES = ("tfds", "synthetic")
 WORLD_PRESETS = ("easy", "medium", "hard")       # synthetic/effects.PRESETS
 PARALLEL = ("shard_map", "pmap")                 # parallel.DataParallel
 GARMENT_KINDS = ("upper", "lower")               # densepose.GARMENT_KINDS
@@ -154,20 +154,21 @@ SCHEMA: dict[str, Any] = dict(
     ),
     dataset=_fields(
         name=Field("deepfashion", choice(DATASETS), "which dataset (names the records to read)"),
-        source=Field("tfds", choice(SOURCES), "tfds: data_prep's records; synthetic_memory: render the "
-                                              "synthetic world in memory"),
-        data_dir=Field("data", NAME, "TFDS data_dir, or where the synthetic .npz cache lives"),
+        source=Field("tfds", choice(SOURCES), "tfds: data_prep's records; synthetic: write the synthetic "
+                                              "world as a folder dataset and build its records on first use "
+                                              "(m2e_jax/synthetic/records.py), read like tfds's"),
+        data_dir=Field("data", NAME, "TFDS data_dir (synthetic: where its folder and records are kept)"),
         tfds_config=Field("", Rule(f"<dataset>_<H>x<W> with <dataset> one of {DATASETS}, or '' (derived)",
                                    lambda v: v == "" or (isinstance(v, str) and re.fullmatch(
                                        rf"({'|'.join(DATASETS)})_\d+x\d+", v) is not None)),
                           "data_prep builder config; '' means <name>_<height>x<width>"),
         train_split=Field("train", NAME, "split trained on"),
         test_split=Field("test", NAME, "split evaluated on"),
-        num_train=Field(0, count(), "synthetic_memory: training examples to render"),
-        num_test=Field(0, count(), "synthetic_memory: test examples to render"),
-        paired_fraction=Field(0.5, share(), "synthetic_memory: share of paired examples"),
-        garment_kind=Field("upper", choice(GARMENT_KINDS), "synthetic_memory: garment rendered"),
-        world=Field("easy", choice(WORLD_PRESETS), "synthetic_memory: world preset "
+        num_train=Field(0, count(), "synthetic: training examples to write"),
+        num_test=Field(0, count(), "synthetic: test examples to write"),
+        paired_fraction=Field(0.5, share(), "synthetic: share of paired examples"),
+        garment_kind=Field("upper", choice(GARMENT_KINDS), "synthetic: garment rendered"),
+        world=Field("easy", choice(WORLD_PRESETS), "synthetic: world preset "
                                                    "(m2e_jax/synthetic/effects.py)"),
     ),
     model=_fields(
@@ -297,6 +298,12 @@ REMOVED: dict[str, tuple[Any, str]] = {
     "model.iuv_encoding": ("onehot", "no config set another value and no measurement used one"),
 }
 
+# Values renamed since a checkpoint was saved: {field: {old value: current value}}.
+RENAMED_VALUES: dict[str, dict[Any, Any]] = {
+    # the synthetic world was rendered in memory before it went through records (the same examples)
+    "dataset.source": {"synthetic_memory": "synthetic"},
+}
+
 
 # ---------------------------------------------------------------- derived: defaults, listing, saved configs
 
@@ -362,8 +369,10 @@ def from_saved(raw: dict, where: str) -> ml_collections.ConfigDict:
                 if not isinstance(value, dict):
                     raise ConfigError(f"{where}: config.{name}: must be a group of fields, got {value!r}")
                 out[key] = merge(value, schema[key], f"{name}.")
+            elif isinstance(value, list):
+                out[key] = tuple(value)
             else:
-                out[key] = tuple(value) if isinstance(value, list) else value
+                out[key] = RENAMED_VALUES.get(name, {}).get(value, value)
         for key, item in schema.items():
             if key not in out:
                 out[key] = (_build(item, lambda f: f.value_before).to_dict() if isinstance(item, dict)
@@ -416,9 +425,9 @@ def _relations(c: Any) -> list[str]:
             out.append(msg)
 
     d, m, s, dist = c.dataset, c.model, c.schedule, c.distributed
-    if d.source == "synthetic_memory":
+    if d.source == "synthetic":
         check(d.name == "synthetic",
-              f"config.dataset.source: 'synthetic_memory' renders only the synthetic world, not {d.name!r}")
+              f"config.dataset.source: 'synthetic' builds only the synthetic world, not {d.name!r}")
         check(d.num_train > 0, f"config.dataset.num_train: must be > 0, got {d.num_train!r}")
         check(d.num_test > 0, f"config.dataset.num_test: must be > 0, got {d.num_test!r}")
     check(d.train_split != d.test_split,

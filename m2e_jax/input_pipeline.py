@@ -1,11 +1,12 @@
 """Training and evaluation batches: random-access sources -> per-host numpy batches -> device arrays.
 
-Sources (config.dataset.source):
-  "tfds"              tfds_source.load_source(data_dir, tfds_config, split): the
-                      array_record TFDS data source (`__len__`, `__getitem__` -> data_schema dict);
-                      tfds_config "" means "<dataset.name>_<height>x<width>" (data_prep's names).
-  "synthetic_memory"  synthetic.dataset.make_examples(...) rendered once and cached as an .npz in
-                      dataset.data_dir; later runs (and other processes) reuse the file.
+Sources (config.dataset.source); both read records through tfds_source.load_source, the
+array_record TFDS data source (`__len__`, `__getitem__` -> data_schema dict):
+  "tfds"       records already built (`python -m data_prep.build`) in dataset.data_dir;
+               tfds_config "" means "<dataset.name>_<height>x<width>" (data_prep's names).
+  "synthetic"  the synthetic world of dataset.{num_train, num_test, paired_fraction, garment_kind,
+               world}, written as a folder dataset and built into records under dataset.data_dir on
+               first use by the same builder (m2e_jax/synthetic/records.py); later runs reuse them.
 
 Order: the train examples are split into a paired and an unpaired stream (schedule.py says which
 one each step draws from); each stream walks an epoch-wise permutation seeded by (config.seed,
@@ -21,8 +22,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
-import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -31,25 +30,10 @@ import numpy as np
 from m2e_jax import data_schema, schedule
 
 MODEL_KEYS = ("model_image", "model_iuv", "model_mask")
-
-
-class ArraySource:
-    """Random access over stacked per-field arrays (`{key: [N, ...]}`) in data_schema format."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        missing = [k for k in data_schema.KEYS if k not in arrays]
-        if missing:
-            raise ValueError(f"ArraySource: missing fields {missing}")
-        self.arrays = arrays
-
-    def __len__(self) -> int:
-        return len(self.arrays["paired"])
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {k: v[i] for k, v in self.arrays.items()}
-
-    def paired_flags(self) -> np.ndarray:
-        return self.arrays["paired"].astype(bool)
+# A split whose decoded examples fit in this many bytes is decoded once and kept in memory: the
+# synthetic demo's 512 train examples (64x48) take 27 MB and are read 19 times each, and decoding 7 PNGs
+# per example costs CPU its training step needs; a paper-scale dataset is far larger and streams.
+CACHE_MAX_BYTES = 512 * 2**20
 
 
 def stack_examples(examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -58,47 +42,20 @@ def stack_examples(examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
             for k, (_, dtype) in data_schema.spec(*np.asarray(examples[0]["model_image"]).shape[:2]).items()}
 
 
-def _synthetic_cache_path(dcfg: Any, seed: int, split: str, height: int, width: int) -> str:
-    num = dcfg.num_train if split == dcfg.train_split else dcfg.num_test
-    key = f"{seed}-{split}-{num}-{height}x{width}-{dcfg.paired_fraction}-{dcfg.garment_kind}"
-    world = dcfg.world
-    if world != "easy":  # easy keeps the cache names it always had
-        key += f"-{world}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return os.path.join(dcfg.data_dir, f"synthetic_{split}_{height}x{width}_{num}_{digest}.npz")
-
-
-def synthetic_source(dcfg: Any, seed: int, split: str, height: int, width: int) -> ArraySource:
-    """The synthetic split rendered by make_examples, cached in dcfg.data_dir as .npz."""
-    path = _synthetic_cache_path(dcfg, seed, split, height, width)
-    if os.path.exists(path):
-        with np.load(path) as f:
-            return ArraySource({k: f[k] for k in f.files})
-    from m2e_jax.synthetic import dataset
-
-    num = dcfg.num_train if split == dcfg.train_split else dcfg.num_test
-    logging.info("Rendering %d synthetic %s examples (%dx%d) into %s", num, split, height, width, path)
-    arrays = stack_examples(dataset.make_examples(seed, split, num, height, width,
-                                                  paired_fraction=dcfg.paired_fraction,
-                                                  garment_kind=dcfg.garment_kind,
-                                                  world_cfg=dcfg.world))
-    os.makedirs(dcfg.data_dir, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: concurrent processes never read a half-written cache
-    return ArraySource(arrays)
-
-
 def open_source(config: Any, split: str):
     """The random-access source of `split` chosen by config.dataset.source."""
-    d = config.dataset
-    if d.source == "synthetic_memory":
-        return synthetic_source(d, config.seed, split, config.model.height, config.model.width)
-    if d.source == "tfds":
-        from m2e_jax import tfds_source  # local: only the tfds path imports tensorflow_datasets
+    from m2e_jax import tfds_source  # local: only reading data imports tensorflow_datasets
 
+    d = config.dataset
+    if d.source == "synthetic":
+        from m2e_jax.synthetic import records
+
+        spec = records.spec_from_config(config)
+        return tfds_source.load_source(records.ensure_records(d.data_dir, spec), records.config_name(spec),
+                                       split, cache_max_bytes=CACHE_MAX_BYTES)
+    if d.source == "tfds":
         name = d.tfds_config or f"{d.name}_{config.model.height}x{config.model.width}"
-        return tfds_source.load_source(d.data_dir, name, split)
+        return tfds_source.load_source(d.data_dir, name, split, cache_max_bytes=CACHE_MAX_BYTES)
     raise ValueError(f"config.dataset.source: unknown source {d.source!r}")
 
 

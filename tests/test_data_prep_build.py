@@ -150,7 +150,7 @@ def test_pairs_csv_as_spreadsheets_save_it(tmp_path):
     _folder(tmp_path / "in")
     pairs = tmp_path / "in" / "train" / "pairs.csv"
     pairs.write_bytes("\ufeffsource, target\r\na1,a2\r\nb1,b2\r\n".encode())
-    from data_prep.readers import folder
+    from m2e_jax.records import folder
 
     cat = folder.read_folder(tmp_path / "in")["train"]
     assert sorted((e.model, e.person) for e in cat.examples if e.paired) == [("a1", "a2"), ("b1", "b2")]

@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import build, fixtures, pairing
+from data_prep import build, fixtures
 from data_prep.readers import deepfashion, mvc
 from m2e_jax import tfds_source
+from m2e_jax.records import pairing
 
 
 def test_items_from_pairs_are_connected_components():

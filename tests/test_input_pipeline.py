@@ -10,15 +10,17 @@ from m2e_jax import data_schema, input_pipeline, schedule
 H = W = 8
 
 
-def fake_source(num: int, paired: np.ndarray) -> input_pipeline.ArraySource:
-    """Examples whose model_image[0, 0, 0] holds their index (so batches can be traced back)."""
-    arrays = {k: np.zeros((num, *shape), dtype) for k, (shape, dtype) in data_schema.spec(H, W).items()}
-    arrays["model_image"][:, 0, 0, 0] = np.arange(num)
-    arrays["person_image"][:, 0, 0, 0] = np.arange(num)
-    arrays["target_image"][:, 0, 0, 0] = np.arange(num) + 1
-    arrays["has_target"][:] = 1
-    arrays["paired"][:] = paired
-    return input_pipeline.ArraySource(arrays)
+def fake_source(num: int, paired: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Examples whose model_image[0, 0, 0] holds their index (so batches can be traced back): a list
+    has the random access (`len`, `[i]`) the pipeline asks of a source, and no `paired_flags`."""
+    out = []
+    for i in range(num):
+        ex = data_schema.empty_example(H, W)
+        ex["model_image"][0, 0, 0] = ex["person_image"][0, 0, 0] = i
+        ex["target_image"][0, 0, 0] = i + 1
+        ex["has_target"], ex["paired"] = np.int32(1), np.int32(paired[i])
+        out.append(ex)
+    return out
 
 
 def config(batch=4, pan=3, trn=0, ftn=0, joint=6, p=1, u=1, seed=0):
@@ -63,8 +65,9 @@ def test_batches_are_a_pure_function_of_the_step():
 def parsed_source():
     """20 examples, alternately paired, whose two parsing masks are non-empty (M's all garment)."""
     source = fake_source(20, np.array([1, 0] * 10))
-    source.arrays["model_mask"][:] = 1
-    source.arrays["person_mask"][:, :4] = 1
+    for ex in source:
+        ex["model_mask"][:] = 1
+        ex["person_mask"][:4] = 1
     return source
 
 
@@ -173,24 +176,28 @@ def test_eval_batches_pad_with_zero_weight():
     assert ids(halves[0][0][0]) + ids(halves[1][0][0]) == [0, 1, 2, 3]
 
 
-def test_synthetic_source_is_rendered_once_and_cached(tmp_path):
-    c = synthetic.get_config("test")
-    c.dataset.update(data_dir=str(tmp_path), num_test=3)
-    first = input_pipeline.open_source(c, "test")
-    files = list(tmp_path.glob("*.npz"))
-    assert len(files) == 1 and len(first) == 3
-    for i in range(3):
-        data_schema.validate_example(first[i], c.model.height, c.model.width, f"example {i}")
-    stamp = files[0].stat().st_mtime_ns
-    again = input_pipeline.open_source(c, "test")
-    assert files[0].stat().st_mtime_ns == stamp  # reused, not re-rendered
-    for k in data_schema.KEYS:
-        np.testing.assert_array_equal(again.arrays[k], first.arrays[k])
-    from m2e_jax.synthetic import dataset
+def test_synthetic_source_reads_the_records_it_built_once(tmp_path):
+    """source "synthetic": the world written as a folder, built into records, read as "tfds" reads."""
+    from m2e_jax import tfds_source
 
-    fresh = dataset.make_examples(c.seed, "test", 3, c.model.height, c.model.width,
-                                  paired_fraction=c.dataset.paired_fraction)
-    np.testing.assert_array_equal(again.arrays["person_image"], np.stack([e["person_image"] for e in fresh]))
+    c = synthetic.get_config("test")
+    c.dataset.update(data_dir=str(tmp_path), num_train=4, num_test=3)
+    first = input_pipeline.open_source(c, "test")
+    assert isinstance(first, tfds_source.M2ESource) and len(first) == 3
+    assert len(input_pipeline.open_source(c, "train")) == 4
+    (root,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert (root / "photos" / "test" / "triplets.csv").is_file()
+    (info,) = root.glob("m2e_dataset/synthetic_32x32/1.0.0/dataset_info.json")
+    stamp = info.stat().st_mtime_ns
+    again = input_pipeline.open_source(c, "test")
+    assert info.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    for i in range(3):
+        data_schema.validate_example(again[i], c.model.height, c.model.width, f"example {i}")
+        for k in data_schema.KEYS:
+            np.testing.assert_array_equal(again[i][k], first[i][k])
+    c.dataset.num_test = 2  # another world setting: its own folder and records
+    assert len(input_pipeline.open_source(c, "test")) == 2
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
 
 
 def test_tfds_source_built_by_data_prep(tmp_path):

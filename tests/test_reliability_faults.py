@@ -251,23 +251,23 @@ def tfds_config(data_dir: str):
     return c
 
 
-# source -> when the data folder disappears ("after step 2": its files are open by then; "before the
-# first batch": the trainer has listed the records but not opened the train file for reading).
-DATA_GONE = [("synthetic_memory", "after step 2"), ("tfds", "after step 2"),
-             ("tfds", "before the first batch")]
+# When the records folder disappears ("after step 2": its files are open by then; "before the first
+# batch": the trainer has listed the records but not opened the train file for reading). The
+# synthetic world takes the same road: its records are read by the same source.
+DATA_GONE = ["after step 2", "before the first batch"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source,when", DATA_GONE)
-def test_data_folder_disappearing_mid_run(reference, tfds_reference, tmp_path, monkeypatch, source, when):
-    """Files already open (or data in memory) keep serving the run to the end; a file not opened yet
+@pytest.mark.parametrize("when", DATA_GONE)
+def test_data_folder_disappearing_mid_run(tfds_reference, tmp_path, monkeypatch, when):
+    """Files already open (or data decoded in memory) keep serving the run to the end; a file not opened yet
     ends the run in one DataError line naming it, and once the folder is back the rerun resumes."""
     from m2e_jax import input_pipeline
 
-    ref = reference if source == "synthetic_memory" else tfds_reference
+    ref = tfds_reference
     data = tmp_path / "data"
     shutil.copytree(ref["data"], data)
-    config = config_for(str(data)) if source == "synthetic_memory" else tfds_config(str(data))
+    config = tfds_config(str(data))
     if when == "after step 2":
         save = checkpointing.Checkpointer.save
 

@@ -3,14 +3,16 @@
 import csv
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from m2e_jax import data_schema, densepose
+from m2e_jax import data_schema, densepose, tfds_source
 from m2e_jax.synthetic import __main__ as cli
-from m2e_jax.synthetic import contact_sheet, dataset, world
+from m2e_jax.synthetic import contact_sheet, dataset, records, world
 
 H, W = 64, 48
 
@@ -453,3 +455,75 @@ def test_presets_from_the_cli_and_the_training_config(tmp_path):
     with pytest.raises(ValueError, match="unknown 'extreme'"):
         effects.preset("extreme")
     assert config_schema.WORLD_PRESETS == tuple(effects.PRESETS)
+
+
+# The synthetic world on the users' road (m2e_jax/synthetic/records.py): folder -> builder -> records.
+RECORD_SPEC = records.WorldSpec(seed=2, height=32, width=32, num_train=6, num_test=3, world="medium")
+
+
+def _by_ids(data_dir: str, split: str) -> dict[tuple[str, str], dict]:
+    src = tfds_source.load_source(data_dir, records.config_name(RECORD_SPEC), split, with_meta=True)
+    return {(r["model_id"], r["person_id"]): r for r in src}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """RECORD_SPEC's records, built once for the module: (DATA_DIR, the TFDS data_dir returned)."""
+    data_dir = tmp_path_factory.mktemp("records")
+    return data_dir, records.ensure_records(data_dir, RECORD_SPEC)
+
+
+def test_records_hold_the_worlds_pixels_built_from_its_folder(built):
+    """Every field equals make_examples' bit for bit, except a paired target, which is P's photo as
+    given (the medium world JPEGs P), as in every real paired dataset."""
+    data_dir, root = built
+    photos = Path(root) / "photos"
+    assert {p.name for p in (photos / "test").iterdir()} == {"images", "pairs.csv", "triplets.csv"}
+    assert list((photos / "test" / "images").glob("*_IUV.png"))
+    s = RECORD_SPEC
+    for split, num in (("train", s.num_train), ("test", s.num_test)):
+        got = _by_ids(root, split)
+        examples = dataset.make_examples(s.seed, split, num, s.height, s.width, s.paired_fraction,
+                                         s.garment_kind, s.world)
+        assert len(got) == num
+        for ex in examples:
+            rec = got[(ex["model_id"], ex["person_id"])]
+            for key in data_schema.KEYS:
+                want = ex["person_image"] if key == "target_image" and ex["paired"] else ex[key]
+                np.testing.assert_array_equal(rec[key], want, err_msg=f"{split} {ex['model_id']} {key}")
+    paired = [ex for ex in examples if ex["paired"]]
+    assert paired and any((ex["target_image"] != ex["person_image"]).any() for ex in paired)  # JPEG'd P
+
+
+def test_records_are_cached_deterministic_and_rebuilt_after_a_killed_build(built, tmp_path):
+    data_dir, root = built
+    info = Path(tfds_source.dataset_dir(root, records.config_name(RECORD_SPEC))) / "dataset_info.json"
+    stamp = info.stat().st_mtime_ns
+    assert records.ensure_records(data_dir, RECORD_SPEC) == root and info.stat().st_mtime_ns == stamp
+    # A killed build: the photos written, the records half written (TFDS's `incomplete.*` folder),
+    # and a half-written photo folder of an earlier attempt.
+    other = tmp_path / Path(root).name
+    shutil.copytree(Path(root) / "photos", other / "photos")
+    junk = other / tfds_source.NAME / records.config_name(RECORD_SPEC) / "incomplete.ABC123_1.0.0"
+    junk.mkdir(parents=True)
+    (junk / "m2e_dataset-train.array_record-00000-of-00001").write_bytes(b"half")
+    (other / ".photos.partial-xyz" / "train").mkdir(parents=True)
+    photo_stamp = (other / "photos" / "meta.json").stat().st_mtime_ns
+    assert records.ensure_records(tmp_path, RECORD_SPEC) == str(other)
+    assert not junk.exists() and not (other / ".photos.partial-xyz").exists()
+    assert (other / "photos" / "meta.json").stat().st_mtime_ns == photo_stamp  # the photos were reused
+    for split in ("train", "test"):  # the same records as the uninterrupted build
+        a, b = _by_ids(root, split), _by_ids(str(other), split)
+        assert a.keys() == b.keys()
+        for k in a:
+            for key in data_schema.KEYS:
+                np.testing.assert_array_equal(a[k][key], b[k][key])
+
+
+def test_another_world_setting_gets_its_own_folder():
+    spec = records.WorldSpec(0, 64, 48, 8, 2)
+    changes = ({"world": "medium"}, {"num_test": 3}, {"seed": 1}, {"paired_fraction": 0.25},
+               {"garment_kind": "lower"})
+    others = [dataclasses.replace(spec, **kw) for kw in changes]
+    assert len({s.folder_name() for s in [spec, *others]}) == 6
+    assert spec.folder_name() == records.WorldSpec(0, 64, 48, 8, 2).folder_name()

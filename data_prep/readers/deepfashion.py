@@ -29,10 +29,10 @@ import csv
 import re
 from pathlib import Path
 
-from data_prep.catalog import Problem, SplitCatalog
-from data_prep.readers import densepose_files as dpf
 from data_prep.readers import item_layout
 from m2e_jax import densepose
+from m2e_jax.records import densepose_files as dpf
+from m2e_jax.records.catalog import Problem, SplitCatalog
 
 LOWER_CATEGORIES = ("pants", "shorts", "skirts", "leggings", "denim")
 IMAGE_DIRS = ("img", "img_highres")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from data_prep import pairing
-from data_prep.catalog import ExampleRef, Problem, SplitCatalog
-from data_prep.readers import densepose_files as dpf
 from m2e_jax.readers.photos import ImageRef
+from m2e_jax.records import densepose_files as dpf
+from m2e_jax.records import pairing
+from m2e_jax.records.catalog import ExampleRef, Problem, SplitCatalog
 
 
 def catalogs(photos: Sequence[tuple[str, Path, str, str | None, int]], *, root: Path,

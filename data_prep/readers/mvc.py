@@ -20,9 +20,9 @@ import os
 import re
 from pathlib import Path
 
-from data_prep.catalog import SplitCatalog
 from data_prep.readers import item_layout
 from m2e_jax import densepose
+from m2e_jax.records.catalog import SplitCatalog
 
 LINK_LISTS = ("image_links.json", "mvc_info.json")
 _ITEM_VIEW = re.compile(r"^(?P<item>.+)_(?P<view>[^_]+)$")

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.catalog import Problem
 from m2e_jax.readers import detectron2_dump, iuv_png
 from m2e_jax.readers.photos import IMAGE_SUFFIXES, DumpIndex, IuvRef
+from m2e_jax.records.catalog import Problem
 
 # Files beside the photos that are DensePose/parsing outputs, not photos.
 AUX_SUFFIXES = ("_IUV", "_INDS", "_parse")

@@ -17,12 +17,12 @@ import csv
 import json
 from pathlib import Path
 
-from data_prep import pairing
-from data_prep.catalog import ExampleRef, Problem, SplitCatalog
-from data_prep.readers import densepose_files as dpf
 from m2e_jax import densepose
 from m2e_jax.readers import photos
 from m2e_jax.readers.photos import ImageRef
+from m2e_jax.records import densepose_files as dpf
+from m2e_jax.records import pairing
+from m2e_jax.records.catalog import ExampleRef, Problem, SplitCatalog
 
 
 def parse_kind(value: str | int, where: str) -> int:

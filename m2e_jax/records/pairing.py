@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from data_prep.catalog import ExampleRef
+from m2e_jax.records.catalog import ExampleRef
 
 
 def items_from_pairs(names: Iterable[str], pairs: Iterable[tuple[str, str]]) -> dict[str, str]:

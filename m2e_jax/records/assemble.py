@@ -12,10 +12,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from data_prep.catalog import ExampleRef
 from m2e_jax import densepose, letterbox
 from m2e_jax.readers import images, photos, selection
 from m2e_jax.readers.photos import ImageRef
+from m2e_jax.records.catalog import ExampleRef
 
 
 def png_bytes(arr: np.ndarray) -> bytes:

@@ -8,9 +8,9 @@ import json
 import os
 from collections.abc import Sequence
 
-from data_prep.catalog import Problem
 from m2e_jax.readers import images, selection
 from m2e_jax.readers.photos import MIN_PERSON_FRACTION, ImageRef, RecordError, check_person, load_photo
+from m2e_jax.records.catalog import Problem
 
 
 def validate_photo(ref: ImageRef, select: selection.Select = "largest", need_iuv: bool = True,
@@ -29,7 +29,7 @@ def validate_photo(ref: ImageRef, select: selection.Select = "largest", need_iuv
 @dataclasses.dataclass(frozen=True)
 class PhotoCheck:
     """validate_photo with the build's options, as a picklable callable for the build's worker pool
-    (a module of data_prep, so workers import it by this name however the builder was loaded)."""
+    (a module of m2e_jax.records, so workers import it by this name however the builder was loaded)."""
 
     select: selection.Select
     min_person_fraction: float

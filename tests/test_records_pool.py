@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import pool
+from m2e_jax.records import pool
 
 
 def _raise_record_error(x):
