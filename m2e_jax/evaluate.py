@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from m2e_jax import checkpointing, infer, input_pipeline, metrics, scoring, xla_flags
+from m2e_jax import checkpointing, infer, input_pipeline, metrics, scoring, workdir, xla_flags
 
 Features = scoring.Features
 
@@ -106,16 +106,7 @@ def load_feature_extractor(path: str) -> Features:
 
 
 def _write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):  # nothing half-written stays behind
-            os.remove(tmp)
-        raise
+    workdir.write_atomic(path, text.encode())  # local or gs://; nothing half-written stays behind
 
 
 def parser() -> argparse.ArgumentParser:

@@ -41,12 +41,15 @@ def main(argv: list[str]) -> None:
 
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.config.compilation_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from m2e_jax import checkpointing, train
+    from m2e_jax import checkpoints, train, workdir
 
+    # A failed save's late tensorstore completions would print "Event loop is closed" tracebacks
+    # after the one-line error (checkpoints.drop_closed_loop_errors): this process drops them.
+    sys.unraisablehook = checkpoints.drop_closed_loop_errors(sys.unraisablehook)
     logging.info("workdir %s", FLAGS.workdir)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (config_validation.ConfigError, checkpointing.WorkdirError, checkpointing.CheckpointError,
+    except (config_validation.ConfigError, workdir.WorkdirError, checkpoints.CheckpointError,
             train.DataError, FloatingPointError) as e:
         _exit_with(e)
 
