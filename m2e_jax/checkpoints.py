@@ -266,7 +266,7 @@ class Checkpointer:
             aside = self.path / f"{step}.{suffix}.{time.time_ns()}"
         logging.warning("checkpoint step %d (%s) %s: moved aside to %s", step, src, why, aside)
         if jax.process_index() == 0 and src.is_dir():
-            src.rename(aside)
+            workdir_lib.move_tree(src, aside)
         self.manager.reload()
         return os.fspath(aside)
 

@@ -78,6 +78,27 @@ def write_atomic(target: str | os.PathLike, data: bytes) -> None:
             os.remove(tmp)
 
 
+def move_tree(src: epath.Path, dst: epath.Path) -> None:
+    """Renames folder `src` to `dst`: one rename on a disk; on a bucket, which has no folders to
+    rename, a copy of every object then the deletion of the originals (gcsfs's own move tries the
+    newer objects.move API first, which not every GCS-compatible server has)."""
+    if is_local(src):
+        os.rename(src, dst)
+        return
+    fs = bucket_fs(src)
+    fs.copy(os.fspath(src), os.fspath(dst), recursive=True)
+    fs.rm(os.fspath(src), recursive=True)
+    fs.invalidate_cache()
+
+
+def bucket_fs(p: str | os.PathLike) -> Any:
+    """The fsspec file system (gcsfs for gs://) that epath itself uses for `p`: one instance, so the
+    listings it caches are the ones a change here invalidates (orbax lists through epath too)."""
+    from etils.epath import backend
+
+    return backend.fsspec_backend.fs(os.fspath(p))
+
+
 def check_workdir(workdir: str | os.PathLike) -> None:
     """Raises WorkdirError when `workdir` cannot be created or written (a probe file is written)."""
     root = path(workdir)
@@ -231,10 +252,8 @@ class ObjectLock:
     to a run that died without releasing it: it is deleted and created anew, with a warning."""
 
     def __init__(self, lock_path: epath.Path, workdir: Any, stale_s: float = 300.0):
-        import fsspec
-
         self.path, self.workdir, self.stale_s = lock_path, workdir, stale_s
-        self._fs, self._key = fsspec.core.url_to_fs(os.fspath(lock_path))
+        self._fs, self._key = bucket_fs(lock_path), os.fspath(lock_path)
         self.run = uuid.uuid4().hex
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
