@@ -12,11 +12,14 @@ GOOGLE_AUTH_TOKEN_FOR_TESTING, which make it ask nobody else.
 
 import json
 import os
+import re
+import signal
 import struct
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from m2e_jax import workdir as workdir_lib
@@ -116,6 +119,44 @@ def test_infer_and_the_web_page_read_the_bucket(trained, fake_gcs, gcs_env, tmp_
     assert hosts_contacted(tmp_path) <= LOOPBACK, hosts_contacted(tmp_path)
     page = demo.load_demo(workdir=trained["workdir"], max_upload_mb=1.0)
     assert page.checkpoint == f"{trained['workdir']}/checkpoints/{TOTAL}"
+
+
+def saved_state(workdir: str, step: int):
+    """The raw saved state of `step` (orbax's own metadata, no template), read from the bucket."""
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(f"{workdir}/checkpoints") as mgr:
+        return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
+
+def test_sigterm_then_rerun_resumes_from_the_bucket_to_the_same_state(trained, fake_gcs, gcs_env, tmp_path):
+    """SIGTERM after step 4 is logged: the trainer saves the step into the bucket and exits 0; the
+    rerun resumes there and its step TOTAL equals the uninterrupted run's bit for bit."""
+    import jax
+
+    bucket = fake_gcs.bucket("m2e-sigterm")
+    flags = trainer_flags(f"{bucket}/run", trained["tmp"] / "data")
+    flags[1] = os.path.join(ROOT, flags[1])
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT, **fake_gcs.env())
+    proc = subprocess.Popen([sys.executable, "-m", "m2e_jax.main", *flags], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "] [4] train/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    stopped = int(re.search(r"Stopping early .*: saved step (\d+)", out).group(1))
+    assert CKPT_EVERY < stopped < TOTAL
+    assert f"run/checkpoints/{stopped}/SHA256SUMS" in fake_gcs.objects("m2e-sigterm")
+    r = train_into(fake_gcs, trained["tmp"], f"{bucket}/run")
+    assert r.returncode == 0 and f"Resumed from step {stopped}" in r.stderr, r.stderr[-3000:]
+    resumed, straight = saved_state(f"{bucket}/run", TOTAL), saved_state(trained["workdir"], TOTAL)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_a_damaged_newest_checkpoint_in_the_bucket(trained, fake_gcs):
