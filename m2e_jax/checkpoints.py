@@ -57,6 +57,22 @@ HASHES = "SHA256SUMS"
 PathLike = str | os.PathLike
 
 
+# tensorstore (orbax's array writer) retries a failing GCS request 32 times, up to 32 s apart (its
+# gcs_request_retries default): some 15 minutes before an unreachable bucket surfaces. Bounded to
+# about what gcsfs allows (6 tries, 1 + 2 + ... + 16 s apart).
+BUCKET_RETRIES = {"max_retries": 6, "initial_delay": "1s", "max_delay": "16s"}
+
+
+def bound_bucket_retries() -> None:
+    """Makes orbax's tensorstore contexts retry a failing bucket request as BUCKET_RETRIES says; the
+    command lines call it once for their process (orbax has no option for it: its contexts are
+    built from these module dicts, `tensorstore_utils.get_ts_context`)."""
+    from orbax.checkpoint._src.serialization import tensorstore_utils
+
+    for context in (tensorstore_utils._BASE_TS_CONTEXT, tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT):
+        context.setdefault("gcs_request_retries", dict(BUCKET_RETRIES))
+
+
 class CheckpointError(Exception):
     """A checkpoint cannot be used (none there, another project's, another config's, damaged)."""
 
@@ -207,6 +223,14 @@ def drop_closed_loop_errors(previous: Callable) -> Callable:
     return hook
 
 
+class QuietClientRetries(logging.Filter):
+    """Drops gcsfs's "out of retries" ERROR records (each with a traceback): the same error reaches
+    the caller, which reports it in one line. The command lines install it on the "gcsfs" logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "out of retries" not in str(record.msg)
+
+
 class _QuietOrphanedFutures(logging.Filter):
     """Drops asyncio's "Future / Task exception was never retrieved" records: after one write of an
     orbax save fails, the futures and tasks of its other writes fail too (the same full disk) and
@@ -227,9 +251,11 @@ class Checkpointer:
         self.path = workdir_lib.path(directory)
         self.directory = os.fspath(self.path)
         self.max_to_keep = max_to_keep
+        self.async_save = async_save
         self._unhashed: list[int] = []  # saved steps not yet hashed (their commit may be in flight)
         self._state_bytes: int | None = None  # of the last save: what one more checkpoint needs
-        self.committed: list[int] = []  # steps this run saved whose writes completed, ascending
+        # Steps known complete without listing the workdir: restored from, or saved by, this run.
+        self.committed: list[int] = []
         self._quiet = _QuietOrbaxErrors()
         logging.getLogger("absl").addFilter(self._quiet)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -304,16 +330,18 @@ class Checkpointer:
         self._state_bytes = state_bytes(state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   config=ocp.args.JsonSave(config_to_json(config)))
-        self._unhashed.append(step)
         with self._translated(f"saving checkpoint {step}"):
             self.manager.save(step, args=args, force=True)
+        self._unhashed.append(step)  # hashed once committed (a save that raised has nothing to hash)
+        if not self.async_save:  # committed when save returns: hashed now, nothing left pending
+            self._finish_pending()
 
     def _finish_pending(self) -> None:
         """Waits for the save in flight, then writes SHA256SUMS of every step committed since."""
         pending, self._unhashed = self._unhashed, []
         with self._translated(f"saving checkpoint {pending[-1] if pending else ''}".strip()):
             self.manager.wait_until_finished()
-            self.committed += pending
+            self.committed += [s for s in pending if s not in self.committed]
             for s in pending:
                 if jax.process_index() == 0 and not self.missing_files(s):
                     write_hashes(self.path / str(s))
@@ -354,7 +382,9 @@ class Checkpointer:
         damaged: set[int] = set()  # in multi-host runs only process 0 moves folders: skip, not wait
         while (step := self.latest_step(frozenset(damaged))) is not None:
             try:
-                return step, self.restore(step, like)
+                restored = self.restore(step, like)
+                self.committed.append(step)
+                return step, restored
             except DamagedCheckpoint as e:
                 self._move_aside(step, "corrupt", f"is damaged ({e.what}: {e.why})")
                 damaged.add(step)

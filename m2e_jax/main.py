@@ -8,6 +8,7 @@ a checkpoint; a non-finite loss) ends with one line on stderr and exit code 1, n
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -46,6 +47,8 @@ def main(argv: list[str]) -> None:
     # A failed save's late tensorstore completions would print "Event loop is closed" tracebacks
     # after the one-line error (checkpoints.drop_closed_loop_errors): this process drops them.
     sys.unraisablehook = checkpoints.drop_closed_loop_errors(sys.unraisablehook)
+    checkpoints.bound_bucket_retries()  # an unreachable bucket ends the run within a minute or two
+    std_logging.getLogger("gcsfs").addFilter(checkpoints.QuietClientRetries())
     logging.info("workdir %s", FLAGS.workdir)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

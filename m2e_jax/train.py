@@ -280,12 +280,12 @@ class SpikeGuard:
 
 def _resume_point(ckpt: checkpoints.Checkpointer) -> str:
     """Where a rerun resumes: "step N" (the newest complete checkpoint), read without moving anything
-    (the workdir may not take writes); a workdir that cannot be listed (a bucket gone unreachable)
-    names the newest step this run knows was committed."""
-    try:
+    (the workdir may not take writes). In a bucket, which may be what stopped answering, the newest
+    step this run restored or saved, without asking it again (each request retries for ~30 s)."""
+    if workdir_lib.is_local(ckpt.directory):
         complete = checkpoints.complete_steps(ckpt.directory)
-    except Exception:  # gcsfs / aiohttp errors of an unreachable bucket are not all OSError
-        complete = ckpt.committed
+    else:
+        complete = sorted(ckpt.committed)
     return f"step {complete[-1]}" if complete else "none (the rerun starts from step 0)"
 
 
@@ -303,8 +303,6 @@ def _workdir_stopped(error: OSError, workdir: str, step: int, ckpt: checkpoints.
     local = workdir_lib.is_local(workdir)
     path = (os.path.abspath(error.filename) if local else str(error.filename)) if error.filename else ""
     inside = not path or path.startswith(os.fspath(workdir_lib.path(workdir)) + "/")
-    if not local:  # a bucket: any error that a write probe also meets means the bucket failed
-        inside = inside or "://" not in path
     if not inside or (local and error.errno not in _WORKDIR_ERRNOS):
         try:
             workdir_lib.check_workdir(workdir)
@@ -313,6 +311,11 @@ def _workdir_stopped(error: OSError, workdir: str, step: int, ckpt: checkpoints.
             pass
     where = f": {path}" if path else ""
     resume = _resume_point(ckpt)
+    if not local:  # a bucket that stopped answering (or refuses writes): the clients gave up retrying
+        return workdir_lib.WorkdirUnreachable(
+            f"workdir {workdir}: cannot be written at step {step} ({' '.join(str(error).split())}); "
+            f"training stopped, the last complete checkpoint is {resume}. When the bucket answers "
+            "again, rerun the same command to resume")
     return workdir_lib.WorkdirError(
         f"workdir {workdir}: not writable at step {step} ({error.strerror or error}{where}); training "
         f"stopped, the last complete checkpoint is {resume}. Make the workdir writable and rerun the "
@@ -342,6 +345,15 @@ def _batches(data: input_pipeline.TrainData, start: int, end: int, put, prefetch
                 f"(config.dataset.data_dir = {data_dir}) and rerun the same command to resume") from None
         yield step, batch
         step += 1
+
+
+def _flush(writer) -> None:
+    """Flushes the metric writer; events that cannot be written (a bucket that stopped answering)
+    are lost with one warning, never hiding the error that ended the run."""
+    try:
+        writer.flush()
+    except Exception as e:  # clu's async writer re-raises what its writers raised
+        logging.warning("TensorBoard events not written: %s", " ".join(str(e).split())[:300])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps: int | None = None,
@@ -412,6 +424,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
     spikes = SpikeGuard(config.loss_spike_factor)
     t0 = time.time()
     done = start
+    failed = True  # until the loop ends normally: then closing errors are the run's own
+    unreachable = False  # the bucket workdir failed: no more requests that would retry in vain
 
     def check_pending():
         # Steps are named as logged and checkpointed: step s is the update that produces state s.
@@ -463,10 +477,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
                     logging.warning("Stopping early (SIGTERM, preemption or max_steps): saved step %d", done)
                     break
             check_pending()
+        failed = False
     except OSError as e:
+        unreachable = not workdir_lib.is_local(workdir)
         raise _workdir_stopped(e, workdir, done, ckpt) from None
     finally:
-        ckpt.close()  # waits for the last save (a full disk: WorkdirError), stops orbax's threads
-        writer.flush()
+        try:
+            ckpt.close()  # waits for the last save (a full disk: WorkdirError), stops orbax's threads
+        except Exception as e:
+            if not failed:
+                raise
+            logging.warning("checkpoints not closed after the error below: %s",
+                            " ".join(str(e).split())[:200])
+        if unreachable:
+            logging.warning("TensorBoard events since the last flush not written: the bucket failed")
+        else:
+            _flush(writer)
     logging.info("compilations: %s", steps.compile_counts())
     return result

@@ -47,6 +47,10 @@ class WorkdirError(OSError):
     """The workdir cannot hold the run (unwritable, too little free space, in use by another run)."""
 
 
+class WorkdirUnreachable(WorkdirError):
+    """A bucket workdir that stopped answering mid-run (its clients gave up retrying)."""
+
+
 def path(p: str | os.PathLike) -> epath.Path:
     """`p` as an epath.Path (`gs://...` stays a bucket path; a local path is made absolute)."""
     p = epath.Path(p)
@@ -226,7 +230,12 @@ class WorkdirLock:
     def __enter__(self) -> WorkdirLock:
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, traceback) -> None:
+        if isinstance(error, WorkdirUnreachable) and self._object is not None:
+            # another request would only retry in vain; a rerun on this host takes the lock over
+            # (its holder is a dead process here), elsewhere once its heartbeat is stale_s old
+            self._object.abandon()
+            return
         self.release()
 
 
@@ -245,6 +254,12 @@ def _recorded_holder_alive(holder: str) -> bool:
     return True
 
 
+def _dead_here(holder: str) -> bool:
+    """True when `holder` ("pid N on HOST") names a process of this machine that no longer runs."""
+    m = re.fullmatch(r"pid (\d+) on (\S+)", holder)
+    return bool(m) and m.group(2) == socket.gethostname() and not _recorded_holder_alive(holder)
+
+
 class ObjectLock:
     """A lock object in a bucket: created only if absent (gcsfs `mode="create"`, i.e. GCS
     `ifGenerationMatch=0`), holding JSON {run, holder, heartbeat}; a thread rewrites the heartbeat
@@ -257,6 +272,7 @@ class ObjectLock:
         self.run = uuid.uuid4().hex
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._lost = False  # the heartbeat found another run's lock in place of this one
 
     def _record(self) -> bytes:
         return json.dumps({"run": self.run, "holder": f"pid {os.getpid()} on {socket.gethostname()}",
@@ -278,7 +294,9 @@ class ObjectLock:
             except FileExistsError:
                 held = self._read()
                 age = time.time() - float(held.get("heartbeat", 0.0))
-                if held and age < self.stale_s:
+                # a run of this machine that is gone (killed, or ended with the bucket unreachable)
+                # needs no waiting for its heartbeat to age
+                if held and age < self.stale_s and not _dead_here(held.get("holder", "")):
                     name = f"{held.get('holder', '')}, run {held.get('run', '?')}, heartbeat {age:.0f} s ago"
                     raise _refusal(self.workdir, name, self.path) from None
                 logging.warning("workdir %s: taking over the lock left by %s (no heartbeat for %.0f s)",
@@ -294,13 +312,25 @@ class ObjectLock:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.stale_s / 5):
             try:
-                if self._read().get("run") != self.run:
+                held = self._read()
+                if self._stop.is_set():  # released meanwhile: writing now would recreate the lock
+                    return
+                if held.get("run") != self.run:
                     logging.warning("workdir %s: the lock %s was taken over by another run", self.workdir,
                                     self.path)
+                    self._lost = True
                     return
                 self._fs.pipe_file(self._key, self._record())
             except OSError as e:  # an unreachable bucket: the run itself reports it
                 logging.warning("workdir lock %s: heartbeat not written (%s)", self.path, e)
+
+    def abandon(self) -> None:
+        """Stops the heartbeat and leaves the lock object as it is (the bucket does not answer)."""
+        if self._beat is not None:
+            self._stop.set()
+            self._beat.join(timeout=1.0)  # a heartbeat request in flight ends on its own
+            self._beat = None
+            logging.warning("workdir lock %s: left in place; a rerun on this host takes it over", self.path)
 
     def release(self) -> None:
         if self._beat is None:
@@ -308,8 +338,10 @@ class ObjectLock:
         self._stop.set()
         self._beat.join()
         self._beat = None
-        try:
-            if self._read().get("run") == self.run:
+        try:  # one request: a bucket that stopped answering costs one round of client retries
+            if not self._lost:
                 self._fs.rm_file(self._key)
+        except FileNotFoundError:
+            pass
         except OSError as e:  # the bucket went away: the lock goes stale and is taken over later
             logging.warning("workdir lock %s: not released (%s)", self.path, e)

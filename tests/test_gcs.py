@@ -193,6 +193,40 @@ def test_a_damaged_newest_checkpoint_in_the_bucket(trained, fake_gcs):
     assert hosts_contacted(tmp) <= LOOPBACK, hosts_contacted(tmp)
 
 
+def test_the_bucket_going_away_mid_run_ends_in_one_line_then_a_rerun_resumes(trained, own_fake_gcs, tmp_path):
+    """The server stopped after step 4: the save of step 6 fails once the clients have retried
+    (bounded: checkpoints.BUCKET_RETRIES, gcsfs's 6 tries), one line naming the step and the
+    checkpoint to resume from, exit 1; the server back, the same command resumes from step 3."""
+    server = own_fake_gcs
+    bucket = server.bucket("m2e-outage")
+    flags = trainer_flags(f"{bucket}/run", trained["tmp"] / "data")
+    flags[1] = os.path.join(ROOT, flags[1])
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT, **server.env())
+    proc = subprocess.Popen([sys.executable, "-m", "m2e_jax.main", *flags], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "] [4] train/" in line:
+            server.stop()
+            break
+    t0 = time.time()
+    out = "".join(lines) + proc.communicate(timeout=400)[0]
+    elapsed = time.time() - t0
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    failed_at = re.match(rf"m2e_jax.main: error: workdir {bucket}/run: cannot be written at step (\d+) \(",
+                         last)
+    assert failed_at and 4 < int(failed_at.group(1)) <= 2 * CKPT_EVERY, last  # events or checkpoint
+    assert f"the last complete checkpoint is step {CKPT_EVERY}. When the bucket answers again" in last, last
+    assert elapsed < 240, elapsed
+    print(f"the run ended {elapsed:.0f} s after the server stopped")
+    server.start()
+    r = train_into(server, tmp_path, f"{bucket}/run")
+    assert r.returncode == 0 and f"Resumed from step {CKPT_EVERY}" in r.stderr, r.stderr[-3000:]
+
+
 def test_a_second_trainer_on_the_bucket_refuses_in_one_line(fake_gcs, tmp_path):
     """A lock object whose heartbeat is fresh (another run, on another host) stops the trainer before
     anything is compiled, in one line naming that run."""
