@@ -35,6 +35,7 @@ import csv
 import dataclasses
 import functools
 import importlib.util
+import io
 import logging
 import os
 import sys
@@ -45,7 +46,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from m2e_jax import checkpointing, data_schema, densepose, preprocess, xla_flags
+from m2e_jax import checkpointing, data_schema, densepose, preprocess, workdir, xla_flags
 from m2e_jax.models import tryon as tryon_lib
 from m2e_jax.readers import detectron2_dump, images, iuv_png
 from m2e_jax.readers.photos import DumpIndex, ImageRef, IuvRef, Photo, RecordError, check_person, load_photo
@@ -201,7 +202,11 @@ def _tmp_name(path: str) -> str:
 
 
 def _write_atomic(files: dict[str, np.ndarray]) -> None:
-    """Writes every uint8 image to a temporary name first, then renames all into place."""
+    """Writes every uint8 image to a temporary name first, then renames all into place (in a bucket,
+    gs://: each object whole as it is uploaded)."""
+    if files and not workdir.is_local(next(iter(files))):
+        _write_objects(files)
+        return
     tmps = {}
     try:
         for path, image in files.items():
@@ -215,6 +220,20 @@ def _write_atomic(files: dict[str, np.ndarray]) -> None:
         raise InferError(f"{path}: cannot write ({e})") from None
     for path, tmp in tmps.items():
         os.replace(tmp, path)
+
+
+def _write_objects(files: dict[str, np.ndarray]) -> None:
+    encoded = {}
+    for path, image in files.items():
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format=Image.registered_extensions().get(
+            os.path.splitext(path)[1].lower(), "PNG"))
+        encoded[path] = buffer.getvalue()
+    for path, data in encoded.items():
+        try:
+            workdir.write_atomic(path, data)
+        except OSError as e:
+            raise InferError(f"{path}: cannot write ({e})") from None
 
 
 def stage_files(output: str) -> dict[str, str]:

@@ -104,18 +104,19 @@ def test_training_into_a_bucket_writes_every_file_there_and_nothing_locally(trai
 
 
 def test_infer_and_the_web_page_read_the_bucket(trained, fake_gcs, gcs_env, tmp_path):
-    """`python -m m2e_jax.infer --workdir gs://...` on the synthetic test pairs, and the web page's
-    loader (m2e_jax.demo.load_demo) on the same workdir."""
+    """`python -m m2e_jax.infer --workdir gs://... --output_dir gs://...` on the synthetic test pairs,
+    and the web page's loader (m2e_jax.demo.load_demo) on the same workdir."""
     from m2e_jax import demo
     from m2e_jax.synthetic import dataset
 
     assert trained["result"].returncode == 0
     dataset.write_dataset(tmp_path / "syn", 0, 32, 32, 0, 4)
-    out = tmp_path / "out"
     r = gcs_run(fake_gcs, tmp_path, "m2e_jax.infer", "--workdir", trained["workdir"], "--pairs",
-                str(tmp_path / "syn" / "test" / "triplets.csv"), "--output_dir", str(out))
+                str(tmp_path / "syn" / "test" / "triplets.csv"), "--output_dir", "gs://m2e-run/tryon")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert len(os.listdir(out)) == 3 and all(n.endswith(".png") for n in os.listdir(out))
+    written = [n for n in fake_gcs.objects(trained["bucket"]) if n.startswith("tryon/")]
+    assert len(written) == 3 and all(fake_gcs.read("m2e-run", n).startswith(b"\x89PNG") for n in written)
+    assert os.listdir(tmp_path / "cwd") == []  # no local gs: folder
     assert hosts_contacted(tmp_path) <= LOOPBACK, hosts_contacted(tmp_path)
     page = demo.load_demo(workdir=trained["workdir"], max_upload_mb=1.0)
     assert page.checkpoint == f"{trained['workdir']}/checkpoints/{TOTAL}"
