@@ -28,22 +28,22 @@ from tests.test_reliability_workdir import CKPT_EVERY, ROOT, TOTAL, trainer_flag
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "unix"}
 
 
-def gcs_run(fake_gcs, tmp, module: str, *args, timeout=600) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS` with the server's variables, in the empty folder tmp/cwd, its Python
-    connections logged to tmp/network.log."""
+def gcs_run(fake_gcs, tmp, module: str, *args, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` with the server's variables (and `env`), in the empty folder tmp/cwd,
+    its Python connections logged to tmp/network.log."""
     cwd = tmp / "cwd"
     cwd.mkdir(exist_ok=True)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-               PYTHONPATH=f"{ROOT}{os.pathsep}{os.path.join(ROOT, 'tests', 'network_audit')}",
-               M2E_NETWORK_LOG=str(tmp / "network.log"), **fake_gcs.env())
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+    full = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+                PYTHONPATH=f"{ROOT}{os.pathsep}{os.path.join(ROOT, 'tests', 'network_audit')}",
+                M2E_NETWORK_LOG=str(tmp / "network.log"), **fake_gcs.env(), **(env or {}))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full, capture_output=True,
                           text=True, timeout=timeout)
 
 
-def train_into(fake_gcs, tmp, workdir: str, *overrides) -> subprocess.CompletedProcess:
+def train_into(fake_gcs, tmp, workdir: str, *overrides, env=None) -> subprocess.CompletedProcess:
     flags = trainer_flags(workdir, tmp / "data", *overrides)
     flags[1] = os.path.join(ROOT, flags[1])  # the config file, from the empty current folder
-    return gcs_run(fake_gcs, tmp, "m2e_jax.main", *flags)
+    return gcs_run(fake_gcs, tmp, "m2e_jax.main", *flags, env=env)
 
 
 def hosts_contacted(tmp) -> set[str]:
@@ -271,3 +271,25 @@ def test_local_paths_stay_local_and_urls_stay_urls(tmp_path, monkeypatch):
     workdir_lib.write_atomic(tmp_path / "x" / "y.json", b"{}")
     assert os.listdir(tmp_path / "x") == ["y.json"]  # no temporary left beside it
     assert (tmp_path / "x" / "y.json").read_bytes() == b"{}"
+
+
+def test_training_from_records_in_a_bucket_stages_them_once(fake_gcs, gcs_env, tmp_path):
+    """Records built by data_prep.build, copied into a bucket; `--config.dataset.data_dir=gs://...`
+    copies them to this host's disk (M2E_STAGE_DIR) once, resumably, and trains from the copy."""
+    from data_prep import build
+
+    built = build.build("synthetic", tmp_path / "manual", tmp_path / "tfds", 32, 32, synthetic_counts=(16, 8),
+                        workers=0)
+    bucket = fake_gcs.bucket("m2e-records")
+    remote = f"{bucket}/tfds/{os.path.relpath(built, tmp_path / 'tfds')}"
+    assert workdir_lib.copy_missing(built, remote) == len(os.listdir(built))
+    assert workdir_lib.copy_missing(built, remote) == 0  # a rerun copies nothing more
+    stage = tmp_path / "stage"
+    r = train_into(fake_gcs, tmp_path, str(tmp_path / "work"), "--config.dataset.source=tfds",
+                   f"--config.dataset.data_dir={bucket}/tfds", "--config.schedule.pan_steps=2",
+                   "--config.checkpoint_every=2", "--config.eval_every=2", "--config.image_every=2",
+                   env={"M2E_STAGE_DIR": str(stage)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    local = stage / "m2e-records" / "tfds" / os.path.relpath(built, tmp_path / "tfds")
+    assert sorted(os.listdir(local)) == sorted(os.listdir(built))
+    assert "(0 files copied)" in r.stderr  # train and test split: the second open finds it all there
