@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from m2e_jax import checkpointing, input_pipeline, metrics, scoring, tryon_pipeline, xla_flags
+from m2e_jax import checkpointing, input_pipeline, metrics, scoring, tryon_pipeline, workdir, xla_flags
 
 Features = scoring.Features
 
@@ -107,16 +107,7 @@ def load_feature_extractor(path: str) -> Features:
 
 
 def _write_text(path: epath.Path, text: str) -> None:
-    """Writes `text` to a temporary name beside `path`, then renames it (a local folder or gs://)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError:
-        if tmp.exists():  # nothing half-written stays behind
-            tmp.unlink()
-        raise
+    workdir.write_atomic(path, text.encode())  # local or gs://; nothing half-written stays behind
 
 
 def parser() -> argparse.ArgumentParser:

@@ -41,7 +41,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from m2e_jax import checkpointing, densepose, xla_flags
+from m2e_jax import checkpointing, densepose, workdir, xla_flags
 from m2e_jax import tryon_pipeline as pipeline
 from m2e_jax.readers.photos import ImageRef
 
@@ -77,7 +77,10 @@ def _png(image: np.ndarray) -> bytes:
 
 def _write_atomic(files: dict[str, np.ndarray]) -> None:
     """Writes every uint8 image to a temporary name first, then renames all into place (local
-    folders or gs:// alike: etils.epath)."""
+    folders through etils.epath; in a bucket, gs://, each object whole as it is uploaded)."""
+    if files and not workdir.is_local(next(iter(files))):
+        _write_objects(files)
+        return
     tmps: dict[epath.Path, epath.Path] = {}
     try:
         for name, image in files.items():
@@ -92,6 +95,16 @@ def _write_atomic(files: dict[str, np.ndarray]) -> None:
         raise InferError(f"{name}: cannot write ({e})") from None
     for path, tmp in tmps.items():
         tmp.replace(path)
+
+
+def _write_objects(files: dict[str, np.ndarray]) -> None:
+    """Bucket outputs: every image encoded first, then each object uploaded whole (workdir.write_atomic)."""
+    encoded = {path: _png(image) for path, image in files.items()}
+    for path, data in encoded.items():
+        try:
+            workdir.write_atomic(path, data)
+        except OSError as e:
+            raise InferError(f"{path}: cannot write ({e})") from None
 
 
 def stage_files(output: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ a checkpoint; a non-finite loss) ends with one line on stderr and exit code 1, n
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -44,12 +45,17 @@ def main(argv: list[str]) -> None:
 
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.config.compilation_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from m2e_jax import checkpointing, train
+    from m2e_jax import checkpoints, storage_clients, train, workdir
 
+    # A failed save's late tensorstore completions would print "Event loop is closed" tracebacks
+    # after the one-line error (storage_clients.drop_closed_loop_errors): this process drops them.
+    sys.unraisablehook = storage_clients.drop_closed_loop_errors(sys.unraisablehook)
+    storage_clients.bound_bucket_retries()  # an unreachable bucket ends the run within a minute or two
+    std_logging.getLogger("gcsfs").addFilter(storage_clients.QuietClientRetries())
     logging.info("workdir %s", FLAGS.workdir)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (config_schema.ConfigError, checkpointing.WorkdirError, checkpointing.CheckpointError,
+    except (config_schema.ConfigError, workdir.WorkdirError, checkpoints.CheckpointError,
             train.DataError, FloatingPointError) as e:
         _exit_with(e)
 

@@ -97,12 +97,15 @@ def decoded_bytes(height: int, width: int) -> int:
 
 def load_source(data_dir: str | os.PathLike, config_name: str, split: str,
                 with_meta: bool = False, cache_max_bytes: int = 0) -> M2ESource:
-    """Opens a built split for reading, e.g. `load_source("~/data", "synthetic_128x96", "train")`.
+    """Opens a built split for reading, e.g. `load_source("~/data", "synthetic_128x96", "train")`;
+    a `gs://` data_dir is copied to this host's disk first (workdir.staged), once.
 
     The split keeps its decoded examples (M2ESource `cache`) when they fit in `cache_max_bytes`."""
     import tensorflow_datasets as tfds  # local: keeps `import m2e_jax.tfds_source` light
 
-    path = dataset_dir(os.path.expanduser(os.fspath(data_dir)), config_name)
+    from m2e_jax import workdir  # array_record opens local files: a gs:// dataset is copied first
+
+    path = workdir.staged(dataset_dir(os.path.expanduser(os.fspath(data_dir)), config_name))
     if not os.path.isfile(os.path.join(path, "dataset_info.json")):
         raise FileNotFoundError(f"no built dataset at {path}; build it with "
                                 f"`python -m data_prep.build` (config {config_name!r})")

@@ -22,9 +22,9 @@ step. The compiled functions belong to the run (`Steps`), not to the module.
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import functools
+import io
 import json
 import logging
 import os
@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from m2e_jax import (
-    checkpointing,
+    checkpoints,
     config_schema,
     input_pipeline,
     losses,
@@ -48,6 +48,7 @@ from m2e_jax import (
     schedule,
     scoring,
 )
+from m2e_jax import workdir as workdir_lib
 from m2e_jax.models import tryon as tryon_lib
 from m2e_jax.models.tryon import NETWORKS, build_discriminators, dummy_inputs, init_params
 
@@ -207,32 +208,32 @@ def image_grid(forward, gen_params: dict, examples: dict) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str):
-    """Yields a temporary name beside `path`, renamed to `path` when the block completes.
-
-    A job killed (or a disk filled) while writing leaves no half-written eval table or image grid
-    under the name readers trust; the hidden `.NAME.tmp-PID` is all that can remain.
-    """
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-
-
+# Written whole or not at all (workdir.write_atomic): a job killed (or a disk filled) while writing
+# leaves no half-written eval table or image grid under the name readers trust.
 def _write_images(workdir: str, step: int, grid: np.ndarray, writer) -> None:
-    with _atomic_path(os.path.join(workdir, "images", f"step_{step:07d}.png")) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+    png = io.BytesIO()
+    Image.fromarray(grid).save(png, format="PNG")
+    workdir_lib.write_atomic(workdir_lib.path(workdir) / "images" / f"step_{step:07d}.png", png.getvalue())
     writer.write_images(step, {"tryon/M_P_warp_PAN_TRN_FTN_target": grid[None]})
 
 
 def _write_eval(workdir: str, step: int, record: dict) -> None:
-    with _atomic_path(os.path.join(workdir, "eval", f"step_{step:07d}.json")) as tmp, open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
+    target = workdir_lib.path(workdir) / "eval" / f"step_{step:07d}.json"
+    workdir_lib.write_atomic(target, json.dumps(record, indent=2).encode())
+
+
+def _metric_writer(workdir: str, lead: bool):
+    """clu's writer: logging on every process; TensorBoard events from process 0, through
+    tf.summary on a local disk and through epath (event_files.py) in a bucket, which TensorFlow's
+    file system reaches only at storage.googleapis.com."""
+    from clu import metric_writers  # imports TensorFlow: after the config check.
+
+    if not lead or workdir_lib.is_local(workdir):
+        return metric_writers.create_default_writer(workdir, just_logging=not lead)
+    from m2e_jax import event_files
+
+    return metric_writers.AsyncMultiWriter([metric_writers.LoggingWriter(),
+                                            event_files.EventObjectWriter(workdir)])
 
 
 # ---------------------------------------------------------------- the loop
@@ -271,35 +272,45 @@ class SpikeGuard:
         self.seen[key] = (n + 1, total if n == 0 else self.decay * mean + (1 - self.decay) * total)
 
 
-def _resume_point(ckpt: checkpointing.Checkpointer) -> str:
+def _resume_point(ckpt: checkpoints.Checkpointer) -> str:
     """Where a rerun resumes: "step N" (the newest complete checkpoint), read without moving anything
-    (the workdir may not take writes)."""
-    complete = checkpointing.complete_steps(ckpt.directory)
+    (the workdir may not take writes). In a bucket, which may be what stopped answering, the newest
+    step this run restored or saved, without asking it again (each request retries for ~30 s)."""
+    if workdir_lib.is_local(ckpt.directory):
+        complete = checkpoints.complete_steps(ckpt.directory)
+    else:
+        complete = sorted(ckpt.committed)
     return f"step {complete[-1]}" if complete else "none (the rerun starts from step 0)"
 
 
 # What a workdir that stopped taking writes mid-run raises: remounted read-only (a disk error on
-# ext4 does that) or its permissions changed (a full disk is checkpointing.disk_full_is_workdir_error's).
+# ext4 does that) or its permissions changed (a full disk is workdir.disk_full_is_workdir_error's).
 _WORKDIR_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def _workdir_stopped(error: OSError, workdir: str, step: int, ckpt: checkpointing.Checkpointer) -> OSError:
+def _workdir_stopped(error: OSError, workdir: str, step: int, ckpt: checkpoints.Checkpointer) -> OSError:
     """A one-line WorkdirError for an OSError raised while the loop wrote into `workdir` (a save, an
     eval table, an image grid), naming the step, the file and the checkpoint to resume from; `error`
     itself when it is not the workdir's (a data file) or is a full disk (reported by the caller)."""
-    if isinstance(error, checkpointing.WorkdirError) or checkpointing.is_disk_full(error):
+    if isinstance(error, workdir_lib.WorkdirError) or workdir_lib.is_disk_full(error):
         return error
-    path = os.path.abspath(error.filename) if error.filename else ""
-    inside = not path or path.startswith(os.path.abspath(workdir) + os.sep)
-    if not inside or error.errno not in _WORKDIR_ERRNOS:
+    local = workdir_lib.is_local(workdir)
+    path = (os.path.abspath(error.filename) if local else str(error.filename)) if error.filename else ""
+    inside = not path or path.startswith(os.fspath(workdir_lib.path(workdir)) + "/")
+    if not inside or (local and error.errno not in _WORKDIR_ERRNOS):
         try:
-            checkpointing.check_workdir(workdir)
+            workdir_lib.check_workdir(workdir)
             return error
-        except checkpointing.WorkdirError:
+        except workdir_lib.WorkdirError:
             pass
     where = f": {path}" if path else ""
     resume = _resume_point(ckpt)
-    return checkpointing.WorkdirError(
+    if not local:  # a bucket that stopped answering (or refuses writes): the clients gave up retrying
+        return workdir_lib.WorkdirUnreachable(
+            f"workdir {workdir}: cannot be written at step {step} ({' '.join(str(error).split())}); "
+            f"training stopped, the last complete checkpoint is {resume}. When the bucket answers "
+            "again, rerun the same command to resume")
+    return workdir_lib.WorkdirError(
         f"workdir {workdir}: not writable at step {step} ({error.strerror or error}{where}); training "
         f"stopped, the last complete checkpoint is {resume}. Make the workdir writable and rerun the "
         "same command to resume")
@@ -311,7 +322,7 @@ class DataError(RuntimeError):
 
 
 def _batches(data: input_pipeline.TrainData, start: int, end: int, put, prefetch: int, data_dir: str,
-             ckpt: checkpointing.Checkpointer):
+             ckpt: checkpoints.Checkpointer):
     """data.iterate, with a batch that cannot be read ending the run in one DataError line."""
     batches = data.iterate(start, end, put=put, prefetch=prefetch)
     step = start  # the index of the batch being read; as logged, its update is step + 1
@@ -330,6 +341,15 @@ def _batches(data: input_pipeline.TrainData, start: int, end: int, put, prefetch
         step += 1
 
 
+def _flush(writer) -> None:
+    """Flushes the metric writer; events that cannot be written (a bucket that stopped answering)
+    are lost with one warning, never hiding the error that ended the run."""
+    try:
+        writer.flush()
+    except Exception as e:  # clu's async writer re-raises what its writers raised
+        logging.warning("TensorBoard events not written: %s", " ".join(str(e).split())[:300])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps: int | None = None,
                        steps: Steps | None = None) -> dict:
     """Trains per config.schedule in `workdir`, resuming from its latest checkpoint; returns the last
@@ -343,16 +363,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_step
     eval/step_*.json (process 0 only, except checkpoints, which every process takes part in).
     """
     config_schema.validate(config)
-    checkpointing.check_workdir(workdir)
+    workdir_lib.check_workdir(workdir)
     parallel.initialize_distributed(config.distributed)
-    with checkpointing.disk_full_is_workdir_error(workdir, "training"):
-        with checkpointing.WorkdirLock(workdir, jax.process_index(), jax.process_count()):
+    with workdir_lib.disk_full_is_workdir_error(workdir, "training"):
+        with workdir_lib.WorkdirLock(workdir, jax.process_index(), jax.process_count()):
             return _train_and_evaluate(config, workdir, max_steps, steps)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps: int | None,
                         steps: Steps | None) -> dict:
-    from clu import metric_writers, periodic_actions  # imports TensorFlow: after the config check.
+    from clu import periodic_actions  # imports TensorFlow: after the config check.
 
     if steps is not None and steps.config.to_json_best_effort() != config.to_json_best_effort():
         raise ValueError("train_and_evaluate: `steps` were built for another config")
@@ -363,16 +383,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
             raise config_schema.ConfigError(
                 f"config.{name}={config[name]} is not divisible by the {par.num_devices} devices")
     lead = jax.process_index() == 0
-    writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
-    checkpointing.write_config(workdir, config)
+    writer = _metric_writer(workdir, lead)
+    checkpoints.write_config(workdir, config)
     train_source = input_pipeline.open_source(config, config.dataset.train_split)
     test_source = input_pipeline.open_source(config, config.dataset.test_split)
     data = input_pipeline.TrainData(train_source, config, jax.process_index(), jax.process_count())
     total = schedule.total_steps(config.schedule)
 
     host_state = init_state(config)
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
-                                      config.async_checkpointing)
+    ckpt = checkpoints.Checkpointer(workdir_lib.path(workdir) / "checkpoints", config.keep_checkpoints,
+                                    config.async_checkpointing)
     try:  # room for one more checkpoint, then the newest one that verifies (damaged ones moved aside)
         ckpt.check_free_space(host_state)
         start, host_state = ckpt.restore_latest(host_state)
@@ -398,6 +418,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
     spikes = SpikeGuard(config.loss_spike_factor)
     t0 = time.time()
     done = start
+    failed = True  # until the loop ends normally: then closing errors are the run's own
+    unreachable = False  # the bucket workdir failed: no more requests that would retry in vain
 
     def check_pending():
         # Steps are named as logged and checkpointed: step s is the update that produces state s.
@@ -414,7 +436,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
         ckpt.save(step, par.get_state(state), config)
 
     try:
-        with checkpointing.PreemptionFlag() as preempted:
+        with checkpoints.PreemptionFlag() as preempted:
             for step, batch in _batches(data, start, end, par.put_batch, config.prefetch,
                                         config.dataset.data_dir, ckpt):
                 stage = schedule.plan(step, config.schedule).stage
@@ -449,10 +471,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
                     logging.warning("Stopping early (SIGTERM, preemption or max_steps): saved step %d", done)
                     break
             check_pending()
+        failed = False
     except OSError as e:
+        unreachable = not workdir_lib.is_local(workdir)
         raise _workdir_stopped(e, workdir, done, ckpt) from None
     finally:
-        ckpt.close()  # waits for the last save (a full disk: WorkdirError), stops orbax's threads
-        writer.flush()
+        try:
+            ckpt.close()  # waits for the last save (a full disk: WorkdirError), stops orbax's threads
+        except Exception as e:
+            if not failed:
+                raise
+            logging.warning("checkpoints not closed after the error below: %s",
+                            " ".join(str(e).split())[:200])
+        if unreachable:
+            logging.warning("TensorBoard events since the last flush not written: the bucket failed")
+        else:
+            _flush(writer)
     logging.info("compilations: %s", steps.compile_counts())
     return result

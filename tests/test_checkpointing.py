@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from m2e_jax import checkpointing
+from m2e_jax import checkpointing, checkpoints
 
 
 def tree(seed: int):
@@ -26,7 +26,7 @@ def tree(seed: int):
 @pytest.mark.parametrize("async_save", [True, False])
 def test_round_trip_keep_n_and_config(tmp_path, async_save):
     cfg = synthetic.get_config("test")
-    with checkpointing.Checkpointer(str(tmp_path / "ckpt"), max_to_keep=2, async_save=async_save) as ck:
+    with checkpoints.Checkpointer(str(tmp_path / "ckpt"), max_to_keep=2, async_save=async_save) as ck:
         for step in (1, 2, 3):
             ck.save(step, tree(step), cfg)
         ck.wait()
@@ -38,7 +38,7 @@ def test_round_trip_keep_n_and_config(tmp_path, async_save):
         saved = ck.restore_config(3)
     assert saved == json.loads(cfg.to_json_best_effort())
     # A fresh manager on the same directory finds the latest step (what a restarted job does).
-    ck2 = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+    ck2 = checkpoints.Checkpointer(str(tmp_path / "ckpt"))
     assert ck2.latest_step() == 3
     ck2.close()
 
@@ -52,7 +52,7 @@ def _leaves(t):
 def test_refuses_non_finite_state(tmp_path):
     bad = tree(1)
     bad["params"]["b"][2] = np.nan
-    with checkpointing.Checkpointer(str(tmp_path), async_save=False) as ck:
+    with checkpoints.Checkpointer(str(tmp_path), async_save=False) as ck:
         with pytest.raises(FloatingPointError, match=r"step 5.*\['params'\]\['b'\]"):
             ck.save(5, bad, synthetic.get_config("test"))
         assert ck.latest_step() is None
@@ -60,14 +60,14 @@ def test_refuses_non_finite_state(tmp_path):
 
 def test_write_config(tmp_path):
     cfg = synthetic.get_config("test")
-    path = checkpointing.write_config(str(tmp_path / "w"), cfg)
+    path = checkpoints.write_config(str(tmp_path / "w"), cfg)
     with open(path) as f:
         assert json.load(f)["model"]["height"] == cfg.model.height
 
 
 def test_preemption_flag_catches_sigterm_and_restores_handler():
     before = signal.getsignal(signal.SIGTERM)
-    with checkpointing.PreemptionFlag() as flag:
+    with checkpoints.PreemptionFlag() as flag:
         assert not flag.is_set()
         os.kill(os.getpid(), signal.SIGTERM)
         assert flag.is_set()
@@ -102,25 +102,25 @@ def flip_4k(step_dir) -> str:
 @pytest.mark.parametrize("async_save", [True, False])
 def test_hashes_of_every_file_after_commit_in_sha256sum_format(tmp_path, async_save):
     cfg = synthetic.get_config("test")
-    with checkpointing.Checkpointer(str(tmp_path), max_to_keep=2, async_save=async_save) as ck:
+    with checkpoints.Checkpointer(str(tmp_path), max_to_keep=2, async_save=async_save) as ck:
         for step in (1, 2, 3):
             ck.save(step, big_tree(step), cfg)
     for step in (2, 3):
         step_dir = tmp_path / str(step)
-        listed = sorted(line.split("  ", 1)[1].strip() for line in open(step_dir / checkpointing.HASHES))
+        listed = sorted(line.split("  ", 1)[1].strip() for line in open(step_dir / checkpoints.HASHES))
         on_disk = sorted(os.path.relpath(os.path.join(d, f), step_dir) for d, _, fs in os.walk(step_dir)
-                         for f in fs if f != checkpointing.HASHES)
+                         for f in fs if f != checkpoints.HASHES)
         assert listed == on_disk and any(p.startswith("state/") for p in listed)
-        assert checkpointing.check_hashes(str(step_dir))
+        assert checkpoints.check_hashes(str(step_dir))
         if shutil.which("sha256sum"):  # the coreutils tool reads the same file
-            r = subprocess.run(["sha256sum", "--quiet", "-c", checkpointing.HASHES], cwd=step_dir,
+            r = subprocess.run(["sha256sum", "--quiet", "-c", checkpoints.HASHES], cwd=step_dir,
                                capture_output=True, text=True)
             assert r.returncode == 0, r.stdout + r.stderr
 
 
 def remove_a_listed_data_file(step_dir) -> str:
     """Deletes the largest array data file that `step_dir/SHA256SUMS` lists; returns its name there."""
-    listed = [line.rstrip("\n").split("  ", 1)[1] for line in open(step_dir / checkpointing.HASHES)]
+    listed = [line.rstrip("\n").split("  ", 1)[1] for line in open(step_dir / checkpoints.HASHES)]
     arrays = [r for r in listed if r.startswith("state" + os.sep)]
     rel = max(arrays, key=lambda r: os.path.getsize(step_dir / r))
     os.remove(step_dir / rel)
@@ -133,11 +133,11 @@ def test_a_damaged_newest_step_is_moved_aside_and_training_resumes_from_the_prev
     """Bytes flipped in a data file, or a file SHA256SUMS lists gone from the step (an interrupted
     copy): either is named as damaged, with the file, and the step moved aside like a corrupt one."""
     cfg = synthetic.get_config("test")
-    with checkpointing.Checkpointer(str(tmp_path), async_save=False) as ck:
+    with checkpoints.Checkpointer(str(tmp_path), async_save=False) as ck:
         for step in (1, 2):
             ck.save(step, big_tree(step), cfg)
     damaged = damage(tmp_path / "2")
-    with checkpointing.Checkpointer(str(tmp_path)) as ck:
+    with checkpoints.Checkpointer(str(tmp_path)) as ck:
         step, state = ck.restore_latest(big_tree(0))
         assert step == 1 and ck.all_steps() == [1]
     for a, b in zip(_leaves(state), _leaves(big_tree(1)), strict=True):
@@ -145,26 +145,26 @@ def test_a_damaged_newest_step_is_moved_aside_and_training_resumes_from_the_prev
     lines = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
     assert len(lines) == 1 and "checkpoint step 2" in lines[0] and damaged in lines[0], lines
     if damage is remove_a_listed_data_file:
-        assert f"missing (listed in {checkpointing.HASHES})" in lines[0], lines
+        assert f"missing (listed in {checkpoints.HASHES})" in lines[0], lines
     assert (tmp_path / "2.corrupt").is_dir() and not (tmp_path / "2").exists()  # moved, never deleted
 
 
 def test_unhashed_steps_are_read_back_non_finite_and_truncated_ones_refused(tmp_path, caplog, capfd):
     """Steps without SHA256SUMS (older ones, or killed before hashing) are checked by reading them."""
     cfg = synthetic.get_config("test")
-    with checkpointing.Checkpointer(str(tmp_path), async_save=False) as ck:
+    with checkpoints.Checkpointer(str(tmp_path), async_save=False) as ck:
         ck.save(1, big_tree(1), cfg)
         ck.save(2, big_tree(2), cfg)
         nan = big_tree(3)
         nan["params"]["w"][1, 2] = np.inf
-        args = checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardSave(nan),
-                                                config=checkpointing.ocp.args.JsonSave({}))
+        args = checkpoints.ocp.args.Composite(state=checkpoints.ocp.args.StandardSave(nan),
+                                                config=checkpoints.ocp.args.JsonSave({}))
         ck.manager.save(3, args=args, force=True)  # past Checkpointer.save's refusal, as a bad disk could
-    os.remove(tmp_path / "2" / checkpointing.HASHES)
+    os.remove(tmp_path / "2" / checkpoints.HASHES)
     data = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "2" / "state") for f in fs
             if os.sep + "d" + os.sep in os.path.join(d, f)]
     os.truncate(max(data, key=os.path.getsize), 100)
-    with checkpointing.Checkpointer(str(tmp_path)) as ck:
+    with checkpoints.Checkpointer(str(tmp_path)) as ck:
         assert ck.restore_latest(big_tree(0))[0] == 1
     lines = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
     assert len(lines) == 2, lines
@@ -181,7 +181,7 @@ def gen_checkpoints(root, steps, seed=0):
     cfg = synthetic.get_config("test")
     shapes = checkpointing.generator_shapes(cfg.model)
     params = {s: random_params(shapes, seed + s) for s in steps}
-    with checkpointing.Checkpointer(str(root / "checkpoints"), async_save=False) as ck:
+    with checkpoints.Checkpointer(str(root / "checkpoints"), async_save=False) as ck:
         for s in steps:
             ck.save(s, {"step": np.int32(s), "params": params[s]}, cfg)
     return cfg, params
@@ -228,7 +228,7 @@ def test_not_a_checkpoint_or_another_projects_is_one_line(tmp_path):
     with pytest.raises(error, match=r"--workdir .*nowhere: no such checkpoint directory"):
         checkpointing.find_step(workdir=str(tmp_path / "nowhere"))
     other = {"step": np.int32(5), "encoder": {"w": np.ones((3, 3), np.float32)}}
-    with checkpointing.Checkpointer(str(tmp_path / "other" / "checkpoints"), async_save=False) as ck:
+    with checkpoints.Checkpointer(str(tmp_path / "other" / "checkpoints"), async_save=False) as ck:
         ck.save(5, other, synthetic.get_config("test"))
     with pytest.raises(checkpointing.CheckpointError, match=r"not an m2e_jax try-on checkpoint"):
         checkpointing.load_generators(checkpointing.find_step(workdir=str(tmp_path / "other")))
@@ -246,9 +246,9 @@ def test_a_damaged_newest_checkpoint_is_named_skipped_by_evaluate_and_resumed_pa
     r = run_trainer(workdir, data)
     assert r.returncode == 0, r.stderr[-3000:]
     ckdir = workdir / "checkpoints"
-    assert checkpointing.complete_steps(str(ckdir)) == [3, 6, TOTAL]
+    assert checkpoints.complete_steps(str(ckdir)) == [3, 6, TOTAL]
     like = train.init_state(pan_config())
-    with checkpointing.Checkpointer(str(ckdir)) as ck:
+    with checkpoints.Checkpointer(str(ckdir)) as ck:
         uninterrupted = ck.restore(TOTAL, like)
     damaged = flip_4k(ckdir / str(TOTAL))
 
@@ -273,8 +273,8 @@ def test_a_damaged_newest_checkpoint_is_named_skipped_by_evaluate_and_resumed_pa
     lines = [ln for ln in r.stderr.splitlines() if "is damaged" in ln]
     assert len(lines) == 1 and f"checkpoint step {TOTAL} " in lines[0] and damaged in lines[0], lines
     assert "Resumed from step 6" in r.stderr
-    assert (ckdir / f"{TOTAL}.corrupt").is_dir() and checkpointing.complete_steps(str(ckdir)) == [3, 6, TOTAL]
-    with checkpointing.Checkpointer(str(ckdir)) as ck:
+    assert (ckdir / f"{TOTAL}.corrupt").is_dir() and checkpoints.complete_steps(str(ckdir)) == [3, 6, TOTAL]
+    with checkpoints.Checkpointer(str(ckdir)) as ck:
         resumed = ck.restore(TOTAL, like)
     for a, b in zip(_leaves(resumed), _leaves(uninterrupted), strict=True):
         np.testing.assert_array_equal(a, b)

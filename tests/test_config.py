@@ -180,9 +180,9 @@ def _older_saved_config() -> dict:
     """A config as a checkpoint written before model.parse_region .. ftn_relight and
     loss.ftn_mask_weight existed saved it (JSON: lists for tuples), with the fields since removed
     at the only values the code ever trained with."""
-    from m2e_jax import checkpointing
+    from m2e_jax import checkpoints
 
-    raw = checkpointing.config_to_json(synthetic.get_config("test"))
+    raw = checkpoints.config_to_json(synthetic.get_config("test"))
     for key in ("parse_region", "parse_dropout", "ftn_paint", "person_parse_dropout", "ftn_relight"):
         del raw["model"][key]
     del raw["loss"]["ftn_mask_weight"]

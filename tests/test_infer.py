@@ -12,7 +12,7 @@ import pytest
 
 from configs import synthetic
 from data_prep import fixtures
-from m2e_jax import checkpointing, densepose, infer, input_pipeline, tryon_pipeline
+from m2e_jax import checkpointing, checkpoints, densepose, infer, input_pipeline, tryon_pipeline
 from m2e_jax.models import tryon
 from m2e_jax.readers import images
 from m2e_jax.synthetic import dataset
@@ -40,7 +40,7 @@ def write_checkpoint(workdir, cfg, step: int, params=None, seed: int = 0):
     the generators `params` or random_params of `cfg`'s shapes. Returns the params written."""
     if params is None:
         params = random_params(checkpointing.generator_shapes(cfg.model), seed)
-    with checkpointing.Checkpointer(os.path.join(str(workdir), "checkpoints"), async_save=False) as ck:
+    with checkpoints.Checkpointer(os.path.join(str(workdir), "checkpoints"), async_save=False) as ck:
         ck.save(step, {"step": np.int32(step), "params": params}, cfg)
     return params
 
@@ -55,7 +55,7 @@ def world(tmp_path_factory):
     # Other subtrees (optimizer state) sit beside the generators, as in train.py's state.
     opt = {"pan": jax.tree.map(np.zeros_like, params["pan"])}
     state = {"step": np.int32(STEP), "params": params, "opt": opt}
-    with checkpointing.Checkpointer(str(root / "work" / "checkpoints"), async_save=False) as ck:
+    with checkpoints.Checkpointer(str(root / "work" / "checkpoints"), async_save=False) as ck:
         ck.save(STEP, state, cfg)
     dataset.write_dataset(root / "syn", 0, 32, 32, 0, 4)
     dataset.write_dataset(root / "syn_big", 0, 64, 48, 0, 2)
@@ -302,7 +302,7 @@ def test_restores_what_the_trainer_wrote(tmp_path):
     assert os.path.basename(step_dir) == "2"
     assert config.model.to_dict() == cfg.model.to_dict()
     init = train.init_state(cfg)
-    with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")) as ck:
+    with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as ck:
         trained = ck.restore(2, init)["params"]
     moved = False
     for net in ("pan", "trn", "ftn"):

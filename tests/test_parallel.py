@@ -127,7 +127,7 @@ def test_two_processes_train_in_lock_step_like_one(tmp_path):
     import portpicker
 
     from configs import synthetic
-    from m2e_jax import checkpointing, train
+    from m2e_jax import checkpoints, train
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = str(tmp_path / "data")
@@ -150,7 +150,7 @@ def test_two_processes_train_in_lock_step_like_one(tmp_path):
     assert all("processes 2 devices 4" in out for out in outs)
 
     def params(workdir):
-        with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")) as ck:
+        with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as ck:
             return ck.restore(3, train.init_state(config))
 
     a, b = params(str(tmp_path / "one")), params(str(tmp_path / "two"))

@@ -18,7 +18,7 @@ from PIL import Image
 
 from configs import synthetic
 from data_prep import build, fixtures
-from m2e_jax import checkpointing, infer, tfds_source
+from m2e_jax import checkpointing, checkpoints, infer, tfds_source
 from m2e_jax.synthetic import dataset
 
 H, W = 32, 24
@@ -138,7 +138,7 @@ def infer_world(tmp_path_factory):
     cfg.dataset.data_dir = str(root / "data")
     shapes = checkpointing.generator_shapes(cfg.model)
     params = jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes)
-    with checkpointing.Checkpointer(str(root / "work" / "checkpoints"), async_save=False) as ck:
+    with checkpoints.Checkpointer(str(root / "work" / "checkpoints"), async_save=False) as ck:
         ck.save(1, {"step": np.int32(1), "params": params}, cfg)
     dataset.write_dataset(root / "syn", 0, 32, 32, 0, 2)
     images = sorted((root / "syn" / "test" / "images").glob("*.png"))

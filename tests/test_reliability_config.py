@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import default, pod, synthetic
-from m2e_jax import checkpointing, config_schema
+from m2e_jax import checkpoints, config_schema
 
 
 def leaves(cfg, prefix=""):
@@ -96,10 +96,10 @@ def test_saved_config_reloads_valid_and_equal(tmp_path):
     cfg = synthetic.get_config("test")
     cfg.optim.g_lr = 3e-4
     cfg.distributed.local_device_ids = (0, 1)
-    path = checkpointing.write_config(str(tmp_path), cfg)
+    path = checkpoints.write_config(str(tmp_path), cfg)
     with open(path) as f:
         reloaded = config_schema.from_saved(json.load(f), path)
-    with checkpointing.Checkpointer(str(tmp_path / "ck"), async_save=False) as ck:
+    with checkpoints.Checkpointer(str(tmp_path / "ck"), async_save=False) as ck:
         ck.save(1, {"w": np.zeros(2, np.float32)}, cfg)
         from_ckpt = config_schema.from_saved(ck.restore_config(1), "checkpoint 1")
     for got in (reloaded, from_ckpt):

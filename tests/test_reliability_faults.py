@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from m2e_jax import checkpointing, train
+from m2e_jax import checkpoints, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, CKPT_EVERY, EVAL_EVERY = 6, 2, 3  # saves at 2, 4, 6; evaluation and images at 3, 6
@@ -86,15 +86,15 @@ elif FAULT == "images":  # the step-3 image grid being written
         return save(self, fp, format, **kw)
     Image.Image.save = cut_png
 elif FAULT == "read_only":  # right after step 2's checkpoint is on disk
-    from m2e_jax import checkpointing
-    ck_save = checkpointing.Checkpointer.save
+    from m2e_jax import checkpoints
+    ck_save = checkpoints.Checkpointer.save
     def save_then_fault(self, step, *a, **kw):
         ck_save(self, step, *a, **kw)
         if step == 2:
             self.wait()
             for cmd in (["mount", "--bind", WORKDIR, WORKDIR], ["mount", "-o", "remount,bind,ro", WORKDIR]):
                 subprocess.run(cmd, check=True)
-    checkpointing.Checkpointer.save = save_then_fault
+    checkpoints.Checkpointer.save = save_then_fault
 else:
     raise SystemExit(f"unknown M2E_FAULT {FAULT!r}")
 sys.argv[0] = "m2e_jax.main"
@@ -163,7 +163,7 @@ def resume(reference, workdir, caplog) -> str:
 
 
 def final_state(workdir, config):
-    with checkpointing.Checkpointer(str(workdir / "checkpoints")) as ck:
+    with checkpoints.Checkpointer(str(workdir / "checkpoints")) as ck:
         return ck.restore(TOTAL, train.init_state(config))
 
 
@@ -269,13 +269,13 @@ def test_data_folder_disappearing_mid_run(tfds_reference, tmp_path, monkeypatch,
     shutil.copytree(ref["data"], data)
     config = tfds_config(str(data))
     if when == "after step 2":
-        save = checkpointing.Checkpointer.save
+        save = checkpoints.Checkpointer.save
 
         def save_then_remove(self, step, *a, **kw):
             save(self, step, *a, **kw)
             if step == 2:
                 shutil.rmtree(data)
-        monkeypatch.setattr(checkpointing.Checkpointer, "save", save_then_remove)
+        monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_remove)
     else:
         iterate = input_pipeline.TrainData.iterate
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from configs import synthetic
 from data_prep import build, fixtures
-from m2e_jax import checkpointing, evaluate, infer
+from m2e_jax import checkpoints, evaluate, infer
 from m2e_jax.readers import images
 from m2e_jax.synthetic import dataset
 from tests.test_infer import write_checkpoint
@@ -146,7 +146,7 @@ def world(tmp_path_factory):
     tfds_cfg.dataset.update(source="tfds", data_dir=str(root / "no_records"))
     write_checkpoint(root / "tfds_work", tfds_cfg, 1, params)
     # Another project's checkpoints: orbax with some other model's tree, and a flax msgpack file.
-    with checkpointing.Checkpointer(str(root / "other" / "checkpoints"), async_save=False) as ck:
+    with checkpoints.Checkpointer(str(root / "other" / "checkpoints"), async_save=False) as ck:
         ck.save(10, {"params": {"Dense_0": {"kernel": np.ones((4, 2), np.float32)}}}, cfg)
     (root / "flax" / "checkpoints").mkdir(parents=True)
     (root / "flax" / "checkpoints" / "checkpoint_1000").write_bytes(b"\x81\xa6params\x80")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from m2e_jax import checkpointing, train
+from m2e_jax import checkpoints, train
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def stage1_config(data_dir: str, steps: int):
 
 
 def saved_states(workdir: str, config) -> dict[int, dict]:
-    with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")) as ck:
+    with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as ck:
         return {s: ck.restore(s, train.init_state(config)) for s in ck.all_steps()}
 
 

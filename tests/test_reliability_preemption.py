@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from m2e_jax import checkpointing
+from m2e_jax import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 8
@@ -173,7 +173,7 @@ def test_incomplete_checkpoints_are_skipped_and_moved_aside(tmp_path):
     import shutil
 
     cfg = synthetic.get_config("test")
-    with checkpointing.Checkpointer(str(tmp_path), async_save=False, max_to_keep=5) as ck:
+    with checkpoints.Checkpointer(str(tmp_path), async_save=False, max_to_keep=5) as ck:
         for step in (1, 2):
             ck.save(step, tree(step), cfg)
     shutil.copytree(tmp_path / "2", tmp_path / "3")
@@ -182,7 +182,7 @@ def test_incomplete_checkpoints_are_skipped_and_moved_aside(tmp_path):
     os.remove(tmp_path / "4" / "commit_success.txt")  # never committed
     (tmp_path / "5").mkdir()  # an empty step folder
     (tmp_path / "6.orbax-checkpoint-tmp").mkdir()  # a save in flight when the job died
-    with checkpointing.Checkpointer(str(tmp_path), async_save=False, max_to_keep=5) as ck:
+    with checkpoints.Checkpointer(str(tmp_path), async_save=False, max_to_keep=5) as ck:
         assert ck.latest_step() == 2
         np.testing.assert_array_equal(ck.restore(2, tree(0))["w"], tree(2)["w"])
         assert ck.all_steps() == [1, 2]

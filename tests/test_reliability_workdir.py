@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from m2e_jax import checkpointing, train
+from m2e_jax import checkpoints, train
+from m2e_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, CKPT_EVERY = 8, 3  # the preemption tests' schedule: their compiled step is in the shared cache
@@ -38,9 +39,10 @@ TOTAL, CKPT_EVERY = 8, 3  # the preemption tests' schedule: their compiled step 
 WORKER = """
 import os, shutil, sys
 fill, disk = os.environ.get("FILL_AT"), os.environ.get("DISK")
-from m2e_jax import checkpointing
+from m2e_jax import checkpoints
+from m2e_jax import workdir as workdir_lib
 if fill:
-    save = checkpointing.Checkpointer.save
+    save = checkpoints.Checkpointer.save
     def filling_save(self, step, state, config):
         if step == int(fill):
             self.wait()
@@ -54,7 +56,7 @@ if fill:
                                      "[os_error_code='28']")
                 self.manager.save = full
         return save(self, step, state, config)
-    checkpointing.Checkpointer.save = filling_save
+    checkpoints.Checkpointer.save = filling_save
 if disk == "patched" and os.environ.get("DISK_FREE"):
     real = shutil.disk_usage
     shutil.disk_usage = lambda p: real(p)._replace(free=int(os.environ["DISK_FREE"]))
@@ -64,14 +66,19 @@ app.run(main.main, argv=["m2e_jax.main", *sys.argv[1:]])
 """
 
 
-def trainer_cmd(workdir, data_dir, *overrides) -> list[str]:
-    """The training CLI on the tiny synthetic config, PAN stage only, TOTAL steps, a checkpoint every
-    CKPT_EVERY steps (through WORKER, which behaves as `python -m m2e_jax.main` unless told)."""
-    return [sys.executable, "-c", WORKER, "--config", "configs/synthetic.py:test", "--workdir", str(workdir),
+def trainer_flags(workdir, data_dir, *overrides) -> list[str]:
+    """The training CLI's flags: the tiny synthetic config, PAN stage only, TOTAL steps, a checkpoint
+    every CKPT_EVERY steps."""
+    return ["--config", "configs/synthetic.py:test", "--workdir", str(workdir),
             f"--config.dataset.data_dir={data_dir}", f"--config.schedule.pan_steps={TOTAL}",
             *(f"--config.schedule.{k}_steps=0" for k in ("trn", "ftn", "joint")), "--config.log_every=1",
             f"--config.checkpoint_every={CKPT_EVERY}", f"--config.eval_every={TOTAL}",
             f"--config.image_every={TOTAL}", *overrides]
+
+
+def trainer_cmd(workdir, data_dir, *overrides) -> list[str]:
+    """trainer_flags through WORKER, which behaves as `python -m m2e_jax.main` unless told."""
+    return [sys.executable, "-c", WORKER, *trainer_flags(workdir, data_dir, *overrides)]
 
 
 def trainer_env(**extra) -> dict:
@@ -115,62 +122,62 @@ def unwritable_workdirs(tmp_path) -> list[str]:
 
 def test_unwritable_workdir_fails_before_anything_runs(tmp_path, config, jax_events):
     for workdir in unwritable_workdirs(tmp_path):
-        with pytest.raises(checkpointing.WorkdirError, match=rf"workdir {workdir}: not writable \(.+\); "):
+        with pytest.raises(workdir_lib.WorkdirError, match=rf"workdir {workdir}: not writable \(.+\); "):
             train.train_and_evaluate(config, workdir)
         assert not jax_events  # nothing traced, let alone compiled
     assert not (tmp_path / "data").exists()  # not even the dataset was rendered
 
 
 def test_check_workdir_cleans_its_probe(tmp_path):
-    checkpointing.check_workdir(str(tmp_path / "new" / "dir"))
+    workdir_lib.check_workdir(str(tmp_path / "new" / "dir"))
     assert os.listdir(tmp_path / "new" / "dir") == []
 
 
 def test_full_disk_fails_before_the_first_step(tmp_path, config, monkeypatch):
     real = shutil.disk_usage
-    monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda p: real(p)._replace(free=2**20))
+    monkeypatch.setattr(workdir_lib.shutil, "disk_usage", lambda p: real(p)._replace(free=2**20))
     steps = train.Steps(config)
     need = r"1.0 MiB free, checkpoints need [\d.]+ MiB more \(3 kept \+ 1 being written, 0 already"
-    with pytest.raises(checkpointing.WorkdirError, match=need):
+    with pytest.raises(workdir_lib.WorkdirError, match=need):
         train.train_and_evaluate(config, str(tmp_path / "w"), steps=steps)
     assert not steps.traces and not steps.compile_counts()["eval"]  # no step compiled
-    assert checkpointing.complete_steps(str(tmp_path / "w" / "checkpoints")) == []
+    assert checkpoints.complete_steps(str(tmp_path / "w" / "checkpoints")) == []
 
 
 def test_free_space_counts_the_checkpoints_on_disk(tmp_path, monkeypatch):
     """keep + 1 checkpoints in all: with k complete ones on disk, room for keep + 1 - k more (>= 1)."""
     state = {"a": np.zeros((1024, 256), np.float32)}  # 1 MiB
-    assert [checkpointing.free_space_needed(state, 2, k) // 2**20 for k in range(5)] == [3, 2, 1, 1, 1]
+    assert [checkpoints.free_space_needed(state, 2, k) // 2**20 for k in range(5)] == [3, 2, 1, 1, 1]
     cfg = synthetic.get_config("test")
     real = shutil.disk_usage
     free = {"bytes": 3 * 2**20 - 1}
-    monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda p: real(p)._replace(free=free["bytes"]))
-    with checkpointing.Checkpointer(str(tmp_path / "c"), max_to_keep=2, async_save=False) as ck:
-        with pytest.raises(checkpointing.WorkdirError, match=r"3.0 MiB free, checkpoints need 3.0 MiB more"):
+    monkeypatch.setattr(workdir_lib.shutil, "disk_usage", lambda p: real(p)._replace(free=free["bytes"]))
+    with checkpoints.Checkpointer(str(tmp_path / "c"), max_to_keep=2, async_save=False) as ck:
+        with pytest.raises(workdir_lib.WorkdirError, match=r"3.0 MiB free, checkpoints need 3.0 MiB more"):
             ck.check_free_space(state)
         free["bytes"] = 3 * 2**20
         ck.check_free_space(state)
         for step in (1, 2):
             ck.save(step, state, cfg)
         free["bytes"] = 2**20 - 1  # two kept on disk: one more must fit, no more
-        with pytest.raises(checkpointing.WorkdirError, match=r"need 1.0 MiB more .* 2 already on disk"):
+        with pytest.raises(workdir_lib.WorkdirError, match=r"need 1.0 MiB more .* 2 already on disk"):
             ck.check_free_space(state)
         free["bytes"] = 2**20
         ck.check_free_space(state)
 
 
 def test_disk_errors_are_recognised():
-    assert checkpointing.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
-    assert checkpointing.is_disk_full(ValueError("RESOURCE_EXHAUSTED: ... [os_error_code='28']"))
-    assert not checkpointing.is_disk_full(OSError(errno.EACCES, "Permission denied"))
-    assert not checkpointing.is_disk_full(ValueError("RESOURCE_EXHAUSTED: out of memory"))
+    assert workdir_lib.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert workdir_lib.is_disk_full(ValueError("RESOURCE_EXHAUSTED: ... [os_error_code='28']"))
+    assert not workdir_lib.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not workdir_lib.is_disk_full(ValueError("RESOURCE_EXHAUSTED: out of memory"))
 
 
 @pytest.fixture
 def small_disk(tmp_path, record_property):
     """(folder, method, size): a real tmpfs of 3.5 checkpoints of pan_config() where mount works
     (method "tmpfs"), else a plain folder (method "patched")."""
-    size = int(3.5 * checkpointing.state_bytes(train.init_state(pan_config())))
+    size = int(3.5 * checkpoints.state_bytes(train.init_state(pan_config())))
     mnt = tmp_path / "disk"
     mnt.mkdir()
     mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]
@@ -193,7 +200,7 @@ def _bytes_under(paths) -> int:
 def test_disk_full_mid_save_one_line_then_resume_when_one_checkpoint_fits(small_disk, tmp_path):
     mnt, method, size = small_disk
     workdir, data, filler = mnt / "w", tmp_path / "data", mnt / "filler"
-    one = checkpointing.state_bytes(train.init_state(pan_config()))
+    one = checkpoints.state_bytes(train.init_state(pan_config()))
     extra = {"DISK": method, "FILLER": str(filler)}
     if method == "patched":
         extra["DISK_FREE"] = str(size)
@@ -205,8 +212,8 @@ def test_disk_full_mid_save_one_line_then_resume_when_one_checkpoint_fits(small_
     assert re.search(rf"workdir {workdir}: disk full while saving checkpoint 6 \([\d.]+ MiB free; one "
                      rf"checkpoint needs {one / 2**20:.1f} MiB\); checkpoints 3 are intact; free space",
                      errors[0]), errors[0]
-    assert checkpointing.complete_steps(str(workdir / "checkpoints")) == [3]
-    assert checkpointing.check_hashes(str(workdir / "checkpoints" / "3"))
+    assert checkpoints.complete_steps(str(workdir / "checkpoints")) == [3]
+    assert checkpoints.check_hashes(str(workdir / "checkpoints" / "3"))
 
     # The disk frees up: room for two more checkpoints, not keep + 1 = 3 (one is on disk already).
     if method == "tmpfs":
@@ -220,18 +227,18 @@ def test_disk_full_mid_save_one_line_then_resume_when_one_checkpoint_fits(small_
     r = run_trainer(workdir, data, "--config.keep_checkpoints=2", **extra)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stdout + r.stderr and "Resumed from step 3" in r.stderr, r.stderr[-3000:]
-    assert checkpointing.complete_steps(str(workdir / "checkpoints")) == [6, TOTAL]
+    assert checkpoints.complete_steps(str(workdir / "checkpoints")) == [6, TOTAL]
     assert not glob.glob(str(workdir / "checkpoints" / "*tmp*"))  # the failed save's scratch is gone
 
 
 def test_workdir_lock_in_one_process(tmp_path, caplog):
-    with checkpointing.WorkdirLock(str(tmp_path)) as lock:
+    with workdir_lib.WorkdirLock(str(tmp_path)) as lock:
         assert open(lock.path).read().startswith(f"pid {os.getpid()} on ")
         holder = rf"in use by another training run \(pid {os.getpid()}"
-        with pytest.raises(checkpointing.WorkdirError, match=holder):
-            checkpointing.WorkdirLock(str(tmp_path)).acquire()
+        with pytest.raises(workdir_lib.WorkdirError, match=holder):
+            workdir_lib.WorkdirLock(str(tmp_path)).acquire()
     assert open(lock.path).read() == ""  # released: nobody to take over from
-    with checkpointing.WorkdirLock(str(tmp_path)):
+    with workdir_lib.WorkdirLock(str(tmp_path)):
         assert "taking over" not in caplog.text
 
 
@@ -262,5 +269,5 @@ def test_second_trainer_refuses_naming_the_first_and_a_dead_ones_lock_is_taken_o
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=60)
     # The first run died without releasing: its lock is taken over, naming it.
-    with checkpointing.WorkdirLock(str(workdir)):
+    with workdir_lib.WorkdirLock(str(workdir)):
         assert f"taking over the lock left by pid {first.pid}" in caplog.text

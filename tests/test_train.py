@@ -117,9 +117,9 @@ def test_four_devices_equal_one_device_in_both_modes(fixed_batch, data_dir, one_
 
 
 def _params(workdir: str, step: int, config):
-    from m2e_jax import checkpointing
+    from m2e_jax import checkpoints
 
-    ck = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+    ck = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
     state = ck.restore(step, train.init_state(config))
     ck.close()
     return state
