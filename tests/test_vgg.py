@@ -56,7 +56,7 @@ def test_perceptual_zero_for_identical_and_monotone(vgg16, images):
     values = [float(loss(vgg16, x, jnp.clip(x + s * noise, -1, 1))) for s in (0.05, 0.2, 0.6)]
     assert 0 < values[0] < values[1] < values[2], values
     # Zero up to float rounding: XLA:CPU's multithreaded convolutions may split the two halves of
-    # the batch differently (6.9e-8 seen once on a loaded 2-core CPU, against 1e-2 for 5% noise).
+    # the batch differently (6.9e-8 seen once on a loaded 2-core CPU), far below what 5% noise gives.
     assert 0.0 <= float(loss(vgg16, x, x)) < 1e-5 * values[0], values
     grad = jax.jit(jax.grad(lambda a, v: losses.vgg_perceptual(v, a, x, WEIGHTS)))(x + 0.1 * noise, vgg16)
     assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
