@@ -344,15 +344,34 @@ def save_cache(path: str | None, cache: dict[str, dict]) -> None:
 
 # ---------------------------------------------------------------- the plan (pure arithmetic)
 
-def chips_for(target: str) -> tuple[str, ...]:
-    """The published chips a target's compile is read against."""
+def chips_for(target: str, project: Sequence[str] = ()) -> tuple[str, ...]:
+    """The published chips a target's compile is read against: its own TPU, or the GPUs of
+    CPU_STANDS_FOR for a CPU mesh; a TPU compile is also read against the TPUs in `project`."""
     chip = chip_of(target)
-    return CPU_STANDS_FOR if chip == "cpu" else (chip,)
+    if chip == "cpu":
+        return CPU_STANDS_FOR
+    return (chip, *(c for c in project if c != chip and c in TOPOLOGIES))
+
+
+def numbers_for(target: str, chip_name: str) -> str:
+    """Where a plan row's numbers come from: this chip's own compile, another TPU's, or a CPU mesh."""
+    own = chip_of(target)
+    if own == chip_name:
+        return "compiled"
+    return "CPU mesh (proxy)" if own == "cpu" else f"projected from {own}"
+
+
+def peak_of(row: dict[str, Any]) -> int:
+    """A compiled point's peak bytes: XLA's reported peak or arguments + new outputs + temporaries,
+    whichever is larger (rows cached before read_compiled took the larger kept XLA's alone)."""
+    live = (row["argument_bytes"] + row.get("output_bytes", 0) - row.get("alias_bytes", 0)
+            + row["temp_bytes"])
+    return max(int(row["peak_bytes"]), int(live))
 
 
 def fits(row: dict[str, Any], chip: Chip, margin: float = DEFAULT_MARGIN) -> bool:
     """Whether a compiled point's peak is within the chip's HBM less `margin`."""
-    return bool(row.get("fits", True)) and row["peak_bytes"] <= (1 - margin) * chip.hbm_gib * GIB
+    return bool(row.get("fits", True)) and peak_of(row) <= (1 - margin) * chip.hbm_gib * GIB
 
 
 def all_reduce_seconds(nbytes: float, chips: int, chip: Chip) -> float:
@@ -366,7 +385,7 @@ def plan_row(row: dict[str, Any], chip_name: str, margin: float = DEFAULT_MARGIN
     chip = CHIPS[chip_name]
     out = {k: row.get(k) for k in ("config", "target", "dtype", "per_chip", "remat", "stage", "size")}
     out["chip"] = chip_name
-    out["compiled_for"] = "TPU" if chip_of(row["target"]) == chip_name else "CPU mesh (proxy)"
+    out["compiled_for"] = numbers_for(row["target"], chip_name)
     if row.get("fits") is False:
         return {**out, "fits": "no (XLA: out of memory)"}
     flops = row.get("model_flops") or 0.0  # the math; MFU's numerator
@@ -375,8 +394,8 @@ def plan_row(row: dict[str, Any], chip_name: str, margin: float = DEFAULT_MARGIN
                gflop_example=flops / 1e9 / row["per_chip"] if flops else None,
                compiled_gflop_step=compiled / 1e9 if compiled else None,
                args_gib=row["argument_bytes"] / GIB, temp_gib=row["temp_bytes"] / GIB,
-               peak_gib=row["peak_bytes"] / GIB, hbm_gib=chip.hbm_gib,
-               hbm_use=row["peak_bytes"] / (chip.hbm_gib * GIB),
+               peak_gib=peak_of(row) / GIB, hbm_gib=chip.hbm_gib,
+               hbm_use=peak_of(row) / (chip.hbm_gib * GIB),
                fits="yes" if fits(row, chip, margin) else "no",
                all_reduce_mib=row["all_reduce_bytes"] / 2**20,
                all_reduce_ms=1e3 * all_reduce_seconds(row["all_reduce_bytes"], row["chips"], chip))
@@ -391,7 +410,7 @@ def plan_row(row: dict[str, Any], chip_name: str, margin: float = DEFAULT_MARGIN
 def linear_memory_fit(rows: Sequence[dict]) -> tuple[float, float] | None:
     """(bytes at batch 0, bytes per example) of peak memory through the compiled points of one
     (config, target, dtype, stage, remat), least squares; None with fewer than two batch sizes."""
-    pts = sorted({(r["per_chip"], r["peak_bytes"]) for r in rows if r.get("fits", True)})
+    pts = sorted({(r["per_chip"], peak_of(r)) for r in rows if r.get("fits", True)})
     if len({b for b, _ in pts}) < 2:
         return None
     n = len(pts)
@@ -429,7 +448,8 @@ def next_search_batch(known: dict[int, bool], start: int = 4) -> int | None:
 
 # ---------------------------------------------------------------- tables
 
-COLUMNS = [("config", "config", "s"), ("chip", "chip", "s"), ("dtype", "dtype", "s"),
+COLUMNS = [("config", "config", "s"), ("chip", "chip", "s"), ("compiled_for", "numbers", "s"),
+           ("dtype", "dtype", "s"),
            ("per_chip", "batch/chip", "d"), ("gflop_step", "GFLOP/step", ".0f"),
            ("gflop_example", "GFLOP/ex", ".0f"),
            ("compiled_gflop_step", "compiled GFLOP/step", ".0f"), ("args_gib", "args GiB", ".2f"),
@@ -441,17 +461,21 @@ COLUMNS = [("config", "config", "s"), ("chip", "chip", "s"), ("dtype", "dtype", 
            ("img_s_50", "img/s @50%", ".1f"), ("host_img_s_40", "host img/s @40%", ".0f")]
 
 
-def plan_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN) -> list[dict]:
-    """Every cached point read against its chip(s), in cache order."""
+def plan_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
+              project: Sequence[str] = ()) -> list[dict]:
+    """Every cached point read against its chip(s) (and TPU points against the TPUs in `project`:
+    the same program's FLOPs, its memory as compiled for the other TPU, which the compiler lays out
+    alike but not identically)."""
     rows = []
     for r in sorted(cache.values(), key=lambda r: (r["config"], r["target"], r["dtype"], r["remat"],
                                                    r["per_chip"])):
-        for chip in chips_for(r["target"]):
+        for chip in chips_for(r["target"], project):
             rows.append(plan_row(r, chip, margin))
     return rows
 
 
-def max_batch_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN) -> list[dict]:
+def max_batch_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
+                   project: Sequence[str] = ()) -> list[dict]:
     """Per (config, target, dtype, stage, remat) and chip: the largest compiled batch that fits, the
     smallest compiled one that does not, and the linear projection of the largest that fits."""
     groups: dict[tuple, list[dict]] = {}
@@ -459,11 +483,12 @@ def max_batch_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN) -> li
         groups.setdefault((r["config"], r["target"], r["dtype"], r["stage"], r["remat"]), []).append(r)
     out = []
     for (config, target, dtype, _, remat), rows in sorted(groups.items()):
-        for name in chips_for(target):
+        for name in chips_for(target, project):
             chip = CHIPS[name]
             ok = [r["per_chip"] for r in rows if r.get("fits", True) and fits(r, chip, margin)]
             bad = [r["per_chip"] for r in rows if not (r.get("fits", True) and fits(r, chip, margin))]
             out.append({"config": config, "chip": name, "dtype": dtype, "remat": "on" if remat else "off",
+                        "compiled_for": numbers_for(target, name),
                         "compiled": ",".join(str(b) for b in sorted(r["per_chip"] for r in rows)),
                         "max_fit_compiled": max(ok) if ok else None,
                         "min_nofit_compiled": min(bad) if bad else None,
@@ -471,7 +496,8 @@ def max_batch_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN) -> li
     return out
 
 
-MAX_COLUMNS = [("config", "config", "s"), ("chip", "chip", "s"), ("dtype", "dtype", "s"),
+MAX_COLUMNS = [("config", "config", "s"), ("chip", "chip", "s"), ("compiled_for", "numbers", "s"),
+           ("dtype", "dtype", "s"),
                ("remat", "remat", "s"), ("compiled", "compiled batches/chip", "s"),
                ("max_fit_compiled", "largest fitting (compiled)", "d"),
                ("min_nofit_compiled", "smallest not fitting (compiled)", "d"),
@@ -536,6 +562,8 @@ def main(argv: Sequence[str] | None = None, compile_fn: Callable[..., dict] = co
     ap.add_argument("--recompile", action="store_true", help="compile points already in the cache")
     ap.add_argument("--report", action="store_true", help="print the tables from --cache only")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables (for RESULTS.md)")
+    ap.add_argument("--project", default="",
+                    help="also read TPU compiles against these TPUs (e.g. v4,v5p,v6e), marked projected")
     a = ap.parse_args(argv)
     if not a.report:
         offline_tpu_env()  # before anything imports JAX
@@ -561,7 +589,11 @@ def main(argv: Sequence[str] | None = None, compile_fn: Callable[..., dict] = co
         raise SystemExit(f"pod_plan: {e}") from None
     if not cache:
         raise SystemExit("pod_plan: nothing compiled and no cached points (--cache)")
-    rows, maxes = plan_rows(cache, a.margin), max_batch_rows(cache, a.margin)
+    project = [c.strip() for c in a.project.split(",") if c.strip()]
+    bad = [c for c in project if c not in TOPOLOGIES]
+    if bad:
+        raise SystemExit(f"pod_plan: --project: unknown {bad}; expected some of {sorted(TOPOLOGIES)}")
+    rows, maxes = plan_rows(cache, a.margin, project), max_batch_rows(cache, a.margin, project)
     from m2e_jax.benchmarks import common
 
     table = common.markdown_table if a.markdown else common.format_table
