@@ -66,6 +66,7 @@ CHIPS: dict[str, Chip] = {
 }
 # The topology of each TPU's smallest multi-chip slice (one host), the default target of a chip name.
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
+MEGACORE = ("v4", "v5p")
 # Chips the CPU compile of an N-device mesh is read against.
 CPU_STANDS_FOR = ("h100", "a100")
 
@@ -132,13 +133,18 @@ def target_devices(target: str) -> list:
         return devs[:n]
     from jax.experimental import topologies
 
+    # v4 (and v5p) chips hold two TensorCores, which JAX drives as one device per chip ("megacore",
+    # as MaxText's train_compile.py asks for); v4's default config would give a device per core.
+    kwargs = {"chip_config_name": "megacore"} if chip_of(target) in MEGACORE else {}
     try:
-        desc = topologies.get_topology_desc(target, platform="tpu")
+        desc = topologies.get_topology_desc(target, platform="tpu", **kwargs)
     except Exception as e:  # noqa: BLE001 -- libtpu absent, or a topology it does not know
         raise PlanError(f"--targets {target}: no compile-only TPU devices ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}); TPU targets need libtpu: "
                         "python3 -m venv .venv-tpu-aot && .venv-tpu-aot/bin/pip install -r "
                         "requirements-tpu-aot.txt, then run with .venv-tpu-aot/bin/python") from None
+    if len(desc.devices) != n:
+        raise PlanError(f"--targets {target}: libtpu gave {len(desc.devices)} devices for {n} chips")
     return list(desc.devices)
 
 
