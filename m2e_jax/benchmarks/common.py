@@ -167,6 +167,13 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
 
 
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """GitHub Markdown table; columns as in `format_table` (None prints "-")."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(k), spec) for k, _, spec in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def write_json(path: str | None, name: str, info: dict, rows: Sequence[dict], **extra: Any) -> None:
     """Writes {"benchmark", "machine", "rows", ...} to `path` (no-op when None)."""
     if not path:

@@ -1,0 +1,613 @@
+"""Pod plan: `python -m m2e_jax.benchmarks.pod_plan --config configs/pod.py --targets v5e:2x2 --per_chip 4,8`.
+
+Compiles the real joint train step (`train.train_step`, stage 4, data-parallel through
+`parallel.DataParallel` exactly as training does) ahead of time for TPU chips nobody here has, and
+reports per chip what XLA's compiled program says: FLOPs per step and per example (cost analysis),
+HBM (arguments = parameters + optimizer state + batch, outputs, temporaries, the peak they imply)
+against the chip's HBM, bytes all-reduced per step (the all-reduce ops of the compiled program) and
+their time on the chip's ICI, and projected step time / images per second at 30 / 40 / 50% MFU.
+
+Targets: a TPU topology ("v5e:2x2", "v4:2x2x1", "v5p:2x2x1", "v6e:2x2") compiled through libtpu's
+compile-only devices (`jax.experimental.topologies.get_topology_desc`, as MaxText's
+train_compile.py does); or "cpu:N", the CPU backend's compile of an N-device mesh, which stands in
+for GPUs (no compile-only GPU target exists without a GPU): its FLOPs are the program's, its memory
+is the CPU's buffer assignment, not a GPU's. TPU targets need libtpu, which lives in its own
+environment (requirements-tpu-aot.txt); run this module with `.venv-tpu-aot/bin/python`. It sets
+JAX_PLATFORMS=cpu and TPU_SKIP_MDS_QUERY=1 first: without them libtpu asks the cloud metadata
+server, and nothing here may leave the machine.
+
+The joint stage runs every network forward and trains all of them, so it bounds the FLOPs and the
+memory of stages 1-3 (`--stage` compiles another). Compiling the paper-scale step takes ~10 min per
+point on a 2-core CPU, so every compiled point's numbers go to a JSON cache (`--cache`) keyed by
+(config, target, per-chip batch, dtype, stage, remat); `--search` bisects the largest per-chip
+batch whose peak fits the chip's HBM less `--margin`, reusing cached points; `--report` prints the
+table from the cache without compiling. A point that does not fit is cached as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+GIB = 2**30
+MFUS = (0.3, 0.4, 0.5)
+DEFAULT_MARGIN = 0.1  # fraction of HBM kept free: the runtime, fragmentation, the input buffers
+
+
+class Chip(NamedTuple):
+    """One accelerator's published figures (per chip)."""
+
+    name: str
+    hbm_gib: float
+    peak_bf16_tflops: float
+    ici_gbytes_s: float  # bidirectional interconnect bandwidth per chip (ICI / NVLink)
+    chips_per_host: int
+    source: str
+
+
+# Cloud TPU system-architecture pages (docs.cloud.google.com/tpu/docs/v4, v5e, v5p, v6e) and NVIDIA's
+# data sheets. v4's per-chip ICI is not on its Cloud page: 6 links x 50 GB/s (Jouppi et al., "TPU v4",
+# ISCA 2023). The bf16 peaks equal common.PEAK_TFLOPS (MFU of the measured benchmarks).
+CHIPS: dict[str, Chip] = {
+    "v4": Chip("TPU v4", 32, 275, 300, 4, "cloud.google.com/tpu/docs/v4; ICI: Jouppi et al. 2023"),
+    "v5e": Chip("TPU v5e", 16, 197, 400, 8, "cloud.google.com/tpu/docs/v5e"),
+    "v5p": Chip("TPU v5p", 95, 459, 1200, 4, "cloud.google.com/tpu/docs/v5p"),
+    "v6e": Chip("TPU v6e", 32, 918, 800, 8, "cloud.google.com/tpu/docs/v6e"),
+    "h100": Chip("H100 SXM 80GB", 80e9 / GIB, 989, 900, 8, "NVIDIA H100 data sheet (dense bf16, NVLink 4)"),
+    "a100": Chip("A100 SXM 80GB", 80e9 / GIB, 312, 600, 8, "NVIDIA A100 data sheet (dense bf16, NVLink 3)"),
+}
+# The topology of each TPU's smallest multi-chip slice (one host), the default target of a chip name.
+TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
+MEGACORE = ("v4", "v5p")
+# Chips the CPU compile of an N-device mesh is read against.
+CPU_STANDS_FOR = ("h100", "a100")
+
+# Bytes per element of the HLO types an all-reduce can carry.
+_HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+              "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_ALL_REDUCE = re.compile(r"=\s*(.*?)\s+all-reduce(?:-start)?\(")
+_ARRAY_TYPE = re.compile(r"\b(" + "|".join(_HLO_BYTES) + r")\[([\d,]*)\]")
+
+
+class PlanError(Exception):
+    """Bad input (a flag, a config, a missing libtpu); the message is one line naming it."""
+
+
+# ---------------------------------------------------------------- environment
+
+def offline_tpu_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables libtpu must see to compile without a TPU and without asking the cloud metadata
+    server: JAX on the CPU backend, metadata queries skipped, and several processes allowed to load
+    libtpu at once (by default the first holds /tmp/libtpu_lockfile, which guards a real TPU; with
+    compile-only devices there is none). Updates `environ` (default os.environ)."""
+    env = os.environ if environ is None else environ
+    env["JAX_PLATFORMS"] = "cpu"
+    env["TPU_SKIP_MDS_QUERY"] = "1"
+    env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
+    if environ is None and "jax" in sys.modules:  # JAX reads JAX_PLATFORMS when it is imported
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
+    return env
+
+
+def chip_of(target: str) -> str:
+    """"v5e:2x2" -> "v5e"; "cpu:8" -> "cpu"."""
+    return target.split(":", 1)[0].lower()
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """("tpu" | "cpu", number of chips) of a target; PlanError naming it when malformed.
+
+    "v5e:2x2" -> ("tpu", 4), "v4:2x2x1" -> ("tpu", 4), "cpu:8" -> ("cpu", 8)."""
+    chip, _, shape = target.partition(":")
+    try:
+        dims = [int(x) for x in shape.lower().split("x")]
+    except ValueError:
+        raise PlanError(f"--targets: {target!r} is not CHIP:AxB[xC] or cpu:N") from None
+    if chip.lower() == "cpu" and len(dims) == 1 and dims[0] > 0:
+        return "cpu", dims[0]
+    if chip.lower() not in TOPOLOGIES or len(dims) < 2 or min(dims) <= 0:
+        raise PlanError(f"--targets: {target!r} is not cpu:N or one of {sorted(TOPOLOGIES)} with a "
+                        "topology AxB[xC] (e.g. v5e:2x2)")
+    return "tpu", int(functools.reduce(lambda a, b: a * b, dims))
+
+
+def target_devices(target: str) -> list:
+    """Devices to compile for: libtpu's compile-only devices of a TPU topology, or the first N CPU
+    devices (the process must have been started with that many: see `main`)."""
+    import jax
+
+    kind, n = parse_target(target)
+    if kind == "cpu":
+        devs = jax.devices("cpu")
+        if len(devs) < n:
+            raise PlanError(f"--targets {target}: JAX sees {len(devs)} CPU devices; set "
+                            f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before JAX starts")
+        return devs[:n]
+    from jax.experimental import topologies
+
+    # v4 (and v5p) chips hold two TensorCores, which JAX drives as one device per chip ("megacore",
+    # as MaxText's train_compile.py asks for); v4's default config would give a device per core.
+    kwargs = {"chip_config_name": "megacore"} if chip_of(target) in MEGACORE else {}
+    try:
+        desc = topologies.get_topology_desc(target, platform="tpu", **kwargs)
+    except Exception as e:  # noqa: BLE001 -- libtpu absent, or a topology it does not know
+        raise PlanError(f"--targets {target}: no compile-only TPU devices ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); TPU targets need libtpu: "
+                        "python3 -m venv .venv-tpu-aot && .venv-tpu-aot/bin/pip install -r "
+                        "requirements-tpu-aot.txt, then run with .venv-tpu-aot/bin/python") from None
+    if len(desc.devices) != n:
+        raise PlanError(f"--targets {target}: libtpu gave {len(desc.devices)} devices for {n} chips")
+    return list(desc.devices)
+
+
+# ---------------------------------------------------------------- config
+
+def load_config(spec: str):
+    """"configs/NAME.py[:ARG]" -> configs.NAME.get_config(ARG), imported from the repository root."""
+    from m2e_jax.benchmarks import _configs
+
+    path, _, arg = spec.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    if not path.endswith(".py") or not os.path.isfile(os.path.join(_configs._ROOT, "configs", name + ".py")):
+        raise PlanError(f"--config {spec}: expected configs/NAME.py[:ARG] of this repository")
+    _configs._configs()  # puts the repository root on sys.path
+    try:
+        return importlib.import_module(f"configs.{name}").get_config(arg or None)
+    except Exception as e:  # noqa: BLE001 -- a user's config: one line, no traceback
+        raise PlanError(f"--config {spec}: {type(e).__name__}: {e}") from None
+
+
+def plan_config(config, per_chip: int, chips: int, dtype: str | None = None, remat: bool | None = None):
+    """A copy of `config` with global batch per_chip * chips, and dtype / model.remat when given."""
+    c = config.copy_and_resolve_references()
+    c.batch_size = per_chip * chips
+    if dtype:
+        c.model.dtype = dtype
+    if remat is not None:
+        if "remat" not in c.model:
+            raise PlanError("--remat: this checkout's config.model has no `remat` field")
+        c.model.remat = remat
+    return c
+
+
+# ---------------------------------------------------------------- compile and read the program
+
+def _abstract(tree: Any, sharding) -> Any:
+    """Arrays -> ShapeDtypeStructs with `sharding` (nothing is put on the compile-only devices)."""
+    import jax
+
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def batch_shapes(height: int, width: int, batch: int, sharding) -> dict:
+    """data_schema's fields for a global batch of `batch` images, sharded along the batch axis."""
+    import jax
+
+    from m2e_jax import data_schema
+
+    return {k: jax.ShapeDtypeStruct((batch, *shape), dtype, sharding=sharding)
+            for k, (shape, dtype) in data_schema.spec(height, width).items()}
+
+
+def lower_step(config, devices: list, stage: int = 4):
+    """The lowered data-parallel train step of `stage` for `devices` (global batch config.batch_size)
+    and the host state it was lowered for. The state and the VGG weights are initialised on the host
+    CPU (their shapes are the program's arguments); the batch is shapes only."""
+    from m2e_jax import losses, parallel, train
+
+    par = parallel.DataParallel("shard_map", devices=devices)
+    vgg = losses.load_perceptual_vgg(config.loss)
+
+    def step(state, batch, *vgg):
+        return train.train_step(state, batch, *vgg, config=config, stage=stage)
+
+    fn = par.compile(step, num_replicated=1 if vgg is not None else 0)
+    state = train.init_state(config)
+    args = [_abstract(state, par.replicated),
+            batch_shapes(config.model.height, config.model.width, config.batch_size, par.batch_sharding)]
+    if vgg is not None:
+        args.append(_abstract(vgg, par.replicated))
+    return fn.lower(*args), state
+
+
+def model_flops(config, chips: int, stage: int = 4) -> float | None:
+    """FLOPs per device of the step's math: XLA's cost analysis of the program lowered for a CPU mesh
+    of `chips` devices, before any backend's rewriting. TPU's cost analysis of its compiled program
+    counts more for the same convolutions (its rewritten, padded forms: +16-19% on 3x3 / 7x7 convs at
+    64x48), the CPU's compiled count skips SAME padding's zero taps; MFU is defined on this one."""
+    import jax
+
+    cpus = jax.devices("cpu")
+    if len(cpus) < chips:
+        return None
+    cost = lower_step(config, cpus[:chips], stage)[0].cost_analysis()
+    return float(cost["flops"]) if cost and cost.get("flops") else None
+
+
+def all_reduce_bytes(hlo_text: str) -> int:
+    """Bytes of every all-reduce result in a compiled HLO module's text (per device).
+
+    A line `%x = (f32[64]{0}, bf16[3,3,64,64]{...}) all-reduce(...)` counts 64*4 + 3*3*64*64*2;
+    all-reduce-start counts once (its -done carries the same buffers)."""
+    total = 0
+    for line in hlo_text.splitlines():
+        m = _ALL_REDUCE.search(line)
+        if not m:
+            continue
+        for dtype, dims in _ARRAY_TYPE.findall(m.group(1)):
+            n = 1
+            for d in filter(None, dims.split(",")):
+                n *= int(d)
+            total += n * _HLO_BYTES[dtype]
+    return total
+
+
+def tree_bytes(tree: Any) -> int:
+    import jax
+    import numpy as np
+
+    return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
+
+
+def read_compiled(compiled, state: dict, trained: Sequence[str]) -> dict[str, Any]:
+    """Per-device numbers of a compiled step: XLA's FLOPs, its memory analysis (bytes), the bytes its
+    all-reduces carry, and the parameter / optimizer-state / trained-gradient bytes of `state`."""
+    from m2e_jax.benchmarks import common
+
+    mem = compiled.memory_analysis()
+    args, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
+    peak = getattr(mem, "peak_memory_in_bytes", 0) or 0
+    return {"flops": common.flops_of(compiled), "argument_bytes": args, "output_bytes": out,
+            "alias_bytes": alias, "temp_bytes": temp,
+            "generated_code_bytes": int(mem.generated_code_size_in_bytes),
+            # the donated state's outputs reuse its argument buffers (alias): live at once are the
+            # arguments, the outputs that are new, and the temporaries.
+            # XLA's own peak where it reports one (TPU: above this sum; CPU: below it), at least the sum.
+            "peak_bytes": max(int(peak), args + out - alias + temp), "xla_peak_bytes": int(peak),
+            "all_reduce_bytes": all_reduce_bytes(compiled.as_text()),
+            "param_bytes": tree_bytes(state["params"]), "opt_bytes": tree_bytes(state["opt"]),
+            "ema_bytes": tree_bytes(state.get("ema", {})),
+            "grad_bytes": tree_bytes({k: state["params"][k] for k in trained})}
+
+
+def compile_point(config_spec: str, target: str, per_chip: int, dtype: str | None = None, stage: int = 4,
+                  remat: bool | None = None) -> dict[str, Any]:
+    """Compiles one point and returns its cache row (a row with "fits": False where XLA reports the
+    program does not fit the device's memory)."""
+    from m2e_jax import train
+
+    _, n = parse_target(target)
+    cfg = plan_config(load_config(config_spec), per_chip, n, dtype, remat)
+    row = point_key_fields(config_spec, target, per_chip, cfg.model.dtype, stage,
+                           bool(cfg.model.get("remat", False)))
+    row.update(size=f"{cfg.model.height}x{cfg.model.width}", chips=n, global_batch=cfg.batch_size)
+    devices = target_devices(target)
+    row["device_kind"] = devices[0].device_kind
+    t0 = time.perf_counter()
+    try:
+        lowered, state = lower_step(cfg, devices, stage)
+        compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 -- XLA's out-of-memory at compile time is an answer
+        if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
+            raise
+        row.update(compile_s=time.perf_counter() - t0, fits=False,
+                   error=next((ln for ln in str(e).splitlines() if ln.strip()), "")[:300])
+        return row
+    row["compile_s"] = time.perf_counter() - t0
+    gens, discs, _ = train.stage_groups(stage, cfg.schedule.freeze_earlier)
+    row.update(read_compiled(compiled, state, gens + discs))
+    row["model_flops"] = model_flops(cfg, n, stage)
+    import jax
+
+    row["jax"] = jax.__version__
+    return row
+
+
+# ---------------------------------------------------------------- cache
+
+def point_key_fields(config_spec: str, target: str, per_chip: int, dtype: str, stage: int,
+                     remat: bool) -> dict[str, Any]:
+    return {"config": config_spec, "target": target, "per_chip": per_chip, "dtype": dtype,
+            "stage": stage, "remat": remat}
+
+
+def point_key(row: dict[str, Any]) -> str:
+    return "|".join(str(row[k]) for k in ("config", "target", "per_chip", "dtype", "stage", "remat"))
+
+
+def load_cache(path: str | None) -> dict[str, dict]:
+    """{point key: row} from a cache file ({} when the file does not exist)."""
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            rows = json.load(f)["points"]
+        return {point_key(r): r for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PlanError(f"--cache {path}: not a pod_plan cache ({type(e).__name__}: {e})") from None
+
+
+def save_cache(path: str | None, cache: dict[str, dict]) -> None:
+    """Writes the cache atomically (a killed compile never leaves half a file)."""
+    if not path:
+        return
+    rows = sorted(cache.values(), key=lambda r: (r["config"], r["target"], r["dtype"], r["stage"],
+                                                 r["remat"], r["per_chip"]))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"benchmark": "pod_plan", "points": rows}, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- the plan (pure arithmetic)
+
+def chips_for(target: str, project: Sequence[str] = ()) -> tuple[str, ...]:
+    """The published chips a target's compile is read against: its own TPU, or the GPUs of
+    CPU_STANDS_FOR for a CPU mesh; a TPU compile is also read against the TPUs in `project`."""
+    chip = chip_of(target)
+    if chip == "cpu":
+        return CPU_STANDS_FOR
+    return (chip, *(c for c in project if c != chip and c in TOPOLOGIES))
+
+
+def numbers_for(target: str, chip_name: str) -> str:
+    """Where a plan row's numbers come from: this chip's own compile, another TPU's, or a CPU mesh."""
+    own = chip_of(target)
+    if own == chip_name:
+        return "compiled"
+    return "CPU mesh (proxy)" if own == "cpu" else f"projected from {own}"
+
+
+def peak_of(row: dict[str, Any]) -> int:
+    """A compiled point's peak bytes: XLA's reported peak or arguments + new outputs + temporaries,
+    whichever is larger (rows cached before read_compiled took the larger kept XLA's alone)."""
+    live = (row["argument_bytes"] + row.get("output_bytes", 0) - row.get("alias_bytes", 0)
+            + row["temp_bytes"])
+    return max(int(row["peak_bytes"]), int(live))
+
+
+def fits(row: dict[str, Any], chip: Chip, margin: float = DEFAULT_MARGIN) -> bool:
+    """Whether a compiled point's peak is within the chip's HBM less `margin`."""
+    return bool(row.get("fits", True)) and peak_of(row) <= (1 - margin) * chip.hbm_gib * GIB
+
+
+def all_reduce_seconds(nbytes: float, chips: int, chip: Chip) -> float:
+    """A ring all-reduce of `nbytes` over `chips`: each chip sends and receives 2 (n-1)/n of it, at
+    the chip's bidirectional interconnect bandwidth (an optimistic bound: every link busy)."""
+    return 2 * (chips - 1) / chips * nbytes / (chip.ici_gbytes_s * 1e9)
+
+
+def plan_row(row: dict[str, Any], chip_name: str, margin: float = DEFAULT_MARGIN) -> dict[str, Any]:
+    """A compiled point read against one chip: HBM use, fit, all-reduce time, projected speed."""
+    chip = CHIPS[chip_name]
+    out = {k: row.get(k) for k in ("config", "target", "dtype", "per_chip", "remat", "stage", "size")}
+    out["chip"] = chip_name
+    out["compiled_for"] = numbers_for(row["target"], chip_name)
+    if row.get("fits") is False:
+        return {**out, "fits": "no (XLA: out of memory)"}
+    flops = row.get("model_flops") or 0.0  # the math; MFU's numerator
+    compiled = row.get("flops") or 0.0
+    out.update(gflop_step=flops / 1e9 if flops else None,
+               gflop_example=flops / 1e9 / row["per_chip"] if flops else None,
+               compiled_gflop_step=compiled / 1e9 if compiled else None,
+               args_gib=row["argument_bytes"] / GIB, temp_gib=row["temp_bytes"] / GIB,
+               peak_gib=peak_of(row) / GIB, hbm_gib=chip.hbm_gib,
+               hbm_use=peak_of(row) / (chip.hbm_gib * GIB),
+               fits="yes" if fits(row, chip, margin) else "no",
+               all_reduce_mib=row["all_reduce_bytes"] / 2**20,
+               all_reduce_ms=1e3 * all_reduce_seconds(row["all_reduce_bytes"], row["chips"], chip))
+    for mfu in MFUS:
+        step_s = flops / (mfu * chip.peak_bf16_tflops * 1e12) if flops else None
+        out[f"step_ms_{int(mfu * 100)}"] = step_s * 1e3 if step_s else None
+        out[f"img_s_{int(mfu * 100)}"] = row["per_chip"] / step_s if step_s else None
+    out["host_img_s_40"] = (out["img_s_40"] or 0) * chip.chips_per_host or None
+    return out
+
+
+def linear_memory_fit(rows: Sequence[dict]) -> tuple[float, float] | None:
+    """(bytes at batch 0, bytes per example) of peak memory through the compiled points of one
+    (config, target, dtype, stage, remat), least squares; None with fewer than two batch sizes."""
+    pts = sorted({(r["per_chip"], peak_of(r)) for r in rows if r.get("fits", True)})
+    if len({b for b, _ in pts}) < 2:
+        return None
+    n = len(pts)
+    mb, mp = sum(b for b, _ in pts) / n, sum(p for _, p in pts) / n
+    slope = sum((b - mb) * (p - mp) for b, p in pts) / sum((b - mb) ** 2 for b, _ in pts)
+    return mp - slope * mb, slope
+
+
+def projected_max_batch(rows: Sequence[dict], chip: Chip, margin: float = DEFAULT_MARGIN) -> int | None:
+    """Largest per-chip batch whose linearly extrapolated peak fits the chip less `margin` (None
+    without two compiled batch sizes). A projection: the compiler's layout changes with the batch."""
+    fit = linear_memory_fit(rows)
+    if fit is None or fit[1] <= 0:
+        return None
+    base, per_example = fit
+    return max(0, int(((1 - margin) * chip.hbm_gib * GIB - base) // per_example))
+
+
+def next_search_batch(known: dict[int, bool], start: int = 4) -> int | None:
+    """The next per-chip batch to compile when searching the largest that fits, from {batch: fits}
+    of the points compiled so far: double from `start` until one does not fit, then bisect between
+    the largest that fits and the smallest that does not. None when they are adjacent (done)."""
+    ok = [b for b, f in known.items() if f]
+    bad = [b for b, f in known.items() if not f]
+    lo = max(ok) if ok else 0
+    hi = min((b for b in bad if b > lo), default=None)
+    if hi is None:
+        nxt = lo * 2 if lo else start
+        return nxt if nxt not in known else None
+    if not ok:
+        nxt = max(1, hi // 2)
+        return None if nxt == hi or nxt in known else nxt
+    return None if hi - lo <= 1 else (lo + hi) // 2
+
+
+# ---------------------------------------------------------------- tables
+
+COLUMNS = [("config", "config", "s"), ("chip", "chip", "s"), ("compiled_for", "numbers", "s"),
+           ("dtype", "dtype", "s"),
+           ("per_chip", "batch/chip", "d"), ("gflop_step", "GFLOP/step", ".0f"),
+           ("gflop_example", "GFLOP/ex", ".0f"),
+           ("compiled_gflop_step", "compiled GFLOP/step", ".0f"), ("args_gib", "args GiB", ".2f"),
+           ("temp_gib", "temp GiB", ".2f"), ("peak_gib", "peak GiB", ".2f"), ("hbm_gib", "HBM GiB", ".0f"),
+           ("hbm_use", "HBM use", ".0%"), ("fits", "fits", "s"), ("all_reduce_mib", "all-reduce MiB", ".1f"),
+           ("all_reduce_ms", "all-reduce ms", ".2f"), ("step_ms_30", "ms @30%", ".0f"),
+           ("step_ms_40", "ms @40%", ".0f"), ("step_ms_50", "ms @50%", ".0f"),
+           ("img_s_30", "img/s @30%", ".1f"), ("img_s_40", "img/s @40%", ".1f"),
+           ("img_s_50", "img/s @50%", ".1f"), ("host_img_s_40", "host img/s @40%", ".0f")]
+
+
+def plan_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
+              project: Sequence[str] = ()) -> list[dict]:
+    """Every cached point read against its chip(s) (and TPU points against the TPUs in `project`:
+    the same program's FLOPs, its memory as compiled for the other TPU, which the compiler lays out
+    alike but not identically)."""
+    rows = []
+    for r in sorted(cache.values(), key=lambda r: (r["config"], r["target"], r["dtype"], r["remat"],
+                                                   r["per_chip"])):
+        for chip in chips_for(r["target"], project):
+            rows.append(plan_row(r, chip, margin))
+    return rows
+
+
+def max_batch_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
+                   project: Sequence[str] = ()) -> list[dict]:
+    """Per (config, target, dtype, stage, remat) and chip: the largest compiled batch that fits, the
+    smallest compiled one that does not, and the linear projection of the largest that fits."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in cache.values():
+        groups.setdefault((r["config"], r["target"], r["dtype"], r["stage"], r["remat"]), []).append(r)
+    out = []
+    for (config, target, dtype, _, remat), rows in sorted(groups.items()):
+        for name in chips_for(target, project):
+            chip = CHIPS[name]
+            ok = [r["per_chip"] for r in rows if r.get("fits", True) and fits(r, chip, margin)]
+            bad = [r["per_chip"] for r in rows if not (r.get("fits", True) and fits(r, chip, margin))]
+            out.append({"config": config, "chip": name, "dtype": dtype, "remat": "on" if remat else "off",
+                        "compiled_for": numbers_for(target, name),
+                        "compiled": ",".join(str(b) for b in sorted(r["per_chip"] for r in rows)),
+                        "max_fit_compiled": max(ok) if ok else None,
+                        "min_nofit_compiled": min(bad) if bad else None,
+                        "max_fit_projected": projected_max_batch(rows, chip, margin)})
+    return out
+
+
+MAX_COLUMNS = [("config", "config", "s"), ("chip", "chip", "s"), ("compiled_for", "numbers", "s"),
+           ("dtype", "dtype", "s"),
+               ("remat", "remat", "s"), ("compiled", "compiled batches/chip", "s"),
+               ("max_fit_compiled", "largest fitting (compiled)", "d"),
+               ("min_nofit_compiled", "smallest not fitting (compiled)", "d"),
+               ("max_fit_projected", "largest fitting (linear projection)", "d")]
+
+
+# ---------------------------------------------------------------- command line
+
+def _point(a: argparse.Namespace, cache: dict[str, dict], compile_fn: Callable[..., dict],
+           config_spec: str, target: str, dtype: str | None, per_chip: int) -> dict:
+    """One point's row: from the cache, else compiled (and the cache saved at once)."""
+    chips = parse_target(target)[1]
+    probe = plan_config(load_config(config_spec), per_chip, chips, dtype, a.remat)
+    key = point_key(point_key_fields(config_spec, target, per_chip, probe.model.dtype, a.stage,
+                                     bool(probe.model.get("remat", False))))
+    if key in cache and not a.recompile:
+        if cache[key].get("fits", True) and cache[key].get("model_flops") is None:
+            # a point compiled before model_flops was recorded: lowering only, no compile
+            cache[key]["model_flops"] = model_flops(probe, chips, a.stage)
+            save_cache(a.cache, cache)
+        return cache[key]
+    print(f"compiling {key} ...", file=sys.stderr, flush=True)
+    row = compile_fn(config_spec, target, per_chip, dtype, a.stage, a.remat)
+    cache[key] = row
+    save_cache(a.cache, cache)
+    print(f"  {row.get('compile_s', 0):.0f} s: peak {row.get('peak_bytes', 0) / GIB:.2f} GiB, "
+          f"fits={row.get('fits', True)}", file=sys.stderr, flush=True)
+    return row
+
+
+def _points(a: argparse.Namespace, cache: dict[str, dict], compile_fn: Callable[..., dict]) -> None:
+    """Compiles the requested points (and with --search the largest batch that fits)."""
+    for config_spec in a.config:
+        for target in a.targets:
+            chip = CHIPS[chips_for(target)[0]]
+            for dtype in a.dtypes or [None]:
+                known = {}
+                for b in a.per_chip:
+                    r = _point(a, cache, compile_fn, config_spec, target, dtype, b)
+                    known[b] = r.get("fits", True) and fits(r, chip, a.margin)
+                while a.search and (b := next_search_batch(known, a.per_chip[0])) is not None:
+                    r = _point(a, cache, compile_fn, config_spec, target, dtype, b)
+                    known[b] = r.get("fits", True) and fits(r, chip, a.margin)
+
+
+def main(argv: Sequence[str] | None = None, compile_fn: Callable[..., dict] = compile_point) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m m2e_jax.benchmarks.pod_plan",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--config", action="append", default=None,
+                    help="configs/NAME.py[:ARG] (repeatable; default configs/pod.py)")
+    ap.add_argument("--targets", default="v5e:2x2",
+                    help="comma-separated TPU topologies (v4:2x2x1, v5e:2x2, v5p:2x2x1, v6e:2x2) or cpu:N")
+    ap.add_argument("--per_chip", default="4", help="per-chip batch sizes to compile, e.g. 4,8")
+    ap.add_argument("--dtypes", default=None, help="override config.model.dtype: float32,bfloat16")
+    ap.add_argument("--stage", type=int, default=4, choices=(1, 2, 3, 4), help="4 = joint (all networks)")
+    ap.add_argument("--remat", action=argparse.BooleanOptionalAction, default=None,
+                    help="set config.model.remat (rematerialised residual blocks)")
+    ap.add_argument("--search", action="store_true",
+                    help="bisect the largest per-chip batch that fits the chip's HBM less --margin")
+    ap.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="fraction of HBM kept free")
+    ap.add_argument("--cache", default=None, help="JSON cache of compiled points (read and written)")
+    ap.add_argument("--recompile", action="store_true", help="compile points already in the cache")
+    ap.add_argument("--report", action="store_true", help="print the tables from --cache only")
+    ap.add_argument("--markdown", action="store_true", help="print Markdown tables (for RESULTS.md)")
+    ap.add_argument("--project", default="",
+                    help="also read TPU compiles against these TPUs (e.g. v4,v5p,v6e), marked projected")
+    a = ap.parse_args(argv)
+    if not a.report:
+        offline_tpu_env()  # before anything imports JAX
+    try:
+        a.config = a.config or ["configs/pod.py"]
+        a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+        for t in a.targets:
+            parse_target(t)
+        from m2e_jax.benchmarks import common
+
+        a.per_chip = common.parse_ints(a.per_chip, "--per_chip")
+        a.dtypes = common.parse_dtypes(a.dtypes) if a.dtypes else None
+        if not 0 <= a.margin < 1:
+            raise PlanError(f"--margin: expected a fraction in [0, 1), got {a.margin}")
+        cache = load_cache(a.cache)
+        if not a.report:
+            # CPU devices for cpu:N targets and for model_flops' lowering (before JAX starts its backend)
+            n = max(parse_target(t)[1] for t in a.targets)
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                       f" --xla_force_host_platform_device_count={n}").strip()
+            _points(a, cache, compile_fn)
+    except PlanError as e:
+        raise SystemExit(f"pod_plan: {e}") from None
+    if not cache:
+        raise SystemExit("pod_plan: nothing compiled and no cached points (--cache)")
+    project = [c.strip() for c in a.project.split(",") if c.strip()]
+    bad = [c for c in project if c not in TOPOLOGIES]
+    if bad:
+        raise SystemExit(f"pod_plan: --project: unknown {bad}; expected some of {sorted(TOPOLOGIES)}")
+    rows, maxes = plan_rows(cache, a.margin, project), max_batch_rows(cache, a.margin, project)
+    from m2e_jax.benchmarks import common
+
+    table = common.markdown_table if a.markdown else common.format_table
+    print(table(rows, COLUMNS))
+    print()
+    print(table(maxes, MAX_COLUMNS))
+    return {"points": list(cache.values()), "plan": rows, "max_batch": maxes}
+
+
+if __name__ == "__main__":
+    main()

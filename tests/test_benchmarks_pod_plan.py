@@ -1,0 +1,201 @@
+"""m2e_jax/benchmarks/pod_plan.py: the plan's arithmetic, its cache and command line (with a fake
+compiler), and the real thing: the tiny config's train step compiled for TPU v5e through libtpu,
+checked against the CPU's compile of the same program.
+
+libtpu lives in its own environment (requirements-tpu-aot.txt); the TPU test uses
+`.venv-tpu-aot/bin/python` in the repository (or the interpreter named by $M2E_TPU_AOT_PYTHON) and is
+skipped, saying how to create it, where there is none.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from m2e_jax.benchmarks import pod_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Two all-reduces as XLA:TPU prints them (the probe in benchmarks/RESULTS.md "Pod plan": a psum of a
+# [256, 256] float32 gradient), one of them a tuple, and lines that are not all-reduces.
+HLO = """\
+  %psum.7 = f32[256,256]{1,0:T(8,128)S(1)} all-reduce(%fusion), channel_id=1, replica_groups={{0,1,2,3}}
+  %ar.2 = (bf16[3,3,64,64]{3,2,1,0}, f32[64]{0}) all-reduce-start(%a, %b), channel_id=2, to_apply=%r
+  %ar.3 = (bf16[3,3,64,64]{3,2,1,0}, f32[64]{0}) all-reduce-done(%ar.2)
+  %fusion = f32[256,256]{1,0} fusion(%p0), kind=kLoop, calls=%fused_computation
+"""
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """main() sets JAX_PLATFORMS (variable and jax.config), TPU_SKIP_MDS_QUERY and XLA_FLAGS for its
+    own process: keep them out of the other tests and their subprocesses."""
+    import jax
+
+    saved, platforms = dict(os.environ), jax.config.jax_platforms
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    jax.config.update("jax_platforms", platforms)
+
+
+def test_all_reduce_bytes_counts_every_buffer_once():
+    assert pod_plan.all_reduce_bytes(HLO) == 256 * 256 * 4 + 3 * 3 * 64 * 64 * 2 + 64 * 4
+    assert pod_plan.all_reduce_bytes("%f = f32[8]{0} add(%a, %b)") == 0
+
+
+def test_parse_target():
+    assert pod_plan.parse_target("v5e:2x2") == ("tpu", 4)
+    assert pod_plan.parse_target("v4:2x2x1") == ("tpu", 4)
+    assert pod_plan.parse_target("v5p:4x4x4") == ("tpu", 64)
+    assert pod_plan.parse_target("cpu:8") == ("cpu", 8)
+    for bad in ("v7x:2x2", "v5e", "v5e:2xa", "cpu:0", "v5e:0x2"):
+        with pytest.raises(pod_plan.PlanError, match="--targets"):
+            pod_plan.parse_target(bad)
+
+
+def test_next_search_batch_doubles_then_bisects():
+    # largest batch that fits is 11: 4, 8, 16 (no), 12 (no), 10, 11, then 12 is known -> done
+    fit = lambda b: b <= 11
+    known: dict[int, bool] = {}
+    order = []
+    while (b := pod_plan.next_search_batch(known, 4)) is not None:
+        order.append(b)
+        known[b] = fit(b)
+    assert order == [4, 8, 16, 12, 10, 11]
+    assert max(b for b, ok in known.items() if ok) == 11
+    # nothing fits: halve down to 1
+    known = {4: False}
+    while (b := pod_plan.next_search_batch(known, 4)) is not None:
+        known[b] = False
+    assert sorted(known) == [1, 2, 4]
+
+
+def _row(per_chip: int, peak: float, **kw) -> dict:
+    row = {"config": "configs/pod.py", "target": "v5e:2x2", "per_chip": per_chip, "dtype": "bfloat16",
+           "stage": 4, "remat": False, "size": "256x192", "chips": 4, "flops": 1.2e12,
+           "model_flops": 1e12 * per_chip, "argument_bytes": 0.4 * pod_plan.GIB,
+           "temp_bytes": peak - 0.4 * pod_plan.GIB, "peak_bytes": peak, "all_reduce_bytes": 120e6}
+    return {**row, **kw}
+
+
+def test_plan_row_arithmetic():
+    r = pod_plan.plan_row(_row(4, 8 * pod_plan.GIB), "v5e")
+    assert r["hbm_use"] == pytest.approx(0.5) and r["fits"] == "yes"
+    # 4e12 FLOP at 40% of 197 TFLOP/s; 4 images per step
+    assert r["step_ms_40"] == pytest.approx(4e12 / (0.4 * 197e12) * 1e3)
+    assert r["img_s_40"] == pytest.approx(4 / (4e12 / (0.4 * 197e12)))
+    assert r["host_img_s_40"] == pytest.approx(8 * r["img_s_40"])  # 8 v5e chips per host
+    # ring all-reduce: 2 (n-1)/n of the bytes at 400 GB/s
+    assert r["all_reduce_ms"] == pytest.approx(2 * 3 / 4 * 120e6 / 400e9 * 1e3)
+    assert pod_plan.plan_row(_row(4, 15 * pod_plan.GIB), "v5e")["fits"] == "no"  # > 90% of 16 GiB
+    assert pod_plan.plan_row(_row(4, 1, fits=False), "v5e")["fits"].startswith("no")
+
+
+def test_tpu_compiles_read_against_other_tpus_are_marked_projected():
+    cache = {"k": _row(4, 8 * pod_plan.GIB, flops=1e12, fits=True)}
+    rows = pod_plan.plan_rows(cache, project=["v4", "v5e", "v6e"])
+    assert [(r["chip"], r["compiled_for"]) for r in rows] == [
+        ("v5e", "compiled"), ("v4", "projected from v5e"), ("v6e", "projected from v5e")]
+    assert rows[2]["step_ms_40"] == pytest.approx(rows[0]["step_ms_40"] * 197 / 918)
+    cpu = pod_plan.plan_rows({"k": _row(4, pod_plan.GIB, target="cpu:8", chips=8)})
+    assert [(r["chip"], r["compiled_for"]) for r in cpu] == [("h100", "CPU mesh (proxy)"),
+                                                             ("a100", "CPU mesh (proxy)")]
+
+
+def test_projected_max_batch_is_linear_in_the_compiled_points():
+    rows = [_row(4, 4 * pod_plan.GIB), _row(8, 7 * pod_plan.GIB)]  # 1 GiB + 0.75 GiB per example
+    base, slope = pod_plan.linear_memory_fit(rows)
+    assert base == pytest.approx(pod_plan.GIB) and slope == pytest.approx(0.75 * pod_plan.GIB)
+    # (0.9 * 16 - 1) / 0.75 = 17.87
+    assert pod_plan.projected_max_batch(rows, pod_plan.CHIPS["v5e"], 0.1) == 17
+    assert pod_plan.projected_max_batch(rows[:1], pod_plan.CHIPS["v5e"]) is None
+
+
+def test_cli_compiles_searches_and_caches(tmp_path, capsys):
+    """A fake compiler (peak 1 GiB + 1 GiB per example) through the command line: the search finds
+    the largest per-chip batch within 90% of v5e's 16 GiB (13), every point lands in the cache, and a
+    second run compiles nothing."""
+    calls = []
+
+    def fake_compile(config_spec, target, per_chip, dtype, stage, remat):
+        calls.append(per_chip)
+        return {**_row(per_chip, (1 + per_chip) * pod_plan.GIB), "config": config_spec, "target": target,
+                "dtype": dtype or "bfloat16", "stage": stage, "remat": bool(remat)}
+
+    cache = tmp_path / "plan.json"
+    argv = ["--config", "configs/pod.py", "--targets", "v5e:2x2", "--per_chip", "4", "--search",
+            "--cache", str(cache), "--markdown"]
+    out = pod_plan.main(argv, compile_fn=fake_compile)
+    assert calls == [4, 8, 16, 12, 14, 13]
+    assert {r["per_chip"] for r in json.loads(cache.read_text())["points"]} == set(calls)
+    best = [m for m in out["max_batch"] if m["chip"] == "v5e"][0]
+    assert best["max_fit_compiled"] == 13 and best["min_nofit_compiled"] == 14
+    assert best["max_fit_projected"] == 13
+    assert "| configs/pod.py | v5e | compiled | bfloat16 |" in capsys.readouterr().out
+    calls.clear()
+    pod_plan.main(argv, compile_fn=fake_compile)
+    assert calls == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--targets", "v9:2x2"], "--targets"),
+    (["--config", "configs/nope.py"], "--config configs/nope.py"),
+    (["--config", "configs/pod.py:bogus"], "unknown argument"),
+    (["--per_chip", "0"], "--per_chip"),
+    (["--report"], "nothing compiled"),
+])
+def test_cli_bad_input_is_one_line(argv, message, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        pod_plan.main(argv + ([] if "--report" not in argv else ["--cache", str(tmp_path / "x.json")]),
+                      compile_fn=lambda *a: pytest.fail("compiled"))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_cache_file_is_one_line(tmp_path):
+    bad = tmp_path / "plan.json"
+    bad.write_text("{}")
+    with pytest.raises(pod_plan.PlanError, match=f"--cache {bad}"):
+        pod_plan.load_cache(str(bad))
+
+
+def _tpu_python() -> str:
+    python = os.environ.get("M2E_TPU_AOT_PYTHON") or str(ROOT / ".venv-tpu-aot" / "bin" / "python")
+    how = ("python3 -m venv .venv-tpu-aot && .venv-tpu-aot/bin/pip install -r requirements-tpu-aot.txt "
+           "(from the repository root), or set M2E_TPU_AOT_PYTHON to a python with jax[tpu]")
+    if not os.path.isfile(python):
+        pytest.skip(f"no python with libtpu at {python}; create it: {how}")
+    r = subprocess.run([python, "-c", "import libtpu, flax, optax"], capture_output=True, timeout=120)
+    if r.returncode:
+        pytest.skip(f"{python} cannot import libtpu, flax and optax; create the environment: {how}")
+    return python
+
+
+@pytest.mark.slow
+def test_tiny_train_step_compiles_for_tpu_v5e_like_on_cpu(tmp_path):
+    """configs/pod.py:local's joint step, 1 example per chip on 4 chips, compiled for TPU v5e (2x2)
+    and for a 4-device CPU mesh in one run of the command line.
+
+    The step's math (model FLOPs) is the same program on both; XLA:TPU's count of its compiled
+    program is higher (its convolutions' rewritten forms, see pod_plan.model_flops): 13-26% above
+    the CPU's here, depending on XLA_FLAGS; the TPU's memory holds at least the parameters and the
+    optimizer state, as arguments and at the peak; the all-reduces carry at least every trained
+    gradient, the same bytes on both."""
+    python = _tpu_python()
+    cache = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([python, "-m", "m2e_jax.benchmarks.pod_plan", "--config", "configs/pod.py:local",
+                        "--targets", "v5e:2x2,cpu:4", "--per_chip", "1", "--cache", str(cache)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {p["target"]: p for p in json.loads(cache.read_text())["points"]}
+    tpu, cpu = rows["v5e:2x2"], rows["cpu:4"]
+    assert tpu["device_kind"].startswith("TPU v5") and cpu["device_kind"] == "cpu"
+    assert tpu["model_flops"] == pytest.approx(cpu["model_flops"], rel=0.1)
+    assert cpu["flops"] <= tpu["flops"] <= 1.5 * cpu["flops"]  # 1.13-1.26 seen (XLA_FLAGS differ)
+    state = tpu["param_bytes"] + tpu["opt_bytes"]
+    assert state > 0 and tpu["argument_bytes"] >= state and tpu["peak_bytes"] >= state
+    assert tpu["all_reduce_bytes"] == cpu["all_reduce_bytes"] >= tpu["grad_bytes"] > 0
+    assert "v5e" in r.stdout and "h100" in r.stdout  # the plan read against the chips
