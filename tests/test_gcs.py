@@ -119,7 +119,7 @@ def test_infer_and_the_web_page_read_the_bucket(trained, fake_gcs, gcs_env, tmp_
     assert os.listdir(tmp_path / "cwd") == []  # no local gs: folder
     assert hosts_contacted(tmp_path) <= LOOPBACK, hosts_contacted(tmp_path)
     page = demo.load_demo(workdir=trained["workdir"], max_upload_mb=1.0)
-    assert page.checkpoint == f"{trained['workdir']}/checkpoints/{TOTAL}"
+    assert str(page.net.checkpoint) == f"{trained['workdir']}/checkpoints/{TOTAL}"
 
 
 def saved_state(workdir: str, step: int):
