@@ -11,6 +11,7 @@
 
 import collections
 import os
+import subprocess
 
 import pytest
 
@@ -193,3 +194,22 @@ def own_fake_gcs(tmp_path):
     server = FakeGcs(tmp_path / "objects").start()
     yield server
     server.stop()
+
+
+def side_environment(variable: str, venv: str, command: str, requirements: str,
+                     modules: tuple[str, ...]) -> str:
+    """The command `command` (e.g. "python", "tfds") of one of the pinned side environments that
+    `.ci/run` builds beside `.venv` (`venv` at the repository root, from `requirements`), or the one
+    the environment variable `variable` names; skips the test, saying how to create it, where it is
+    absent or cannot import `modules`."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = os.environ.get(variable) or os.path.join(root, venv, "bin", command)
+    how = (f"python3 -m venv {venv} && {venv}/bin/pip install -r {requirements} (from the repository "
+           f"root), or set {variable} to a {command} with {', '.join(modules)}")
+    if not os.path.isfile(found):
+        pytest.skip(f"no {command} with {', '.join(modules)} at {found}; create it: {how}")
+    python = os.path.join(os.path.dirname(found), "python")
+    r = subprocess.run([python, "-c", "import " + ", ".join(modules)], capture_output=True, timeout=120)
+    if r.returncode:
+        pytest.skip(f"{python} cannot import {', '.join(modules)}; create the environment: {how}")
+    return found

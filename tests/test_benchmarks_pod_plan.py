@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from m2e_jax.benchmarks import pod_plan
+from tests.conftest import side_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,15 +163,8 @@ def test_bad_cache_file_is_one_line(tmp_path):
 
 
 def _tpu_python() -> str:
-    python = os.environ.get("M2E_TPU_AOT_PYTHON") or str(ROOT / ".venv-tpu-aot" / "bin" / "python")
-    how = ("python3 -m venv .venv-tpu-aot && .venv-tpu-aot/bin/pip install -r requirements-tpu-aot.txt "
-           "(from the repository root), or set M2E_TPU_AOT_PYTHON to a python with jax[tpu]")
-    if not os.path.isfile(python):
-        pytest.skip(f"no python with libtpu at {python}; create it: {how}")
-    r = subprocess.run([python, "-c", "import libtpu, flax, optax"], capture_output=True, timeout=120)
-    if r.returncode:
-        pytest.skip(f"{python} cannot import libtpu, flax and optax; create the environment: {how}")
-    return python
+    return side_environment("M2E_TPU_AOT_PYTHON", ".venv-tpu-aot", "python", "requirements-tpu-aot.txt",
+                            ("libtpu", "flax", "optax"))
 
 
 @pytest.mark.slow

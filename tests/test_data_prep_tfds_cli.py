@@ -12,26 +12,17 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from data_prep import benchmark_read, build
 from m2e_jax import tfds_source
+from tests.conftest import side_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tfds_command() -> str:
-    tfds = os.environ.get("M2E_TFDS") or str(ROOT / ".venv-tfds" / "bin" / "tfds")
-    how = ("python -m venv .venv-tfds && .venv-tfds/bin/pip install -r requirements-tfds-build.txt "
-           "(from the repository root), or set M2E_TFDS to a tfds command with apache_beam")
-    if not os.path.isfile(tfds):
-        pytest.skip(f"no tfds command line with apache_beam at {tfds}; create it: {how}")
-    python = Path(tfds).parent / "python"
-    r = subprocess.run([str(python), "-c", "import apache_beam, mlcroissant"], capture_output=True,
-                       timeout=120)
-    if r.returncode:
-        pytest.skip(f"{python} cannot import apache_beam and mlcroissant; create the environment: {how}")
-    return tfds
+    return side_environment("M2E_TFDS", ".venv-tfds", "tfds", "requirements-tfds-build.txt",
+                            ("apache_beam", "mlcroissant"))
 
 
 def test_tfds_build_as_the_readme_prints_it(tmp_path):

@@ -130,25 +130,32 @@ def saved_state(workdir: str, step: int):
         return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 
 
+def train_until_step_4(server, workdir: str, data, cwd) -> tuple[subprocess.Popen, str]:
+    """The tiny trainer into `workdir` on `server`, running until it logs step 4's metrics: (the
+    process, still running, with its output so far)."""
+    flags = trainer_flags(workdir, data)
+    flags[1] = os.path.join(ROOT, flags[1])
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT, **server.env())
+    proc = subprocess.Popen([sys.executable, "-m", "m2e_jax.main", *flags], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "] [4] train/" in line:
+            break
+    return proc, "".join(lines)
+
+
 def test_sigterm_then_rerun_resumes_from_the_bucket_to_the_same_state(trained, fake_gcs, gcs_env, tmp_path):
     """SIGTERM after step 4 is logged: the trainer saves the step into the bucket and exits 0; the
     rerun resumes there and its step TOTAL equals the uninterrupted run's bit for bit."""
     import jax
 
     bucket = fake_gcs.bucket("m2e-sigterm")
-    flags = trainer_flags(f"{bucket}/run", trained["tmp"] / "data")
-    flags[1] = os.path.join(ROOT, flags[1])
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT, **fake_gcs.env())
-    proc = subprocess.Popen([sys.executable, "-m", "m2e_jax.main", *flags], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "] [4] train/" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    out = "".join(lines) + proc.communicate(timeout=300)[0]
+    proc, lines = train_until_step_4(fake_gcs, f"{bucket}/run", trained["tmp"] / "data", tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    out = lines + proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-3000:]
     stopped = int(re.search(r"Stopping early .*: saved step (\d+)", out).group(1))
     assert CKPT_EVERY < stopped < TOTAL
@@ -200,20 +207,10 @@ def test_the_bucket_going_away_mid_run_ends_in_one_line_then_a_rerun_resumes(tra
     checkpoint to resume from, exit 1; the server back, the same command resumes from step 3."""
     server = own_fake_gcs
     bucket = server.bucket("m2e-outage")
-    flags = trainer_flags(f"{bucket}/run", trained["tmp"] / "data")
-    flags[1] = os.path.join(ROOT, flags[1])
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT, **server.env())
-    proc = subprocess.Popen([sys.executable, "-m", "m2e_jax.main", *flags], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "] [4] train/" in line:
-            server.stop()
-            break
+    proc, lines = train_until_step_4(server, f"{bucket}/run", trained["tmp"] / "data", tmp_path)
+    server.stop()
     t0 = time.time()
-    out = "".join(lines) + proc.communicate(timeout=400)[0]
+    out = lines + proc.communicate(timeout=400)[0]
     elapsed = time.time() - t0
     assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
     last = out.strip().splitlines()[-1]

@@ -5,7 +5,6 @@ imports a command's code. The commands over it are tested in tests/test_infer.py
 Files are written in the real formats by data_prep.fixtures: `NAME_IUV.png` as Detectron's
 `infer_simple.py` writes it through OpenCV (cv2.imwrite of [I, U, V], so the PNG holds V, U, I)."""
 
-import ast
 import dataclasses
 from pathlib import Path
 
@@ -156,37 +155,3 @@ def test_tryon_batches_pad_and_say_when_nothing_changed(examples):
     np.testing.assert_array_equal(first.image, first.stages["output"])
     with pytest.raises(pipeline.TryOnError, match="--resolution must be one of"):
         net.tryon([a], resolution="half")
-
-
-# ---------------------------------------------------------------- one way
-
-COMMANDS = ("m2e_jax.infer", "m2e_jax.demo", "m2e_jax.evaluate", "m2e_jax.main")
-
-
-def command_imports(folder: Path) -> list[str]:
-    """'file:line module' for every import of a command module (COMMANDS) under `folder`."""
-    out = []
-    for path in sorted(folder.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                mods = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            else:
-                continue
-            out += [f"{path.relative_to(folder)}:{node.lineno} {m}" for m in mods if m in COMMANDS]
-    return out
-
-
-def test_no_module_imports_a_command():
-    """The commands are thin shells over libraries; none is another module's library."""
-    assert command_imports(ROOT / "m2e_jax") == []
-    assert command_imports(ROOT / "data_prep") == []
-
-
-def test_the_scan_sees_every_import_form(tmp_path):
-    (tmp_path / "a.py").write_text("from m2e_jax import infer\nimport m2e_jax.demo\n"
-                                   "def f():\n    from m2e_jax.evaluate import main\n")
-    (tmp_path / "b.py").write_text("from m2e_jax import tryon_pipeline, inference_x\n")
-    assert command_imports(tmp_path) == ["a.py:1 m2e_jax.infer", "a.py:2 m2e_jax.demo",
-                                         "a.py:4 m2e_jax.evaluate"]
