@@ -428,6 +428,11 @@ def _relations(c: Any) -> list[str]:
     if d.source == "synthetic":
         check(d.name == "synthetic",
               f"config.dataset.source: 'synthetic' builds only the synthetic world, not {d.name!r}")
+        # Its folder and records are written under a file lock (m2e_jax/synthetic/records.py): a
+        # local folder; records for a bucket are built locally and staged (README "Pods and clusters").
+        check("://" not in str(d.data_dir),
+              f"config.dataset.data_dir: the synthetic world is built into a local folder, not "
+              f"{d.data_dir!r}; build records with data_prep.build and read them with source 'tfds'")
         check(d.num_train > 0, f"config.dataset.num_train: must be > 0, got {d.num_train!r}")
         check(d.num_test > 0, f"config.dataset.num_test: must be > 0, got {d.num_test!r}")
     check(d.train_split != d.test_split,

@@ -64,6 +64,7 @@ class nullcontext:
     ("schedule.pan_steps", -1, "config.schedule.pan_steps: must be >= 0"),
     ("ema_decay", 1.5, "config.ema_decay: must lie in [0, 1)"),
     ("batch_size", 0, "config.batch_size: must be > 0"),
+    ("dataset.data_dir", "gs://bucket/synthetic", "the synthetic world is built into a local folder"),
 ])
 def test_one_clear_error_per_bad_value(path, value, needle):
     found = config_schema.problems(_bad(path, value))
