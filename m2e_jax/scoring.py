@@ -5,6 +5,8 @@ Methods (images scored, `[B, H, W, 3]` in [-1, 1]):
   tryon       P', the generators' output
   identity    "P unchanged": the person photo as it is
   warp_paste  "UV warp pasted in R_P": the coarse warp W pasted into P where R_P * V = 1
+  pan_pasted  "PAN only": PAN's A pasted into FTN's region of P      } which network limits: each
+  trn_pasted  "PAN + TRN": TRN's T pasted into FTN's region of P     } earlier output as a try-on
   any other name a caller scores through `score_methods` (e.g. an ablation's outputs).
 Subsets: "paired" (M and P the same person and garment in two poses; ground truth = P) and
 "unpaired" (different people, ground truth P* where known, as in the synthetic world's triplets).
@@ -45,7 +47,8 @@ import numpy as np
 from m2e_jax import input_pipeline, metrics, parallel
 from m2e_jax.models import tryon as tryon_lib
 
-METHODS = {"tryon": "M2E-TON (ours)", "identity": "P unchanged", "warp_paste": "UV warp pasted in R_P"}
+METHODS = {"tryon": "M2E-TON (ours)", "identity": "P unchanged", "warp_paste": "UV warp pasted in R_P",
+           "pan_pasted": "PAN only (A pasted)", "trn_pasted": "PAN + TRN (T pasted)"}
 BASELINES = ("identity", "warp_paste")
 SUBSETS = ("paired", "unpaired")
 # (key, column title, format) in table order.
@@ -74,9 +77,18 @@ def baseline_images(inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return {"identity": person, "warp_paste": person * (1.0 - paste) + inputs["warped"] * paste}
 
 
+def stage_images(out: Mapping[str, jax.Array], person: jax.Array) -> dict[str, jax.Array]:
+    """PAN's A and TRN's T each pasted into P over FTN's region (`out["ftn_region"]`), `[B, H, W, 3]`:
+    the try-on each network would give alone, so an evaluation says which network limits."""
+    r = out["ftn_region"]
+    return {"pan_pasted": person * (1.0 - r) + out["aligned"] * r,
+            "trn_pasted": person * (1.0 - r) + out["refined"] * r}
+
+
 def method_images(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """The images every evaluation scores: the try-on P' (`out["output"]`) and the two baselines."""
-    return {"tryon": out["output"], **baseline_images(inputs)}
+    """The images every evaluation scores: the try-on P' (`out["output"]`), PAN's and TRN's outputs
+    pasted (`stage_images`) and the two baselines."""
+    return {"tryon": out["output"], **stage_images(out, inputs["person_image"]), **baseline_images(inputs)}
 
 
 def image_scores(images: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array],

@@ -217,9 +217,13 @@ def _write_images(workdir: str, step: int, grid: np.ndarray, writer) -> None:
     writer.write_images(step, {"tryon/M_P_warp_PAN_TRN_FTN_target": grid[None]})
 
 
+def eval_file(workdir: str, step: int):
+    """The path of the training loop's evaluation at `step`: {"step", "wall_s", "metrics": table}."""
+    return workdir_lib.path(workdir) / "eval" / f"step_{step:07d}.json"
+
+
 def _write_eval(workdir: str, step: int, record: dict) -> None:
-    target = workdir_lib.path(workdir) / "eval" / f"step_{step:07d}.json"
-    workdir_lib.write_atomic(target, json.dumps(record, indent=2).encode())
+    workdir_lib.write_atomic(eval_file(workdir, step), json.dumps(record, indent=2).encode())
 
 
 def _metric_writer(workdir: str, lead: bool):

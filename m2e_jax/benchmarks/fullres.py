@@ -11,6 +11,8 @@ is better), with and without parsing maps (DensePose alone). Methods:
              size with the networks' maps upsampled (`infer --resolution full`, the default)
   conv       the fully convolutional networks themselves run at the photo's size (warp tile and
              region pixel lengths scaled as in `full`); compared, not offered by infer
+  pan        PAN's A (upsampled) pasted into FTN's region of P at the photo's size: PAN alone
+  trn        TRN's T (made at the photo's size as in `full`) pasted the same way: PAN + TRN
   warp       the UV warp pasted into R_P at the photo's size (no network; baseline)
   identity   P unchanged (baseline)
 
@@ -37,7 +39,7 @@ from m2e_jax import tryon_pipeline as pipeline
 from m2e_jax.benchmarks import common
 from m2e_jax.models import tryon as tryon_lib
 
-METHODS = ("network", "full", "conv", "warp", "identity")
+METHODS = ("network", "full", "conv", "pan", "trn", "warp", "identity")
 DEFAULT_SEED = 20261201  # not a training seed: identities, garments and poses the networks never saw
 
 
@@ -89,8 +91,10 @@ def score_region(person_iuv: np.ndarray, person_mask: np.ndarray, model_cfg, kin
 
 
 def bench_scale(config, params, factor: int, num: int, seed: int, lpips_net: str = "alexnet",
-                with_conv: bool = True, world: str = "easy") -> list[dict]:
-    """Rows {scale, parsing, method, ssim_r, lpips_r, count} for photos `factor` x the network size."""
+                with_conv: bool = True, world: str = "easy", parsings: Sequence[bool] = (True, False)
+                ) -> list[dict]:
+    """Rows {scale, parsing, method, ssim_r, lpips_r, count} for photos `factor` x the network size,
+    with parsing maps and / or without (`parsings`)."""
     h, w = config.model.height * factor, config.model.width * factor
     kind_name = config.model.garment_kind
     kind = densepose.GARMENT_KINDS.index(kind_name)
@@ -104,7 +108,7 @@ def bench_scale(config, params, factor: int, num: int, seed: int, lpips_net: str
                           np.stack([ex["person_mask"] for ex in examples]), config.model, kind_name, factor)
     lp = metrics.lpips_params(lpips_net)
     rows = []
-    for parsing in (True, False):
+    for parsing in parsings:
         # One forward pass per example serves both infer resolutions and the warp baseline: the
         # pipeline's steps one by one (TryOn.tryon would run the networks once per resolution).
         pairs = [pair_of(ex, parsing) for ex in examples]
@@ -116,6 +120,10 @@ def bench_scale(config, params, factor: int, num: int, seed: int, lpips_net: str
             full = net.full_resolution(pair.model, pair.person, out, fit[1].box, kind)
             person = pair.person.image
             images["full"].append(preprocess.keep_person(person, full["output"], full["soft_region"]))
+            r = full["ftn_region"]
+            for method, key in (("pan", "aligned"), ("trn", "refined")):
+                pasted = preprocess.to_float(person) * (1 - r) + full[key] * r
+                images[method].append(preprocess.to_uint8(pasted))
             paste = full["region"] * full["valid"]
             images["warp"].append(preprocess.to_uint8(preprocess.to_float(person) * (1 - paste)
                                                       + full["warped"] * paste))

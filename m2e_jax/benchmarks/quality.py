@@ -151,9 +151,7 @@ def method_images(runs: dict[str, Run], batch: dict[str, np.ndarray]
     baselines = jax.device_get(scoring.baseline_images({**first, "person_image": person}))
     if "hybrid" in runs:
         out = variant_outputs(runs["hybrid"], batch)
-        r = out["ftn_region"]
-        images["pan_pasted"] = np.asarray(person * (1 - r) + out["aligned"] * r)
-        images["trn_pasted"] = np.asarray(person * (1 - r) + out["refined"] * r)
+        images.update({k: np.asarray(v) for k, v in scoring.stage_images(out, person).items()})
         images["tryon"] = out["output"]
     for name in ("pan_no_warp", "paired_only"):
         if name in runs:

@@ -360,9 +360,9 @@ def full_resolution_tryon(maps: dict[str, jax.Array], batch: dict[str, Any],
 
     batch: data_schema fields at the photos' sizes (uint8; M's fields may have another size than
     P's), one batch per size; model_cfg: `scaled_model_config` for P's scale. Returns warped, valid,
-    region, soft_region, refined, ftn_region, output at P's size (float32).
+    region, soft_region, aligned (PAN's A, upsampled), refined, ftn_region, output at P's size (float32).
     """
     cfg = _frozen(model_cfg)
     inputs = network_inputs(batch, cfg)
     return {"warped": inputs["warped"], "valid": inputs["valid"], "region": inputs["region"],
-            "soft_region": inputs["soft_region"], **recompose(maps, inputs, cfg)}
+            "soft_region": inputs["soft_region"], "aligned": maps["aligned"], **recompose(maps, inputs, cfg)}
