@@ -208,7 +208,8 @@ def final_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         for photo_m, net_m, label in METHODS:
             p, n = entry["photo"].get(photo_m, {}), entry["network"].get(net_m, {})
             rows.append({"run": name, "step": int(last), "method": label,
-                         "ssim_photo": p.get("ssim"), "lpips_photo": p.get("lpips"), "ssim_net": n.get("ssim"), "lpips_net": n.get("lpips"),
+                         "ssim_photo": p.get("ssim"), "lpips_photo": p.get("lpips"),
+                         "ssim_net": n.get("ssim"), "lpips_net": n.get("lpips"),
                          "train_min": run["wall_s"] / 60 if run["wall_s"] else None})
     return rows
 
