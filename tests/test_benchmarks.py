@@ -152,11 +152,14 @@ def test_fullres_main_quick_scores_every_path(tmp_path):
     path = tmp_path / "fullres.json"
     out = fullres.main(["--quick", "--no_conv", "--num", "1", "--scales", "2", "--json", str(path)])
     rows = {(r["scale"], r["parsing"], r["method"]): r for r in out["rows"]}
-    assert set(rows) == {("2x", p, m) for p in ("yes", "no") for m in ("network", "full", "warp", "identity")}
+    methods = ("network", "full", "pan", "trn", "warp", "identity")
+    assert set(rows) == {("2x", p, m) for p in ("yes", "no") for m in methods}
     for r in rows.values():
         assert -1 <= r["ssim_r"] <= 1 and r["lpips_r"] >= 0 and r["photo"] == "64x64"
     assert rows[("2x", "yes", "identity")]["lpips_r"] > 0  # P is not the true try-on: a real comparison
     assert rows[("2x", "yes", "full")]["ssim_r"] != rows[("2x", "yes", "network")]["ssim_r"]
+    # PAN alone and PAN + TRN are try-ons of their own (random networks: far from P', and from P).
+    assert len({round(rows[("2x", "yes", m)]["ssim_r"], 6) for m in ("pan", "trn", "full", "identity")}) == 4
     assert [r["method"] for r in out["latency"]] == ["full", "network"]
     assert all(r["ms"] > 0 for r in out["latency"])
     assert json.loads(path.read_text())["benchmark"] == "fullres"

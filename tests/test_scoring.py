@@ -106,3 +106,25 @@ def test_warp_paste_baseline_keeps_p_over_the_warps_holes():
     got = np.asarray(out["warp_paste"])
     np.testing.assert_array_equal(got[paste], warped[paste])
     np.testing.assert_array_equal(got[~paste], person[~paste])
+
+
+def test_stage_images_paste_pan_and_trn_into_ftns_region_only():
+    """"PAN only" and "PAN + TRN" are A and T pasted into P over FTN's region (a soft region blends):
+    outside it P exactly, inside it the network's own image; every evaluation scores them
+    (method_images), so a table says which network limits."""
+    rng = np.random.default_rng(1)
+    shape = (2, 6, 5)
+    person, aligned, refined, output = (rng.uniform(-1, 1, shape + (3,)).astype(np.float32) for _ in range(4))
+    region = np.where(rng.uniform(size=shape + (1,)) < 0.5, 1.0, 0.0).astype(np.float32)
+    region[0, 0, 0] = 0.25  # a soft edge
+    out = {"aligned": aligned, "refined": refined, "ftn_region": region, "output": output}
+    got = scoring.stage_images(out, person)
+    inside, outside = region[..., 0] == 1, region[..., 0] == 0
+    for name, image in (("pan_pasted", aligned), ("trn_pasted", refined)):
+        g = np.asarray(got[name])
+        np.testing.assert_array_equal(g[inside], image[inside])
+        np.testing.assert_array_equal(g[outside], person[outside])
+        np.testing.assert_allclose(g[0, 0, 0], 0.75 * person[0, 0, 0] + 0.25 * image[0, 0, 0], rtol=1e-6)
+    inputs = {"person_image": person, "warped": aligned, "valid": region, "region": region}
+    assert set(scoring.method_images(out, inputs)) == {"tryon", "pan_pasted", "trn_pasted", "identity",
+                                                        "warp_paste"}

@@ -149,7 +149,7 @@ def test_loop_resume_reproduces_the_uninterrupted_run(tmp_path, data_dir):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
     assert straight == resumed and "unpaired" in straight
-    assert {"tryon", "identity", "warp_paste"} <= set(straight["unpaired"])
+    assert {"tryon", "pan_pasted", "trn_pasted", "identity", "warp_paste"} <= set(straight["unpaired"])
     with open(tmp_path / "b/eval" / f"step_{total:07d}.json") as f:
         assert json.load(f)["metrics"] == resumed
     assert os.path.exists(tmp_path / "b/images" / f"step_{total:07d}.png")

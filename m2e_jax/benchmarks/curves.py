@@ -92,6 +92,14 @@ def parse_run(text: str) -> RunSpec:
     return spec
 
 
+def spec_of_name(name: str) -> RunSpec | None:
+    """The RunSpec of a run's folder name ("hard_64x48_w1_5000"), None for any other name."""
+    try:
+        return parse_run(name.replace("_w", ":").replace("_", ":"))
+    except ValueError:
+        return None
+
+
 def parse_runs(text: str) -> list[RunSpec]:
     items = [f"{w}:{s}" for w in GRID_WORLDS for s in GRID_SPECS] if text == "grid" else text.split(",")
     return [parse_run(t) for t in items if t]
@@ -323,9 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {}
     names = sorted(os.listdir(a.workdir)) if os.path.isdir(a.workdir) else []
     for name in names:
-        try:  # "hard_64x48_w1_5000" -> "hard:64x48:1:5000"
-            spec = parse_run(name.replace("_w", ":").replace("_", ":"))
-        except ValueError:
+        spec = spec_of_name(name)
+        if spec is None:
             continue
         workdir = os.path.join(a.workdir, name)
         scores = score_run(spec, workdir, photo, a.num, a.quick)
