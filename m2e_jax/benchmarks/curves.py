@@ -142,24 +142,29 @@ def _write_json(path: str, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def train_run(spec: RunSpec, workdir: str, points: int, quick: bool = False, log=print) -> float:
-    """Trains (or resumes) the run; returns its training wall time in s, summed over invocations
-    (kept in <workdir>/curve_wall.json, one entry per invocation that trained)."""
+def train_run(spec: RunSpec, workdir: str, points: int, quick: bool = False, log=print) -> bool:
+    """Trains (or resumes) the run; True when it reached its budget, False when it stopped early
+    (SIGTERM: the trainer saved a checkpoint; rerun to resume). Each invocation that trained adds
+    its steps and wall time to <workdir>/curve_wall.json."""
     from m2e_jax import checkpoints, schedule, train
 
     config = run_config(spec, points, quick)
     total = schedule.total_steps(config.schedule)
     wall_file = os.path.join(workdir, "curve_wall.json")
-    wall = _read_json(wall_file, [])
-    done = max(checkpoints.complete_steps(os.path.join(workdir, "checkpoints")), default=0)
+    latest = lambda: max(checkpoints.complete_steps(os.path.join(workdir, "checkpoints")), default=0)
+    done = latest()
     if done < total:
         log(f"[{spec.name}] training from step {done} to {total}")
         start = time.perf_counter()
         train.train_and_evaluate(config, workdir)
-        wall.append({"from_step": done, "to_step": total, "wall_s": time.perf_counter() - start,
-                     "machine": common.machine_line()})
+        wall = _read_json(wall_file, []) + [{"from_step": done, "to_step": latest(),
+                                             "wall_s": time.perf_counter() - start,
+                                             "machine": common.machine_line()}]
         _write_json(wall_file, wall)
-    return sum(w["wall_s"] for w in wall)
+    if latest() < total:
+        log(f"[{spec.name}] stopped at step {latest()} of {total}: rerun the same command to resume")
+        return False
+    return True
 
 
 def score_run(spec: RunSpec, workdir: str, photo: tuple[int, int], num: int, quick: bool = False,
@@ -322,9 +327,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO)  # the trainer's progress lines (steps/s) in the run's log
     for spec in specs:
         workdir = os.path.join(a.workdir, spec.name)
-        train_run(spec, workdir, a.points, a.quick)
+        if not train_run(spec, workdir, a.points, a.quick):
+            return 0  # stopped (SIGTERM): the runs after it wait for the rerun
         score_run(spec, workdir, photo, a.num, a.quick)
     if not (a.report or a.quick):
         return 0
