@@ -273,7 +273,7 @@ def plot_world(world: str, results: dict[str, Any], path: str, photo: str) -> No
             y = xy(1, v)[1]
             draw.line([ox - 4, y, ox, y], fill=(0, 0, 0))
             draw.text((ox - 50, y - 6), f"{v:.3f}", fill=(0, 0, 0))
-        for t in (100, 300, 1000, 3000, 10000, 30000):
+        for t in (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000):
             if x0 <= math.log10(t) <= x1:
                 x = xy(t, lo)[0]
                 draw.line([x, top + ph, x, top + ph + 4], fill=(0, 0, 0))
