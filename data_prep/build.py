@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from m2e_jax import storage_clients
 from m2e_jax.readers import images
 from m2e_jax.records import builder as records_builder
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_pixels", type=int, default=images.MAX_PIXELS,
                    help="refuse (skip, or stop with --strict) images of more pixels, before decoding them")
     a = p.parse_args(argv)
+    storage_clients.install()  # before any path is built (--data_dir may be gs://)
     logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS's notes ("Using custom data configuration")
     try:
         path = build(a.dataset, a.manual_dir, a.data_dir, a.height, a.width, strict=a.strict,

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from m2e_jax import checkpointing, densepose, input_pipeline, xla_flags
+from m2e_jax import checkpointing, densepose, input_pipeline, storage_clients, xla_flags
 from m2e_jax import tryon_pipeline as pipeline
 from m2e_jax.readers import images, photos
 
@@ -376,6 +376,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    storage_clients.install()  # before any path is built
     xla_flags.configure(args.cpu_convolutions)  # before the first JAX computation
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:  # listen first: a taken port is reported before the checkpoint is loaded

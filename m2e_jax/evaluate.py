@@ -33,7 +33,16 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from m2e_jax import checkpointing, input_pipeline, metrics, scoring, tryon_pipeline, workdir, xla_flags
+from m2e_jax import (
+    checkpointing,
+    input_pipeline,
+    metrics,
+    scoring,
+    storage_clients,
+    tryon_pipeline,
+    workdir,
+    xla_flags,
+)
 
 Features = scoring.Features
 
@@ -127,6 +136,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    storage_clients.install()  # before any path is built
     xla_flags.configure(args.cpu_convolutions)  # before the first JAX computation
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:

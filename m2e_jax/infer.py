@@ -41,7 +41,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from m2e_jax import checkpointing, densepose, workdir, xla_flags
+from m2e_jax import checkpointing, densepose, storage_clients, workdir, xla_flags
 from m2e_jax import tryon_pipeline as pipeline
 from m2e_jax.readers.photos import ImageRef
 
@@ -246,6 +246,7 @@ def warn(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    storage_clients.install()  # before any path is built
     xla_flags.configure(args.cpu_convolutions)  # before the first JAX computation
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's info/warnings are not for users
     try:

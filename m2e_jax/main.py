@@ -10,7 +10,6 @@ a checkpoint; a non-finite loss) ends with one line on stderr and exit code 1, n
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import sys
 
@@ -27,12 +26,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from m2e_jax import config_schema, xla_flags
+    from m2e_jax import config_schema, storage_clients, xla_flags
 
     try:
         config_schema.validate(FLAGS.config)  # before TensorFlow / JAX start up
     except config_schema.ConfigError as e:
         _exit_with(e)
+    # After validation, which builds no path (a config error stays quick: install imports orbax).
+    storage_clients.install()
     xla_flags.configure(FLAGS.config.cpu_convolutions)
     try:  # clu's writers import TensorFlow: keep it off the accelerators.
         import tensorflow as tf
@@ -45,13 +46,8 @@ def main(argv: list[str]) -> None:
 
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.config.compilation_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from m2e_jax import checkpoints, storage_clients, train, workdir
+    from m2e_jax import checkpoints, train, workdir
 
-    # A failed save's late tensorstore completions would print "Event loop is closed" tracebacks
-    # after the one-line error (storage_clients.drop_closed_loop_errors): this process drops them.
-    sys.unraisablehook = storage_clients.drop_closed_loop_errors(sys.unraisablehook)
-    storage_clients.bound_bucket_retries()  # an unreachable bucket ends the run within a minute or two
-    std_logging.getLogger("gcsfs").addFilter(storage_clients.QuietClientRetries())
     logging.info("workdir %s", FLAGS.workdir)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

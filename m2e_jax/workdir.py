@@ -6,6 +6,7 @@ Buckets go through epath's fsspec backend (gcsfs): TensorFlow's own `gs://` file
 default when TensorFlow is installed, reaches only storage.googleapis.com (its endpoint is
 compiled in), while gcsfs, google-cloud-storage and tensorstore (orbax's array writer) all honour
 the standard emulator / endpoint variables (`STORAGE_EMULATOR_HOST`, `TENSORSTORE_GCS_HTTP_URL`).
+The command lines choose gcsfs at start-up (`storage_clients.use_gcsfs`, `EPATH_USE_TF=false`).
 Local paths keep what only a disk has: `fcntl` locks, free-space checks, atomic renames.
 
 Object storage has no rename and no flock, so:
@@ -34,10 +35,6 @@ import uuid
 from typing import Any
 
 from etils import epath
-
-# Before any gs:// path is used: gcsfs rather than TensorFlow's file system (see the docstring).
-# setdefault: a user may still choose TensorFlow's with EPATH_USE_TF=true.
-os.environ.setdefault("EPATH_USE_TF", "false")
 
 MiB = 2**20
 LOCK = "train.lock"
