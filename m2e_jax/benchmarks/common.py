@@ -38,10 +38,14 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
 
 def parse_args(ap: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Adds --cpu_convolutions to a benchmark's parser, parses `argv` and applies the choice to
-    XLA_FLAGS (before the first device query, so it takes effect)."""
+    XLA_FLAGS (before the first device query, so it takes effect); then the command line's storage
+    settings (storage_clients.install: a --workdir or --data_dir on a bucket as in main)."""
+    from m2e_jax import storage_clients
+
     xla_flags.add_argument(ap)
     a = ap.parse_args(argv)
     xla_flags.configure(a.cpu_convolutions)
+    storage_clients.install()
     return a
 
 
