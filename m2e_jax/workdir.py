@@ -100,31 +100,41 @@ def bucket_fs(p: str | os.PathLike) -> Any:
     return backend.fsspec_backend.fs(os.fspath(p))
 
 
-def copy_missing(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+def copy_missing(src: str | os.PathLike, dst: str | os.PathLike, last: str | None = None) -> int:
     """Copies every file below folder `src` to the same place below `dst` unless a file of the same
     size is there already; returns how many were copied. Either side may be a bucket. Resumable:
     each file lands under its name only once whole (write_atomic), so rerunning after a cut-short
-    copy copies only what is missing."""
+    copy copies only what is missing. A file named `last` in `src` is copied after its siblings, so
+    its presence in `dst` can mark the folder complete (a built dataset's dataset_info.json)."""
     src, dst = path(src), path(dst)
     copied = 0
-    for child in src.iterdir():
+    for child in sorted(src.iterdir(), key=lambda c: c.name == last):
         target = dst / child.name
         if child.is_dir():
-            copied += copy_missing(child, target)
+            copied += copy_missing(child, target, last)
         elif not (target.exists() and target.stat().length == child.stat().length):
             write_atomic(target, child.read_bytes())
             copied += 1
     return copied
 
 
-def staged(url: str | os.PathLike) -> str:
-    """A local copy of bucket folder `url` (its files copied once, resumably: copy_missing) under
-    $M2E_STAGE_DIR (default ~/.cache/m2e_jax/staged)/<bucket>/<path>; a local path as it is.
-    For readers that open local files only (array_record's records)."""
+def stage_path(url: str | os.PathLike) -> str:
+    """The local folder for bucket folder `url`: $M2E_STAGE_DIR (default ~/.cache/m2e_jax/staged)
+    /<bucket>/<path>; a local path as it is. One place, so what a build writes there for a bucket
+    is what the trainer's `staged` later finds."""
     if is_local(url):
         return os.fspath(url)
     root = os.path.expanduser(os.environ.get("M2E_STAGE_DIR", "~/.cache/m2e_jax/staged"))
-    local = os.path.join(root, os.fspath(url).split("://", 1)[1])
+    return os.path.join(root, os.fspath(url).split("://", 1)[1])
+
+
+def staged(url: str | os.PathLike) -> str:
+    """A local copy of bucket folder `url` (its files copied once, resumably: copy_missing) at
+    stage_path(url); a local path as it is. For readers that open local files only (array_record's
+    records)."""
+    if is_local(url):
+        return os.fspath(url)
+    local = stage_path(url)
     n = copy_missing(url, local)
     logging.info("staged %s to %s (%d files copied)", url, local, n)
     return local
