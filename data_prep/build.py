@@ -3,6 +3,9 @@
     python -m data_prep.build --dataset folder --manual_dir DIR --data_dir DIR --height 256 --width 192 \
         [--strict] [--num_unpaired N] [--seed S] [--workers W]
 
+A `gs://BUCKET/tfds` data_dir is built on this host's disk and uploaded, resumably
+(m2e_jax.records.builder.build_for_bucket).
+
 `tfds build data_prep/m2e_dataset --manual_dir DIR --data_dir DIR --config folder_256x192` builds the
 same records where the tfds command line's extra needs are installed (requirements-tfds-build.txt).
 """
@@ -16,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from m2e_jax import storage_clients
+from m2e_jax import storage_clients, workdir
 from m2e_jax.readers import images
 from m2e_jax.records import builder as records_builder
 
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_prep.build", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=("synthetic", "deepfashion", "mvc", "folder"))
     p.add_argument("--manual_dir", required=True, help="the photos and DensePose outputs")
-    p.add_argument("--data_dir", required=True, help="where TFDS writes m2e_dataset/<config>/<version>")
+    p.add_argument("--data_dir", required=True, help="where TFDS writes m2e_dataset/<config>/<version>; "
+                   "a gs:// folder is built on this disk ($M2E_STAGE_DIR) and uploaded")
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=192)
     p.add_argument("--strict", action="store_true", help="stop at the first bad record")
@@ -81,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    report = os.path.join(path, "build_report.json")
-    if os.path.isfile(report):
-        with open(report) as f:
-            for note in json.load(f)["counts"].get("notes", []):
-                print(f"note: {note}")
+    report = workdir.path(path) / "build_report.json"  # in the bucket for a gs:// --data_dir
+    if report.is_file():
+        for note in json.loads(report.read_text())["counts"].get("notes", []):
+            print(f"note: {note}")
     print(f"built {path}; report: {os.path.join(path, 'build_report.txt')}")
     return 0
 

@@ -13,6 +13,7 @@ so an interrupted build never looks complete.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from m2e_jax import data_schema, tfds_source
+from m2e_jax import data_schema, tfds_source, workdir
 from m2e_jax.readers import images, photos
 from m2e_jax.records import assemble, folder, validate
 from m2e_jax.records.catalog import Problem, SplitCatalog
@@ -218,7 +219,8 @@ def build(source: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLik
 
     An existing build is reused unless `overwrite`; TFDS writes into `incomplete.*` and renames it at
     the end, so a build that was killed is not found and runs again. `builder_cls` is data_prep's
-    subclass for the DeepFashion / MVC layouts.
+    subclass for the DeepFashion / MVC layouts. A bucket data_dir (gs://...) is built on this host's
+    disk and uploaded (build_for_bucket).
     """
     manual = Path(manual_dir).expanduser()
     if not manual.is_dir():
@@ -226,12 +228,40 @@ def build(source: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLik
     if not any(manual.iterdir()):  # TFDS would fail with a multi-line AssertionError
         raise FileNotFoundError(f"--manual_dir {manual}: empty folder (no photos or DensePose outputs)")
     config = M2EConfig(source=source, height=height, width=width)
-    # TFDS refuses a config object named like a predefined one: pass predefined ones by name
-    config_arg = config.name if config.name in builder_cls.builder_configs else config
-    data_dir = Path(data_dir).expanduser()
-    builder = builder_cls(config=config_arg, data_dir=os.fspath(data_dir), options=options)
-    mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else \
-        tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.fspath(manual), download_mode=mode))
-    return tfds_source.dataset_dir(data_dir, config.name)
+
+    def build_here(local_dir: str) -> str:
+        # TFDS refuses a config object named like a predefined one: pass predefined ones by name
+        config_arg = config.name if config.name in builder_cls.builder_configs else config
+        builder = builder_cls(config=config_arg, data_dir=local_dir, options=options)
+        mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else \
+            tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual), download_mode=mode))
+        return tfds_source.dataset_dir(local_dir, config.name)
+
+    if not workdir.is_local(data_dir):
+        return build_for_bucket(os.fspath(data_dir), config.name, build_here, overwrite=overwrite)
+    return build_here(os.fspath(Path(data_dir).expanduser()))
+
+
+def build_for_bucket(data_dir: str, config_name: str, build_here: Callable[[str], str], *,
+                     overwrite: bool = False) -> str:
+    """Builds config `config_name` for bucket folder `data_dir` (gs://BUCKET/tfds); returns the
+    dataset's folder in the bucket.
+
+    array_record writes local files only, so `build_here(local data_dir)` builds into
+    workdir.stage_path(data_dir), the very folder a trainer on this host stages the bucket's records
+    to (it then finds them there and copies nothing), and the dataset folder is uploaded with
+    workdir.copy_missing: a rerun after a cut upload copies only what is missing and deletes
+    nothing. dataset_info.json goes last, so a bucket folder holding it is complete: such a build
+    is reused without building, unless `overwrite`, which replaces the bucket's folder.
+    """
+    remote = workdir.path(tfds_source.dataset_dir(data_dir, config_name))
+    if not overwrite and (remote / "dataset_info.json").exists():
+        return os.fspath(remote)
+    local = build_here(workdir.stage_path(data_dir))
+    if overwrite and remote.exists():
+        remote.rmtree()  # as TFDS replaces a local build: no file of the old build stays beside the new
+    n = workdir.copy_missing(local, remote, last="dataset_info.json")
+    logging.info("uploaded %s to %s (%d files copied)", local, remote, n)
+    return os.fspath(remote)
