@@ -290,3 +290,52 @@ def test_training_from_records_in_a_bucket_stages_them_once(fake_gcs, gcs_env, t
     local = stage / "m2e-records" / "tfds" / os.path.relpath(built, tmp_path / "tfds")
     assert sorted(os.listdir(local)) == sorted(os.listdir(built))
     assert "(0 files copied)" in r.stderr  # train and test split: the second open finds it all there
+
+
+def test_build_into_a_bucket_uploads_what_the_trainer_reads(fake_gcs, gcs_env, tmp_path, monkeypatch):
+    """`python -m data_prep.build --data_dir gs://BUCKET/tfds` builds on this disk (M2E_STAGE_DIR, where
+    the trainer stages that data_dir) and uploads the dataset folder, resumably; the trainer's reader
+    for the gs:// data_dir on a fresh host reads the same examples, bit for bit, as a local build."""
+    from data_prep import build
+    from m2e_jax import tfds_source
+
+    bucket, config = fake_gcs.bucket("m2e-built"), "synthetic_32x32"
+    stage = tmp_path / "stage"
+    cli = ["--dataset", "synthetic", "--manual_dir", str(tmp_path / "manual"), "--height", "32",
+           "--width", "32", "--workers", "0", "--data_dir", f"{bucket}/tfds"]
+    r = gcs_run(fake_gcs, tmp_path, "data_prep.build", *cli, env={"M2E_STAGE_DIR": str(stage)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    remote = f"{bucket}/tfds/m2e_dataset/{config}/1.0.0"
+    assert r.stdout.splitlines()[-1] == f"built {remote}; report: {remote}/build_report.txt"
+    local = stage / "m2e-built" / "tfds" / "m2e_dataset" / config / "1.0.0"
+    prefix = f"tfds/m2e_dataset/{config}/1.0.0/"
+    built = {prefix + f.name: f.stat().st_size for f in local.iterdir()}
+    assert any(".array_record-" in name for name in built)
+    assert fake_gcs.objects("m2e-built") == built
+    assert not os.listdir(tmp_path / "cwd")  # nothing written where the command ran (no ./gs: folder)
+    assert hosts_contacted(tmp_path) <= LOOPBACK, hosts_contacted(tmp_path)
+
+    # an upload cut short (the records and dataset_info.json missing): a rerun uploads what is missing
+    fs = workdir_lib.bucket_fs(remote)
+    for name in built:
+        if name.endswith(("dataset_info.json", ".array_record-00000-of-00001")):
+            fs.rm_file(f"m2e-built/{name}")
+    r = gcs_run(fake_gcs, tmp_path, "data_prep.build", *cli, env={"M2E_STAGE_DIR": str(stage)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert fake_gcs.objects("m2e-built") == built
+    monkeypatch.setenv("M2E_STAGE_DIR", str(stage))
+    assert workdir_lib.copy_missing(remote, local) == 0  # the trainer here finds every file staged
+
+    # the trainer's reader on another host (an empty stage folder) copies the bucket's records
+    monkeypatch.setenv("M2E_STAGE_DIR", str(tmp_path / "other_host"))
+    here = build.build("synthetic", tmp_path / "manual", tmp_path / "tfds", 32, 32, workers=0)
+    for split in ("train", "test"):
+        from_bucket = tfds_source.load_source(f"{bucket}/tfds", config, split, with_meta=True)
+        from_disk = tfds_source.load_source(tmp_path / "tfds", config, split, with_meta=True)
+        assert len(from_bucket) == len(from_disk) > 0
+        for a, b in zip(from_bucket, from_disk):
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{split} {key}")
+    copied = tmp_path / "other_host" / "m2e-built" / "tfds" / "m2e_dataset" / config / "1.0.0"
+    assert sorted(os.listdir(copied)) == sorted(os.listdir(here))
