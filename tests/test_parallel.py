@@ -122,12 +122,17 @@ print("processes", jax.process_count(), "devices", jax.device_count())
 
 
 @pytest.mark.slow
-def test_two_processes_train_in_lock_step_like_one(tmp_path):
-    """2 processes x 2 CPU devices (gloo collectives) == 1 process x 4 devices, same global batch."""
+def test_two_processes_train_in_lock_step_like_one(tmp_path, fake_gcs, gcs_env):
+    """2 processes x 2 CPU devices (gloo collectives) == 1 process x 4 devices, same global batch.
+
+    The two processes share a workdir in a bucket (fake-gcs-server on 127.0.0.1, as a TPU pod
+    slice's hosts do): one checkpoint set, written collectively, one config and eval table
+    (process 0's), both locks released, nothing written to a local `gs:` folder."""
     import portpicker
 
     from configs import synthetic
     from m2e_jax import checkpoints, train
+    from m2e_jax import workdir as workdir_lib
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = str(tmp_path / "data")
@@ -141,24 +146,31 @@ def test_two_processes_train_in_lock_step_like_one(tmp_path):
     address = f"127.0.0.1:{portpicker.pick_unused_port()}"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
                PYTHONPATH=root)
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, data, str(tmp_path / "two"), address, str(i)],
-                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    two = fake_gcs.bucket("lockstep") + "/two"
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, data, two, address, str(i)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     outs = [p.communicate(timeout=400)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     assert all("processes 2 devices 4" in out for out in outs)
 
+    objects = fake_gcs.objects("lockstep")
+    steps = {name.split("/")[2] for name in objects if name.startswith("two/checkpoints/")}
+    assert steps == {"3"}, sorted(objects)  # one set: no per-process copies, no leftover temporaries
+    assert "two/config.json" in objects and "two/checkpoints/3/SHA256SUMS" in objects
+    assert not any("lock" in name for name in objects), sorted(objects)
+    assert not (tmp_path / "gs:").exists()
+
     def params(workdir):
-        with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as ck:
+        with checkpoints.Checkpointer(workdir_lib.path(workdir) / "checkpoints") as ck:
             return ck.restore(3, train.init_state(config))
 
-    a, b = params(str(tmp_path / "one")), params(str(tmp_path / "two"))
+    a, b = params(str(tmp_path / "one")), params(two)
     init = train.init_state(config)
     for x, y, z in zip(*(jax.tree.leaves(t["params"]) for t in (a, b, init))):
         np.testing.assert_allclose(x - z, y - z, rtol=2e-2, atol=1e-4)  # updates, as in test_train
-    with open(tmp_path / "two" / "eval" / "step_0000003.json") as f:
-        two = json.load(f)["metrics"]
+    table = json.loads(train.eval_file(two, 3).read_text())["metrics"]
     for subset in one:
         for k, v in one[subset]["tryon"].items():
-            np.testing.assert_allclose(two[subset]["tryon"][k], v, rtol=1e-3)
+            np.testing.assert_allclose(table[subset]["tryon"][k], v, rtol=1e-3)
