@@ -148,7 +148,8 @@ def test_two_processes_train_in_lock_step_like_one(tmp_path, fake_gcs, gcs_env):
                PYTHONPATH=root)
     two = fake_gcs.bucket("lockstep") + "/two"
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, data, two, address, str(i)],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
              for i in range(2)]
     outs = [p.communicate(timeout=400)[0] for p in procs]
     for p, out in zip(procs, outs):
