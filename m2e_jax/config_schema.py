@@ -37,6 +37,7 @@ PAN_INPUTS = ("model_and_warp", "model_only")    # models/pan.PAN_INPUTS
 RELIGHT_MODES = ("none", "gain", "ramp")         # models/ftn.RELIGHT_MODES
 GANS = ("lsgan", "hinge", "nonsaturating")       # losses.GANS
 LPIPS_NETS = ("alexnet", "vgg16")                # metrics.LPIPS_NETS
+PAN_REGIONS = ("image", "body")                  # losses.PAN_REGIONS
 CPU_CONVOLUTIONS = ("eigen", "xla_default")      # xla_flags.CPU_CONVOLUTIONS
 
 
@@ -217,6 +218,9 @@ SCHEMA: dict[str, Any] = dict(
         adv_weight=Field(1.0, number(), "generators' adversarial terms"),
         l1_weight=Field(10.0, number(), "L1 to the target (paired batches)"),
         perceptual_weight=Field(10.0, number(), "VGG perceptual loss to the target (paired batches)"),
+        pan_region=Field("image", choice(PAN_REGIONS), "where PAN's L1 / perceptual terms compare A with "
+                                                       "the target: the whole image (the paper's) or P's "
+                                                       "body (DensePose foreground; M shows no background)"),
         consistency_weight=Field(1.0, number(), "unpaired: T agrees with W where V = 1 inside R_P (a weak "
                                                 "pull toward the warp, RESULTS.md 8)"),
         alpha_weight=Field(0.1, number(), "pulls TRN's alpha toward V inside R_P (weak: RESULTS.md 8)"),

@@ -140,6 +140,21 @@ def consistency_loss(refined, warped, valid, region) -> jax.Array:
     return l1_loss(refined, warped, valid * region)
 
 
+PAN_REGIONS = ("image", "body")
+
+
+def pan_mask(inputs: Mapping[str, jax.Array], pan_region: str) -> jax.Array | None:
+    """Where PAN's reconstruction terms compare A with the target, `[B, H, W, 1]` float32 or None
+    (everywhere). "body": P's DensePose foreground (I > 0). PAN sees M, the IUV maps and the warp but
+    not P's photo, so P's background is unknowable to it; over the whole image ("image", the
+    paper's) most of PAN's L1 is background, which it can only blur or memorise (RESULTS.md 12)."""
+    if pan_region not in PAN_REGIONS:
+        raise ValueError(f"loss.pan_region must be one of {PAN_REGIONS}, got {pan_region!r}")
+    if pan_region == "image":
+        return None
+    return (inputs["person_iuv"][..., :1] > 0).astype(jnp.float32)
+
+
 def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array], loss_cfg, paired,
                     trained: Sequence[str] = ("pan", "trn", "ftn"), discriminate: Discriminate | None = None,
                     vgg=None) -> dict[str, jax.Array]:
@@ -157,7 +172,8 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
     vgg: models.vgg.Vgg for the perceptual terms; required when loss_cfg.perceptual_weight > 0.
 
     Terms (w = loss_cfg; Y the target, R_P the garment region, V the warp's validity):
-      pan_l1 = paired w.l1 L1(A, Y)             pan_perceptual = paired w.perceptual perc(A, Y)
+      pan_l1 = paired w.l1 L1(A, Y | B)         pan_perceptual = paired w.perceptual perc(A, Y | B)
+               (B: pan_mask, everywhere or P's body per w.pan_region)
       pan_adv = w.adv g_adv(D_pan(A))
       trn_l1 = paired w.l1 L1(T, Y | R_P)       trn_alpha = w.alpha alpha_loss(alpha, V, R_P)
       trn_consistency = (1 - paired) w.consistency consistency_loss(T, W, V, R_P)
@@ -174,18 +190,20 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
     target = inputs["target_image"]
     terms: dict[str, jax.Array] = {}
 
-    def reconstruction(name: str, image: jax.Array) -> None:
-        terms[f"{name}_l1"] = paired * w.l1_weight * l1_loss(image, target)
+    def reconstruction(name: str, image: jax.Array, mask: jax.Array | None = None) -> None:
+        terms[f"{name}_l1"] = paired * w.l1_weight * l1_loss(image, target, mask)
         if w.perceptual_weight > 0:
+            # Outside the mask the image is the target itself, so only the masked pixels differ.
+            seen = image if mask is None else mask * image + (1.0 - mask) * target
             terms[f"{name}_perceptual"] = paired * w.perceptual_weight * vgg_perceptual(
-                vgg, image, target, w.vgg16_layer_weights)
+                vgg, seen, target, w.vgg16_layer_weights)
 
     def adversarial(name: str, disc: str, image: jax.Array) -> None:
         if discriminate is not None:
             terms[f"{name}_adv"] = w.adv_weight * g_adv_loss(discriminate(disc, image), w.gan)
 
     if "pan" in trained:
-        reconstruction("pan", out["aligned"])
+        reconstruction("pan", out["aligned"], pan_mask(inputs, w.pan_region))
         adversarial("pan", "pan", out["aligned"])
     if "refined" in out and ("pan" in trained or "trn" in trained):
         region, valid = out["region"], out["valid"]

@@ -18,9 +18,13 @@ def test_run_names_round_trip_and_bad_runs_are_named():
     assert spec.name == "hard_128x96_w2_5000"
     assert curves.spec_of_name(spec.name) == spec
     assert curves.spec_of_name("notes") is None
+    tagged = curves.parse_run("hard:64x48:1:5000:4096", tag="pan_body")
+    assert tagged.name == "hard_64x48_w1_5000_n4096_pan_body" and curves.spec_of_name(tagged.name) == tagged
+    assert curves.spec_of_name("hard_64x48_w1_5000_body").tag == "body"
     grid = curves.parse_runs("grid")
     assert len(grid) == len(curves.GRID_WORLDS) * len(curves.GRID_SPECS) and grid[0].world == "hard"
-    for bad in ("hard:64x48:1", "mars:64x48:1:100", "hard:64x47:1:100", "hard:64x48:0:100"):
+    for bad in ("hard:64x48:1", "mars:64x48:1:100", "hard:64x47:1:100", "hard:64x48:0:100",
+                "hard:64x48:1:100:0"):
         with pytest.raises(ValueError, match=bad):
             curves.parse_run(bad)
 
@@ -42,6 +46,18 @@ def test_the_demo_budget_is_the_demo_and_larger_runs_scale_it():
     assert (big.model.height, big.model.width, big.model.warp_tile) == (128, 96, 2 * demo.model.warp_tile)
     assert (big.model.base_channels, big.model.d_channels) == (32, 32)
     assert big.keep_checkpoints * big.checkpoint_every >= 5000
+    more = curves.run_config(curves.parse_run("hard:64x48:1:5000:4096"), 5,
+                             settings={"loss.pan_region": "body"})
+    assert more.dataset.num_train == 4096 and more.loss.pan_region == "body"
+
+
+def test_a_run_keeps_its_overrides_and_refuses_others(tmp_path):
+    workdir = str(tmp_path / "run")
+    assert curves.run_settings(workdir, {"loss.pan_region": "body"}) == {"loss.pan_region": "body"}
+    assert curves.run_settings(workdir, {}) == {"loss.pan_region": "body"}  # a plain rerun resumes it
+    with pytest.raises(ValueError, match="another --tag"):
+        curves.run_settings(workdir, {"loss.pan_region": "image"})
+    assert curves.main(["--runs", "hard:64x48:1:100", "--set", "loss.pan_region=body"]) == 2  # no --tag
 
 
 def _scores(step, full, pan):

@@ -158,7 +158,7 @@ def test_choices_equal_the_modules_own():
     assert s.DTYPES == tuple(layers.DTYPES)
     assert s.GARMENT_KINDS == densepose.GARMENT_KINDS
     assert (s.RELIGHT_MODES, s.PAN_INPUTS) == (ftn.RELIGHT_MODES, pan.PAN_INPUTS)
-    assert (s.GANS, s.LPIPS_NETS) == (losses.GANS, metrics.LPIPS_NETS)
+    assert (s.GANS, s.LPIPS_NETS, s.PAN_REGIONS) == (losses.GANS, metrics.LPIPS_NETS, losses.PAN_REGIONS)
     assert s.CPU_CONVOLUTIONS == xla_flags.CPU_CONVOLUTIONS
     assert s.WORLD_PRESETS == tuple(effects.PRESETS)
 

@@ -141,3 +141,30 @@ def test_discriminator_terms_by_name():
     terms = losses.discriminator_terms(real, {"pan": fake}, discriminate, "hinge")
     assert set(terms) == {"d_pan"}
     np.testing.assert_allclose(terms["d_pan"], losses.d_loss(REAL, FAKE, "hinge"), rtol=1e-6)
+
+
+def test_pan_region_body_compares_a_with_the_target_on_ps_body_only():
+    """loss.pan_region="body": PAN's L1 sees only P's DensePose foreground (I > 0); the background,
+    which M does not show, no longer counts. "image" (the paper's) is the whole-image mean."""
+    from m2e_jax.models.defaults import loss_config
+
+    cfg = loss_config()
+    cfg.update(dict(l1_weight=2.0, perceptual_weight=0.0))
+    out, inputs = _pipeline_like()
+    iuv = np.zeros((1, 4, 4, 3), np.float32)
+    iuv[0, 1:3, 1:4, 0] = 2.0  # the body: 6 pixels of part 2
+    inputs["person_iuv"] = jnp.asarray(iuv)
+    body = iuv[..., :1] > 0
+    y = np.asarray(inputs["target_image"])
+    a = np.where(body, y, y + 0.5)  # right on the body, off by 0.5 everywhere else
+    pan_only = {"aligned": jnp.asarray(a)}
+    cfg.pan_region = "body"
+    assert float(losses.generator_terms(pan_only, inputs, cfg, 1.0, trained=("pan",))["pan_l1"]) == 0.0
+    a2 = np.where(body, y + 0.25, y + 0.5)
+    got = losses.generator_terms({"aligned": jnp.asarray(a2)}, inputs, cfg, 1.0, trained=("pan",))
+    np.testing.assert_allclose(float(got["pan_l1"]), 2.0 * 0.25, rtol=1e-6)
+    cfg.pan_region = "image"
+    got = losses.generator_terms({"aligned": jnp.asarray(a2)}, inputs, cfg, 1.0, trained=("pan",))
+    np.testing.assert_allclose(float(got["pan_l1"]), 2.0 * (6 * 0.25 + 10 * 0.5) / 16, rtol=1e-6)
+    with pytest.raises(ValueError, match="pan_region"):
+        losses.pan_mask(inputs, "garment")

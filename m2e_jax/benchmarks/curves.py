@@ -60,6 +60,9 @@ METHODS = (("full", "tryon", "M2E-TON (PAN + TRN + FTN)"), ("trn", "trn_pasted",
            ("identity", "identity", "P unchanged"))  # (photo method, network method, label)
 
 
+DEMO_TRAIN = 512  # configs/synthetic.py's training examples
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     world: str
@@ -67,38 +70,56 @@ class RunSpec:
     width: int
     width_mult: int
     steps: int
+    num_train: int = DEMO_TRAIN
+    tag: str = ""  # names the --set overrides of a design experiment
 
     @property
     def name(self) -> str:
-        return f"{self.world}_{self.height}x{self.width}_w{self.width_mult}_{self.steps}"
+        name = f"{self.world}_{self.height}x{self.width}_w{self.width_mult}_{self.steps}"
+        name += f"_n{self.num_train}" if self.num_train != DEMO_TRAIN else ""
+        return name + (f"_{self.tag}" if self.tag else "")
 
     @property
     def label(self) -> str:
-        return f"{self.height}x{self.width}, width x{self.width_mult}, {self.steps} steps"
+        label = f"{self.height}x{self.width}, width x{self.width_mult}, {self.steps} steps"
+        label += f", {self.num_train} examples" if self.num_train != DEMO_TRAIN else ""
+        return label + (f", {self.tag}" if self.tag else "")
 
 
-def parse_run(text: str) -> RunSpec:
-    """"hard:64x48:1:5000" -> RunSpec; a ValueError naming the item on bad input."""
+def parse_run(text: str, tag: str = "") -> RunSpec:
+    """"hard:64x48:1:5000[:NTRAIN]" -> RunSpec; a ValueError naming the item on bad input."""
     from m2e_jax.synthetic import effects
 
     try:
-        world, size, mult, steps = text.split(":")
+        world, size, mult, steps, *rest = text.split(":")
         h, w = (int(x) for x in size.split("x"))
-        spec = RunSpec(world, h, w, int(mult), int(steps))
+        if len(rest) > 1:
+            raise ValueError
+        spec = RunSpec(world, h, w, int(mult), int(steps), int(rest[0]) if rest else DEMO_TRAIN, tag)
     except ValueError:
-        raise ValueError(f"--runs {text!r}: expected WORLD:HxW:WIDTH:STEPS, e.g. hard:64x48:1:5000") from None
-    if world not in effects.PRESETS or min(h, w, spec.width_mult, spec.steps) <= 0 or h % 4 or w % 4:
+        raise ValueError(f"--runs {text!r}: expected WORLD:HxW:WIDTH:STEPS[:TRAIN_EXAMPLES], "
+                         f"e.g. hard:64x48:1:5000") from None
+    if (world not in effects.PRESETS or min(h, w, spec.width_mult, spec.steps, spec.num_train) <= 0
+            or h % 4 or w % 4 or not (tag == "" or tag.isidentifier())):
         raise ValueError(f"--runs {text!r}: world one of {tuple(effects.PRESETS)}, sizes multiples of 4, "
-                         f"width and steps positive")
+                         f"width, steps and examples positive, a tag of letters, digits and _")
     return spec
 
 
 def spec_of_name(name: str) -> RunSpec | None:
-    """The RunSpec of a run's folder name ("hard_64x48_w1_5000"), None for any other name."""
+    """The RunSpec of a run's folder name ("hard_64x48_w1_5000[_n4096][_tag]"), None for any other."""
+    parts = name.split("_", 4)
+    if len(parts) < 4 or not parts[2].startswith("w"):
+        return None
+    rest = parts[4] if len(parts) > 4 else ""
+    num, tag = "", rest
+    if rest.startswith("n") and rest[1:].split("_")[0].isdigit():
+        num, _, tag = rest[1:].partition("_")
     try:
-        return parse_run(name.replace("_w", ":").replace("_", ":"))
+        spec = parse_run(":".join(parts[:2] + [parts[2][1:], parts[3]] + ([num] if num else [])), tag)
     except ValueError:
         return None
+    return spec if spec.name == name else None
 
 
 def parse_runs(text: str) -> list[RunSpec]:
@@ -106,10 +127,13 @@ def parse_runs(text: str) -> list[RunSpec]:
     return [parse_run(t) for t in items if t]
 
 
-def run_config(spec: RunSpec, points: int, quick: bool = False) -> ml_collections.ConfigDict:
+def run_config(spec: RunSpec, points: int, quick: bool = False,
+               settings: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
     """configs/synthetic.py for `spec` (":test" sizes when `quick`), checkpointed and evaluated
-    `points` times along the budget, every checkpoint kept."""
+    `points` times along the budget, every checkpoint kept, with `settings` ({dotted field: value},
+    a design experiment's overrides) applied last."""
     from configs import synthetic
+    from m2e_jax.benchmarks import quality
     from m2e_jax.models import tryon
 
     config = synthetic.get_config("test" if quick else None)
@@ -120,11 +144,14 @@ def run_config(spec: RunSpec, points: int, quick: bool = False) -> ml_collection
     m.update(height=spec.height, width=spec.width, base_channels=m.base_channels * spec.width_mult,
              d_channels=m.d_channels * spec.width_mult)
     config.dataset.world = spec.world
+    if spec.num_train != DEMO_TRAIN or not quick:
+        config.dataset.num_train = spec.num_train
     shares = {k: int(round(spec.steps * f)) for k, f in STAGE_SHARES.items()}
     config.schedule.update(**shares, joint_steps=spec.steps - sum(shares.values()))
     every = max(1, spec.steps // points)
     config.eval_every = config.image_every = config.checkpoint_every = every
     config.keep_checkpoints = spec.steps // every + 1
+    quality.apply_settings(config, settings or {})
     return config
 
 
@@ -143,13 +170,28 @@ def _write_json(path: str, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def train_run(spec: RunSpec, workdir: str, points: int, quick: bool = False, log=print) -> bool:
+def run_settings(workdir: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The run's --set overrides: kept in <workdir>/curve_settings.json by its first invocation; a
+    rerun with other overrides is refused (it would train another model into the same run)."""
+    path = os.path.join(workdir, "curve_settings.json")
+    kept = _read_json(path, None)
+    if kept is None:
+        os.makedirs(workdir, exist_ok=True)
+        _write_json(path, settings)
+        return settings
+    if settings and settings != kept:
+        raise ValueError(f"{workdir} was trained with --set {kept}, not {settings}: give it another --tag")
+    return kept
+
+
+def train_run(spec: RunSpec, workdir: str, points: int, quick: bool = False,
+              settings: dict[str, Any] | None = None, log=print) -> bool:
     """Trains (or resumes) the run; True when it reached its budget, False when it stopped early
     (SIGTERM: the trainer saved a checkpoint; rerun to resume). Each invocation that trained adds
     its steps and wall time to <workdir>/curve_wall.json."""
     from m2e_jax import checkpoints, schedule, train
 
-    config = run_config(spec, points, quick)
+    config = run_config(spec, points, quick, run_settings(workdir, settings or {}))
     total = schedule.total_steps(config.schedule)
     wall_file = os.path.join(workdir, "curve_wall.json")
     latest = lambda: max(checkpoints.complete_steps(os.path.join(workdir, "checkpoints")), default=0)
@@ -319,9 +361,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--plots", default="benchmarks/curves", help="folder for <world>.png")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: one tiny run, configs/synthetic.py:test sizes")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="config override of a design experiment (repeatable; needs --tag)")
+    ap.add_argument("--tag", default="", help="names the --set runs apart (a suffix of their folders)")
     a = common.parse_args(ap, argv)
     try:
-        specs = parse_runs("easy:32x32:1:6" if a.quick and not a.runs else a.runs)
+        from m2e_jax.benchmarks import quality
+
+        settings = quality.parse_settings(a.set)
+        if settings and not a.tag:
+            raise ValueError("--set needs a --tag naming the experiment's runs")
+        specs = [dataclasses.replace(s, tag=a.tag) for s in
+                 parse_runs("easy:32x32:1:6" if a.quick and not a.runs else a.runs)]
+        for spec in specs:  # every override checked before any training starts
+            run_config(spec, a.points, a.quick, settings)
         (photo,) = common.parse_sizes(a.photo, "--photo")
         if a.points < 1 or a.num < 1:
             raise ValueError("--points and --num must be positive")
@@ -333,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.set_verbosity(logging.INFO)  # the trainer's progress lines (steps/s) in the run's log
     for spec in specs:
         workdir = os.path.join(a.workdir, spec.name)
-        if not train_run(spec, workdir, a.points, a.quick):
+        if not train_run(spec, workdir, a.points, a.quick, settings):
             return 0  # stopped (SIGTERM): the runs after it wait for the rerun
         score_run(spec, workdir, photo, a.num, a.quick)
     if not (a.report or a.quick):
@@ -348,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scores = score_run(spec, workdir, photo, a.num, a.quick)
         wall = _read_json(os.path.join(workdir, "curve_wall.json"), [])
         results[name] = {**dataclasses.asdict(spec), "label": spec.label, "scores": scores,
+                         "settings": _read_json(os.path.join(workdir, "curve_settings.json"), {}),
                          "wall_s": sum(w["wall_s"] for w in wall), "wall": wall}
     for world in sorted({r["world"] for r in results.values()}):
         plot_world(world, results, os.path.join(a.plots, f"{world}.png"), a.photo)

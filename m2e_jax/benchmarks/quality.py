@@ -78,6 +78,17 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """["loss.l1_weight=5", ...] (--set) -> {"loss.l1_weight": 5, ...}; a ValueError naming a bad item."""
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        settings[key] = parse_value(value)
+    return settings
+
+
 def apply_settings(config: ml_collections.ConfigDict, settings: dict[str, Any]) -> None:
     """config["a.b.c"] = value for each dotted key; an unknown key is an error naming it."""
     for key, value in settings.items():
@@ -251,12 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = [v for v in variants if v not in VARIANTS]
         if bad or not variants:
             raise ValueError(f"--variants: unknown {bad}; expected some of {tuple(VARIANTS)}")
-        settings = {}
-        for item in a.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
-            settings[key] = parse_value(value)
+        settings = parse_settings(a.set)
         for p in presets:  # check the overrides before any training starts
             apply_settings(base_config(p, a.quick, settings), settings)
     except ValueError as e:
