@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.eval_batch_size = 64
     c.optim.update(g_lr=4e-4, d_lr=4e-4)  # linear scaling from batch 16 at 2e-4, capped at 2x
+    # A v5e host feeds 8 chips ~690 examples/s, ~5 cores of batch assembly at 138 ex/s each
+    # (benchmarks/RESULTS.md 11): 8 threads with 8 batches ahead leave room on its 224 vCPUs.
+    c.update(prefetch=8, input_threads=8)
     if arg in ("local", "test"):
         shrink_for_smoke(c)
         c.model.dtype = "float32"  # bfloat16 is slower on CPU (no native arithmetic, RESULTS.md)

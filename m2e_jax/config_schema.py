@@ -265,6 +265,9 @@ SCHEMA: dict[str, Any] = dict(
     keep_checkpoints=Field(3, count(1), "newest checkpoints kept"),
     async_checkpointing=Field(True, FLAG, "save checkpoints in the background"),
     prefetch=Field(2, count(), "batches prepared ahead"),
+    input_threads=Field(1, count(1), "threads assembling those batches, a whole batch each (decoding "
+                                     "scales over cores in threads: RESULTS.md 11); at most prefetch + 1 "
+                                     "are busy"),
     num_eval_examples=Field(256, count(), "first N test examples evaluated (all if fewer)"),
     eval_lpips_net=Field("alexnet", Rule(f"one of {LPIPS_NETS} or '' (no LPIPS)",
                                          lambda v: v in ("",) + LPIPS_NETS),

@@ -325,10 +325,11 @@ class DataError(RuntimeError):
     removed, moved or unmounted mid-run); the message names the step and the checkpoint to resume from."""
 
 
-def _batches(data: input_pipeline.TrainData, start: int, end: int, put, prefetch: int, data_dir: str,
+def _batches(data: input_pipeline.TrainData, start: int, end: int, put, config: ml_collections.ConfigDict,
              ckpt: checkpoints.Checkpointer):
     """data.iterate, with a batch that cannot be read ending the run in one DataError line."""
-    batches = data.iterate(start, end, put=put, prefetch=prefetch)
+    batches = data.iterate(start, end, put=put, prefetch=config.prefetch, threads=config.input_threads)
+    data_dir = config.dataset.data_dir
     step = start  # the index of the batch being read; as logged, its update is step + 1
     while True:
         try:
@@ -441,8 +442,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
 
     try:
         with checkpoints.PreemptionFlag() as preempted:
-            for step, batch in _batches(data, start, end, par.put_batch, config.prefetch,
-                                        config.dataset.data_dir, ckpt):
+            for step, batch in _batches(data, start, end, par.put_batch, config, ckpt):
                 stage = schedule.plan(step, config.schedule).stage
                 state, metrics = steps.train(stage)(state, batch)
                 check_pending()

@@ -58,6 +58,11 @@ def test_batches_are_a_pure_function_of_the_step():
     assert run[5:] == resumed
     streamed = [ids(batch) for _, batch in a.iterate(5, 9, prefetch=2)]
     assert streamed == run[5:]
+    threaded = list(a.iterate(5, 9, prefetch=3, threads=3))  # three batches assembled at once
+    assert [s for s, _ in threaded] == [5, 6, 7, 8] and [ids(b) for _, b in threaded] == run[5:]
+    for (_, x), s in zip(threaded, range(5, 9)):
+        y = a.batch(s)
+        assert set(x) == set(y) and all(np.array_equal(x[k], y[k]) for k in y)
     other_seed = input_pipeline.TrainData(fake_source(20, paired), config(seed=1))
     assert [ids(other_seed.batch(s)) for s in range(9)] != run
 
