@@ -39,6 +39,7 @@ def test_the_demo_budget_is_the_demo_and_larger_runs_scale_it():
     assert run.schedule.to_dict() == demo.schedule.to_dict() and run.optim.to_dict() == demo.optim.to_dict()
     assert run.dataset.world == "hard" and run.checkpoint_every == run.eval_every == 200
     assert run.keep_checkpoints >= 1200 // 200
+    assert curves.ftn_start(1200) == demo.schedule.pan_steps + demo.schedule.trn_steps
     big = curves.run_config(curves.parse_run("medium:128x96:2:5000"), points=5)
     config_schema.validate(big)
     s = big.schedule
@@ -71,6 +72,7 @@ def test_report_rows_take_each_runs_last_point_and_the_plot_draws_every_run(tmp_
     for i, spec in enumerate(curves.parse_runs("hard:64x48:1:1200,hard:64x48:1:5000,medium:64x48:1:1200")):
         steps = (spec.steps // 2, spec.steps)
         results[spec.name] = {"world": spec.world, "label": spec.label, "wall_s": 600.0 * (i + 1),
+                              "steps": spec.steps,
                               "scores": {str(s): _scores(s, 0.3 + 0.01 * i + s / 1e5, 0.2) for s in steps}}
     rows = curves.final_rows(results)
     assert len(rows) == 3 * len(curves.METHODS)

@@ -253,6 +253,11 @@ def network_scores(workdir: str, step: int) -> dict[str, dict[str, float]]:
             for _, net, _ in METHODS if net in table}
 
 
+def ftn_start(steps: int) -> int:
+    """The step at which a budget of `steps` starts training FTN (stage 3; run_config's shares)."""
+    return sum(int(round(steps * STAGE_SHARES[k])) for k in ("pan_steps", "trn_steps"))
+
+
 def final_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per run and method at the run's last scored step (the tables' rows)."""
     rows = []
@@ -299,8 +304,9 @@ def plot_world(world: str, results: dict[str, Any], path: str, photo: str) -> No
     for panel, (metric, title) in enumerate((("ssim", "SSIM in R_P (higher is better)"),
                                              ("lpips", "LPIPS in R_P (lower is better)"))):
         ox = left + panel * (left + pw + gap)
-        vals = [e["photo"][m][metric] for r in runs.values() for e in r["scores"].values()
-                for m in ("full", "pan", "warp", "identity") if m in e["photo"]]
+        vals = [e["photo"][m][metric] for r in runs.values() for s, e in r["scores"].items()
+                for m in ("full", "pan", "warp", "identity")
+                if m in e["photo"] and (m != "full" or int(s) > ftn_start(r["steps"]))]
         lo, hi = min(vals), max(vals)
         pad = (hi - lo) * 0.08 or 0.01
         lo, hi = lo - pad, hi + pad
@@ -325,7 +331,9 @@ def plot_world(world: str, results: dict[str, Any], path: str, photo: str) -> No
             colour = COLOURS[i % len(COLOURS)]
             pts = sorted((int(s), e["photo"]) for s, e in run["scores"].items())
             for method, width in (("full", 3), ("pan", 1)):
-                line = [xy(s, e[method][metric]) for s, e in pts if method in e]
+                # Before stage 3 FTN is untrained: its try-on is noise, not a point of the curve.
+                first = ftn_start(run["steps"]) if method == "full" else 0
+                line = [xy(s, e[method][metric]) for s, e in pts if method in e and s > first]
                 if len(line) > 1:
                     draw.line(line, fill=colour, width=width)
                 for x, y in line:
