@@ -43,9 +43,11 @@ def use_gcsfs() -> None:
     Where TensorFlow is installed epath defaults to TensorFlow's own gs:// file system, whose
     endpoint is compiled in (storage.googleapis.com): it cannot be pointed at a local emulator, and
     it is not the client orbax writes checkpoints with. gcsfs, like tensorstore, honours the
-    standard endpoint variables (m2e_jax/workdir.py). epath reads the variable lazily, once, when
-    the first gs:// path picks its backend (etils/epath/gpath.py `_is_tf_installed`, cached for the
-    process), so this must run before the first gs:// path is used, not before etils is imported.
+    standard endpoint variables (m2e_jax/workdir.py). epath reads the variable once per process, at
+    the first file operation on any epath path, local ones included (etils/epath/gpath.py
+    `_GPath._backend` calls the cached `_is_tf_installed` before it looks at the scheme), so this
+    must run before any path is used: m2e_jax/workdir.py also calls it when it is imported, which
+    precedes every path this package builds (and a notebook's, once it imports m2e_jax).
     """
     os.environ.setdefault("EPATH_USE_TF", "false")
 

@@ -36,6 +36,13 @@ from typing import Any
 
 from etils import epath
 
+from m2e_jax import storage_clients
+
+# gs:// through gcsfs, decided here at import: etils fixes a process's gs:// backend at the first file
+# operation on any epath path, local or not (storage_clients.use_gcsfs), so a default set later, by
+# an entry point, comes too late in a process that used a path before (a test run, a notebook).
+storage_clients.use_gcsfs()
+
 MiB = 2**20
 LOCK = "train.lock"
 

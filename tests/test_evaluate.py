@@ -47,7 +47,7 @@ def test_table_layout_and_counts(setup):
     n_paired = int(sum(bool(source[i]["paired"]) for i in range(len(source))))
     assert 0 < n_paired < NUM
     assert table["paired"]["count"] == n_paired and table["unpaired"]["count"] == NUM - n_paired
-    assert set(table["paired"]) == {"count", "count_with_target", "tryon"}
+    assert set(table["paired"]) == {"count", "count_with_target", "tryon", "pan_pasted", "trn_pasted"}
     assert {"tryon", "pan_pasted", "trn_pasted", "identity", "warp_paste"} <= set(table["unpaired"])
     assert set(table["unpaired"]["tryon"]) == {"ssim", "psnr", "lpips", "ssim_masked", "psnr_masked",
                                                "colour_masked", "lpips_masked", "fid", "is"}

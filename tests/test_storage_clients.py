@@ -90,3 +90,19 @@ def test_evaluate_on_a_bucket_without_a_complete_checkpoint_ends_in_one_line(fak
                                 f"there (expected {bucket}/run/checkpoints/<step>/"), errors
     assert elapsed < 120, elapsed
     assert hosts_contacted(tmp_path) <= LOOPBACK, hosts_contacted(tmp_path)
+
+
+def test_a_library_process_gets_gcsfs_even_after_using_a_local_path_first():
+    """etils fixes a process's gs:// backend at the first file operation on any path, local ones
+    included: importing m2e_jax.workdir sets the default first, so a notebook or a test process that
+    touches a local workdir before a bucket one still reads the bucket through gcsfs, the client the
+    emulator variables reach (not TensorFlow's, which only knows storage.googleapis.com)."""
+    code = ("from m2e_jax import workdir\n"
+            "workdir.path('.').exists()\n"
+            "from etils.epath import backend\n"
+            "print(workdir.path('gs://bucket/run')._backend is backend.fsspec_backend)")
+    env = {k: v for k, v in os.environ.items() if k != "EPATH_USE_TF"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "True"
