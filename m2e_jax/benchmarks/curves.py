@@ -156,18 +156,17 @@ def run_config(spec: RunSpec, points: int, quick: bool = False,
 
 
 def _read_json(path: str, default: Any) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return default
+    """A run's JSON file through the workdir's paths (a disk or gs://), `default` when absent."""
+    from m2e_jax import workdir as workdir_lib
+
+    file = workdir_lib.path(path)
+    return json.loads(file.read_text()) if file.exists() else default
 
 
 def _write_json(path: str, value: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
+    from m2e_jax import workdir as workdir_lib
+
+    workdir_lib.write_atomic(path, json.dumps(value, indent=1).encode())
 
 
 def run_settings(workdir: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +175,6 @@ def run_settings(workdir: str, settings: dict[str, Any]) -> dict[str, Any]:
     path = os.path.join(workdir, "curve_settings.json")
     kept = _read_json(path, None)
     if kept is None:
-        os.makedirs(workdir, exist_ok=True)
         _write_json(path, settings)
         return settings
     if settings and settings != kept:
@@ -400,7 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (a.report or a.quick):
         return 0
     results = {}
-    names = sorted(os.listdir(a.workdir)) if os.path.isdir(a.workdir) else []
+    from m2e_jax import workdir as workdir_lib
+
+    root = workdir_lib.path(a.workdir)
+    names = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     for name in names:
         spec = spec_of_name(name)
         if spec is None:
