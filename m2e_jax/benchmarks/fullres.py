@@ -109,15 +109,10 @@ def bench_scale(config, params, factor: int, num: int, seed: int, lpips_net: str
     lp = metrics.lpips_params(lpips_net)
     rows = []
     for parsing in parsings:
-        # One forward pass per example serves both infer resolutions and the warp baseline: the
-        # pipeline's steps one by one (TryOn.tryon would run the networks once per resolution).
         pairs = [pair_of(ex, parsing) for ex in examples]
-        fitted = [net.fit(pair) for pair in pairs]
-        outs = net.run([pipeline.make_example(m, p, kind) for m, p in fitted], batch_size=min(8, num))
         images: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
-        for pair, fit, out in zip(pairs, fitted, outs):
+        for pair, fit, out, full in photo_tryons(net, pairs, kind):
             images["network"].append(net.compose(pair.model, pair.person, fit, out, kind, "network")[0])
-            full = net.full_resolution(pair.model, pair.person, out, fit[1].box, kind)
             person = pair.person.image
             images["full"].append(preprocess.keep_person(person, full["output"], full["soft_region"]))
             r = full["ftn_region"]
@@ -136,12 +131,34 @@ def bench_scale(config, params, factor: int, num: int, seed: int, lpips_net: str
         for method in METHODS:
             if not images[method]:
                 continue
-            pred = jnp.asarray(np.stack([preprocess.to_float(x) for x in images[method]]))
-            ssim = float(jnp.mean(metrics.masked_ssim(pred, target, region)))
-            lpips = float(jnp.mean(metrics.masked_lpips(pred, target, region, lpips_net, lp)))
+            pred = np.stack([preprocess.to_float(x) for x in images[method]])
             rows.append({"photo": f"{h}x{w}", "scale": f"{factor}x", "parsing": "yes" if parsing else "no",
-                         "method": method, "ssim_r": ssim, "lpips_r": lpips, "count": num})
+                         "method": method, **region_scores(pred, target, region, lpips_net, lp),
+                         "count": num})
     return rows
+
+
+def photo_tryons(net: pipeline.TryOn, pairs: Sequence[pipeline.Pair], kind: int, batch_size: int = 8
+                 ) -> list[tuple[pipeline.Pair, tuple, dict, dict]]:
+    """(pair, fitted, out, full) per pair: the networks' outputs `out` at their size (TryOn.run on
+    the letterboxed pair `fitted`) and the try-on at the photo's size `full` (TryOn.full_resolution:
+    output, warped, valid, region, refined, ...). One forward pass per example serves both infer
+    resolutions and the warp baseline: the pipeline's steps one by one (TryOn.tryon would run the
+    networks once per resolution)."""
+    fitted = [net.fit(pair) for pair in pairs]
+    outs = net.run([pipeline.make_example(m, p, kind) for m, p in fitted],
+                   batch_size=min(batch_size, len(pairs)))
+    return [(pair, fit, out, net.full_resolution(pair.model, pair.person, out, fit[1].box, kind))
+            for pair, fit, out in zip(pairs, fitted, outs)]
+
+
+def region_scores(pred, target, region, lpips_net: str, lpips_params=None) -> dict[str, float]:
+    """{ssim_r, lpips_r}: means over the batch of masked SSIM and masked LPIPS (`lpips_net`; NaN when
+    "") of `pred` against `target` (float `[B, h, w, 3]` in [-1, 1]) inside `region` `[B, h, w, 1]`."""
+    pred, target = jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32)
+    lpips = (float(jnp.mean(metrics.masked_lpips(pred, target, region, lpips_net, lpips_params)))
+             if lpips_net else float("nan"))
+    return {"ssim_r": float(jnp.mean(metrics.masked_ssim(pred, target, region))), "lpips_r": lpips}
 
 
 def bench_latency(config, params, size: tuple[int, int], repeats: int, seed: int,
