@@ -15,7 +15,8 @@ better; fullres.score_region) for two kinds of image:
   where valid and P' elsewhere (TRN's alpha and FTN's mask at 1), and a per-pixel oracle taking W or
   P', whichever is nearer P* in L1 (the best any composition mask between the two could do).
 With them: the share of R_P the warp covers, the share of those pixels where W is nearer P* than
-P', and TRN's mean alpha there and FTN's mean composition mask m over R_P (the networks' own choice).
+P', and TRN's mean alpha there and FTN's mean composition mask m over R_P (the networks' own choice;
+m before the paint map: where FTN paints, `models.ftn.fit_output`, its G_img is P' whatever m is).
 """
 
 from __future__ import annotations
