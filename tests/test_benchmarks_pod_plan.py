@@ -101,6 +101,13 @@ def test_tpu_compiles_read_against_other_tpus_are_marked_projected():
     assert [(r["chip"], r["compiled_for"]) for r in rows] == [
         ("v5e", "compiled"), ("v4", "projected from v5e"), ("v6e", "projected from v5e")]
     assert rows[2]["step_ms_40"] == pytest.approx(rows[0]["step_ms_40"] * 197 / 918)
+    # A compile that ran out of v5e's HBM says nothing about v4's 32 GiB: read against v5e only.
+    failed = {"k": _row(32, 0, fits=False)}
+    assert [r["chip"] for r in pod_plan.plan_rows(failed, project=["v4", "v6e"])] == ["v5e"]
+    both = {**cache, "f": _row(32, 0, fits=False)}
+    limits = {r["chip"]: r for r in pod_plan.max_batch_rows(both, project=["v4"])}
+    assert limits["v5e"]["min_nofit_compiled"] == 32 and limits["v4"]["min_nofit_compiled"] is None
+    assert limits["v4"]["compiled"] == "4" and limits["v5e"]["compiled"] == "4,32"
     cpu = pod_plan.plan_rows({"k": _row(4, pod_plan.GIB, target="cpu:8", chips=8)})
     assert [(r["chip"], r["compiled_for"]) for r in cpu] == [("h100", "CPU mesh (proxy)"),
                                                              ("a100", "CPU mesh (proxy)")]

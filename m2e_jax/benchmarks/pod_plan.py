@@ -359,6 +359,12 @@ def chips_for(target: str, project: Sequence[str] = ()) -> tuple[str, ...]:
     return (chip, *(c for c in project if c != chip and c in TOPOLOGIES))
 
 
+def chips_of_point(row: dict[str, Any], project: Sequence[str] = ()) -> tuple[str, ...]:
+    """`chips_for` a cached point: a compile that failed (out of its chip's HBM) says nothing about a
+    larger chip, so it is read against its own chip(s) only."""
+    return chips_for(row["target"], project if row.get("fits", True) else ())
+
+
 def numbers_for(target: str, chip_name: str) -> str:
     """Where a plan row's numbers come from: this chip's own compile, another TPU's, or a CPU mesh."""
     own = chip_of(target)
@@ -475,7 +481,7 @@ def plan_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
     rows = []
     for r in sorted(cache.values(), key=lambda r: (r["config"], r["target"], r["dtype"], r["remat"],
                                                    r["per_chip"])):
-        for chip in chips_for(r["target"], project):
+        for chip in chips_of_point(r, project):
             rows.append(plan_row(r, chip, margin))
     return rows
 
@@ -491,11 +497,12 @@ def max_batch_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
     for (config, target, dtype, _, remat), rows in sorted(groups.items()):
         for name in chips_for(target, project):
             chip = CHIPS[name]
-            ok = [r["per_chip"] for r in rows if r.get("fits", True) and fits(r, chip, margin)]
-            bad = [r["per_chip"] for r in rows if not (r.get("fits", True) and fits(r, chip, margin))]
+            read = [r for r in rows if name in chips_of_point(r, project)]
+            ok = [r["per_chip"] for r in read if r.get("fits", True) and fits(r, chip, margin)]
+            bad = [r["per_chip"] for r in read if not (r.get("fits", True) and fits(r, chip, margin))]
             out.append({"config": config, "chip": name, "dtype": dtype, "remat": "on" if remat else "off",
                         "compiled_for": numbers_for(target, name),
-                        "compiled": ",".join(str(b) for b in sorted(r["per_chip"] for r in rows)),
+                        "compiled": ",".join(str(b) for b in sorted(r["per_chip"] for r in read)),
                         "max_fit_compiled": max(ok) if ok else None,
                         "min_nofit_compiled": min(bad) if bad else None,
                         "max_fit_projected": projected_max_batch(rows, chip, margin)})
