@@ -37,6 +37,8 @@ def test_truth_references_hold_the_truth_and_stay_in_range():
     np.testing.assert_array_equal(refs["P* (itself)"], target)
     for name, img in refs.items():
         assert img.shape == target.shape and np.abs(img).max() <= 1.0 + 1e-6, name
+    assert "P* at the networks' size, cubic up" in refs
+    assert not any("networks' size" in name for name in headroom.truth_references(target, region, 1))
     mean = refs["R_P filled with its mean colour"]
     np.testing.assert_allclose(mean[:, 0, 0], target.mean((1, 2)), atol=1e-5)
 

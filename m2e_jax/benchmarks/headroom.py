@@ -56,14 +56,17 @@ def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def truth_references(target: np.ndarray, region: np.ndarray, factor: int) -> dict[str, np.ndarray]:
-    """Images made from the truth alone (module docstring), float `[B, h, w, 3]` in [-1, 1]."""
+    """Images made from the truth alone (module docstring), float `[B, h, w, 3]` in [-1, 1]; the
+    round trips through the networks' size only when the photo is `factor` > 1 times larger."""
     b, h, w, c = target.shape
-    small = jax.image.resize(jnp.asarray(target), (b, h // factor, w // factor, c), "linear", antialias=True)
     mean = (target * region).sum((1, 2), keepdims=True) / np.maximum(region.sum((1, 2), keepdims=True), 1.0)
     refs = {"P* (itself)": target}
-    for method in ("linear", "cubic"):
-        up = jax.image.resize(small, target.shape, method)
-        refs[f"P* at the networks' size, {method} up"] = np.clip(np.asarray(up), -1.0, 1.0)
+    if factor > 1:
+        small = jax.image.resize(jnp.asarray(target), (b, h // factor, w // factor, c), "linear",
+                                 antialias=True)
+        for method in ("linear", "cubic"):
+            up = jax.image.resize(small, target.shape, method)
+            refs[f"P* at the networks' size, {method} up"] = np.clip(np.asarray(up), -1.0, 1.0)
     refs.update({f"P* blurred, sigma {s} px": gaussian_blur(target, s) for s in (0.5, 1.0)})
     refs.update({f"P* shifted {d} px": shift_right(target, d) for d in (1, 2, 3)})
     refs["R_P filled with its mean colour"] = np.broadcast_to(mean, target.shape)
