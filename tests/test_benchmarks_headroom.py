@@ -65,3 +65,11 @@ def test_main_quick_scores_every_image(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in out["shares"].values())
     saved = json.loads(path.read_text())
     assert saved["benchmark"] == "headroom" and len(saved["rows"]) == len(rows)
+
+
+def test_a_workdir_without_checkpoints_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        headroom.main(["--workdir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and "nowhere" in err and "no such checkpoint directory" in err

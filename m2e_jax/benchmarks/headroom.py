@@ -162,8 +162,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if a.workdir:
         from m2e_jax import checkpointing
 
-        located = checkpointing.find_step(workdir=a.workdir, step=a.step)
-        config, params, _ = checkpointing.load_generators(located)
+        try:
+            located = checkpointing.find_step(workdir=a.workdir, step=a.step)
+            config, params, _ = checkpointing.load_generators(located)
+        except checkpointing.CheckpointError as e:  # one line naming the folder, not a traceback
+            ap.exit(2, f"{ap.prog}: error: {' '.join(str(e).split())}\n")
     else:
         config, params = fullres.load_networks(None, a.quick)
     t0 = time.perf_counter()
