@@ -2,6 +2,8 @@
 
 - Four simulated CPU devices let the data-parallel tests run anywhere; single-device code is
   unaffected (it runs on device 0). The flag must be set before JAX initialises its backend.
+- XLA:CPU's code generation at LLVM's level 0 (tests/processes.py): most of this suite's CPU time
+  is compiling, and the programs checked are XLA's, unchanged.
 - The "eigen" CPU convolution flag of m2e_jax/xla_flags.py, as in every entry point.
 - A persistent XLA compilation cache: compile time dominates this suite on CPU, and many tests
   (and the subprocesses of the CLI, kill/resume and multi-process tests, which inherit these
@@ -15,7 +17,9 @@ import subprocess
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+from tests import processes
+
+os.environ.setdefault("XLA_FLAGS", processes.xla_flags(4))
 # JAX reads these when it is first imported (xla_flags.configure below imports it): set them first,
 # or this process runs without the cache and only its subprocesses use it.
 if os.environ.get("M2E_TEST_COMPILATION_CACHE", "1") != "0":

@@ -12,6 +12,7 @@ import pytest
 
 from configs import synthetic
 from m2e_jax import checkpointing, checkpoints
+from tests import processes
 from tests.test_checkpoints import flip_4k, leaves
 
 
@@ -93,7 +94,7 @@ def test_a_damaged_newest_checkpoint_is_named_skipped_by_evaluate_and_resumed_pa
         uninterrupted = ck.restore(TOTAL, like)
     damaged = flip_4k(ckdir / str(TOTAL))
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    env = processes.cpu_env(1)
     evaluate = [sys.executable, "-m", "m2e_jax.evaluate", "--workdir", str(workdir), "--num_examples", "4"]
     ev = subprocess.run(evaluate, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert ev.returncode == 0 and "Traceback" not in ev.stderr, ev.stderr[-3000:]

@@ -34,6 +34,7 @@ from configs import synthetic
 from data_prep import fixtures
 from m2e_jax import demo, densepose, infer, tryon_pipeline
 from m2e_jax.synthetic import dataset
+from tests import processes
 from tests.test_infer import write_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -326,8 +327,7 @@ def test_bad_uploads_get_one_line_and_the_server_keeps_serving(served, tmp_path)
 def test_command_prints_its_address(served, tmp_path):
     """`python -m m2e_jax.demo --workdir W` in a fresh process: one line with the address, the page
     there, one line and exit 1 for a missing checkpoint."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = processes.cpu_env(1)  # one device, as a user's fresh process has
     bad = subprocess.run([sys.executable, "-m", "m2e_jax.demo", "--workdir", str(served["root"] / "nowhere"),
                           "--port", "0"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from m2e_jax import workdir as workdir_lib
+from tests import processes
 from tests.test_reliability_workdir import CKPT_EVERY, ROOT, TOTAL, trainer_flags
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "unix"}
@@ -33,9 +34,9 @@ def gcs_run(fake_gcs, tmp, module: str, *args, timeout=600, env=None) -> subproc
     its Python connections logged to tmp/network.log."""
     cwd = tmp / "cwd"
     cwd.mkdir(exist_ok=True)
-    full = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-                PYTHONPATH=f"{ROOT}{os.pathsep}{os.path.join(ROOT, 'tests', 'network_audit')}",
-                M2E_NETWORK_LOG=str(tmp / "network.log"), **fake_gcs.env(), **(env or {}))
+    audit = os.path.join(ROOT, "tests", "network_audit")
+    full = processes.cpu_env(1, PYTHONPATH=f"{ROOT}{os.pathsep}{audit}",
+                             M2E_NETWORK_LOG=str(tmp / "network.log"), **fake_gcs.env(), **(env or {}))
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -135,8 +136,7 @@ def train_until_step_4(server, workdir: str, data, cwd) -> tuple[subprocess.Pope
     process, still running, with its output so far)."""
     flags = trainer_flags(workdir, data)
     flags[1] = os.path.join(ROOT, flags[1])
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT, **server.env())
+    env = processes.cpu_env(1, PYTHONPATH=ROOT, **server.env())
     proc = subprocess.Popen([sys.executable, "-m", "m2e_jax.main", *flags], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []

@@ -16,6 +16,7 @@ from m2e_jax import checkpointing, checkpoints, densepose, infer, input_pipeline
 from m2e_jax.models import tryon
 from m2e_jax.readers import images
 from m2e_jax.synthetic import dataset
+from tests import processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP = 3
@@ -81,8 +82,7 @@ def assert_close_u8(got, want):
 
 
 def run_cli(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = processes.cpu_env(1)  # one device, as a user's fresh process has
     return subprocess.run([sys.executable, "-m", "m2e_jax.infer", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 

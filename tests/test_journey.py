@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from m2e_jax import densepose
+from tests import processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -63,8 +64,8 @@ def test_the_readme_prints_the_commands_this_journey_runs():
 
 
 def run(cwd, argv, log) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the clone itself is on the path
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    # the clone itself is on the path, not the repository
+    env = processes.cpu_env(1, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     r = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     log.append((argv, r))
     assert r.returncode == 0, f"{' '.join(argv)} -> {r.returncode}\n{r.stderr[-4000:]}"
@@ -274,8 +275,7 @@ def test_own_photos_build_train_evaluate_try_on_and_serve(clone, tmp_path):
         shutil.copy(images / f"{stem}_IUV.png", clone / f"{role}_IUV.png")
     run(clone, OWN_TRY_ON[1], log)
     assert np.asarray(Image.open(clone / "tryon.png")).shape == (PHOTO_H, PHOTO_W, 3)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    env = processes.cpu_env(1, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     err = open(tmp_path / "demo_stderr.txt", "w")
     proc = subprocess.Popen([sys.executable, *OWN_DEMO[1]], cwd=clone, env=env, stdout=subprocess.PIPE,
                             stderr=err, text=True)

@@ -9,11 +9,13 @@ import time
 
 import pytest
 
+from tests import processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def launch(workdir, *overrides, data_dir=None):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    env = processes.cpu_env(1)
     cmd = [sys.executable, "-m", "m2e_jax.main", "--config", "configs/synthetic.py:test", "--workdir",
            str(workdir), *overrides]
     if data_dir:

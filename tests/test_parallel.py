@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from m2e_jax import parallel
+from tests import processes
 
 
 def sgd_step(state, batch):
@@ -144,8 +145,7 @@ def test_two_processes_train_in_lock_step_like_one(tmp_path, fake_gcs, gcs_env):
     one = train.train_and_evaluate(config, str(tmp_path / "one"))  # also renders the shared data
 
     address = f"127.0.0.1:{portpicker.pick_unused_port()}"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               PYTHONPATH=root)
+    env = processes.cpu_env(2, PYTHONPATH=root)
     two = fake_gcs.bucket("lockstep") + "/two"
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, data, two, address, str(i)],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

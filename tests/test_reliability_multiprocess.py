@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from tests import processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEARTBEAT_S = 5
 WORKER = """
@@ -43,8 +45,7 @@ CLEAR = ("another task died", "heartbeat timeout", "Connection closed by peer", 
 
 
 def start(address: str, index: int) -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT)
+    env = processes.cpu_env(1, PYTHONPATH=ROOT)
     return subprocess.Popen([sys.executable, "-u", "-c", WORKER, address, str(index), str(HEARTBEAT_S)],
                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -21,6 +21,7 @@ import pytest
 
 from configs import synthetic
 from m2e_jax import checkpoints
+from tests import processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 8
@@ -52,10 +53,10 @@ def shared(tmp_path_factory):
 
 
 def launch(shared, workdir, **env_extra) -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR") or shared["cache"],
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=ROOT, **env_extra)
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or shared["cache"]
+    env = processes.cpu_env(1, JAX_COMPILATION_CACHE_DIR=cache,
+                            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=ROOT, **env_extra)
     cmd = [sys.executable, "-c", WORKER, "--config", "configs/synthetic.py:test", "--workdir", str(workdir),
            f"--config.dataset.data_dir={shared['data']}", f"--config.schedule.pan_steps={TOTAL}",
            *(f"--config.schedule.{k}_steps=0" for k in ("trn", "ftn", "joint")),

@@ -30,6 +30,7 @@ import pytest
 from configs import synthetic
 from m2e_jax import checkpoints, train
 from m2e_jax import workdir as workdir_lib
+from tests import processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, CKPT_EVERY = 8, 3  # the preemption tests' schedule: their compiled step is in the shared cache
@@ -82,8 +83,7 @@ def trainer_cmd(workdir, data_dir, *overrides) -> list[str]:
 
 
 def trainer_env(**extra) -> dict:
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-                PYTHONPATH=ROOT, **extra)
+    return processes.cpu_env(1, PYTHONPATH=ROOT, **extra)
 
 
 def run_trainer(workdir, data_dir, *overrides, timeout=600, **env) -> subprocess.CompletedProcess:
