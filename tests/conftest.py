@@ -37,6 +37,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
+
+def pytest_collection_modifyitems(config, items):
+    """Test files with a `slow` test first, the rest after, each group in its own order.
+
+    pytest-xdist's `--dist loadfile` (pyproject.toml) hands whole files to its workers in this order
+    (`--no-loadscope-reorder` keeps it): the long files start while both workers are busy and the
+    short ones fill the end, so the two workers finish close together. Tests that take minutes on
+    CPU carry `@pytest.mark.slow`."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # a stable sort: each file's order is kept
+
 @pytest.fixture
 def jax_events():
     """Counts jax's own compilation events during the test (jax.monitoring), e.g.

@@ -76,6 +76,7 @@ def trained(fake_gcs, tmp_path_factory):
             "seconds": time.time() - t0}
 
 
+@pytest.mark.slow
 def test_training_into_a_bucket_writes_every_file_there_and_nothing_locally(trained, fake_gcs):
     r, tmp = trained["result"], trained["tmp"]
     assert r.returncode == 0, r.stderr[-3000:]
@@ -147,6 +148,7 @@ def train_until_step_4(server, workdir: str, data, cwd) -> tuple[subprocess.Pope
     return proc, "".join(lines)
 
 
+@pytest.mark.slow
 def test_sigterm_then_rerun_resumes_from_the_bucket_to_the_same_state(trained, fake_gcs, gcs_env, tmp_path):
     """SIGTERM after step 4 is logged: the trainer saves the step into the bucket and exits 0; the
     rerun resumes there and its step TOTAL equals the uninterrupted run's bit for bit."""
@@ -201,6 +203,7 @@ def test_a_damaged_newest_checkpoint_in_the_bucket(trained, fake_gcs):
     assert hosts_contacted(tmp) <= LOOPBACK, hosts_contacted(tmp)
 
 
+@pytest.mark.slow
 def test_the_bucket_going_away_mid_run_ends_in_one_line_then_a_rerun_resumes(trained, own_fake_gcs, tmp_path):
     """The server stopped after step 4: the save of step 6 fails once the clients have retried
     (bounded: storage_clients.BUCKET_RETRIES, gcsfs's 6 tries), one line naming the step and the

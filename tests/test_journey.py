@@ -103,6 +103,7 @@ def journey(clone):
     return {"root": clone, "person": person, "images": images, "log": log}
 
 
+@pytest.mark.slow
 def test_train_try_on_pairs_and_evaluate_run_as_printed(journey):
     assert [argv[1] for argv, _ in journey["log"]] == ["m2e_jax.main", "m2e_jax.synthetic", "m2e_jax.infer",
                                                       "m2e_jax.infer", "m2e_jax.evaluate"]
@@ -254,6 +255,7 @@ def test_the_readme_prints_the_own_photos_road():
         assert printed in text, f"README no longer prints {printed!r}: update tests/test_journey.py"
 
 
+@pytest.mark.slow
 def test_own_photos_build_train_evaluate_try_on_and_serve(clone, tmp_path):
     """Every command as printed, relative paths, in the clone: build -> train -> evaluate -> infer ->
     the web page (one try-on of two test photos through its API)."""

@@ -11,6 +11,7 @@ from PIL import Image
 from m2e_jax.benchmarks import quality
 
 
+@pytest.mark.slow
 def test_quick_run_writes_every_row(tmp_path, capsys):
     out = tmp_path / "q.json"
     # One variant keeps the suite cheap (each run compiles its own train step); the other two
