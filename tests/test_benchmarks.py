@@ -2,6 +2,7 @@
 right numbers, and bfloat16 compute tracks float32 on a short training run. No timing is asserted."""
 
 import json
+import os
 import sys
 
 import jax
@@ -51,6 +52,20 @@ def test_parse_and_table_errors_name_the_flag():
         common.parse_dtypes("float32,fp16")
     table = common.format_table([{"a": 1.234, "b": None}], [("a", "A", ".1f"), ("b", "B", ".1f")])
     assert table.splitlines()[1].split() == ["1.2", "-"]
+
+
+def test_json_tables_go_to_a_file_or_a_bucket(tmp_path, fake_gcs, gcs_env):
+    """--json PATH of every benchmark: a local file (its folder made) or a gs:// object, the same JSON."""
+    rows = [{"batch": 2, "ms_per_step": 1.5}]
+    local = tmp_path / "new" / "t.json"
+    common.write_json(str(local), "t", {"cpu_cores": 2}, rows, note="x")
+    bucket = fake_gcs.bucket("m2e-bench")
+    common.write_json(f"{bucket}/tables/t.json", "t", {"cpu_cores": 2}, rows, note="x")
+    remote = json.loads(fake_gcs.read("m2e-bench", "tables/t.json"))
+    assert remote == json.loads(local.read_text()) == {"benchmark": "t", "machine": {"cpu_cores": 2},
+                                                        "rows": rows, "note": "x"}
+    assert os.listdir(local.parent) == ["t.json"]  # no temporary left beside it
+    common.write_json(None, "t", {}, rows)  # no --json: nothing written, no error
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +158,14 @@ def test_convs_main_quick_times_fwd_and_both_gradients(tmp_path):
         assert all(r[k] > 0 for k in ("fwd_ms", "dw_ms", "dx_ms"))
         assert r["total_ms"] == pytest.approx(r["fwd_ms"] + r["dw_ms"] + r["dx_ms"])
     assert json.loads(out.read_text())["cpu_convolutions"] == "eigen"
+
+
+def test_fullres_workdir_without_checkpoints_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        fullres.main(["--workdir", str(tmp_path / "nowhere"), "--quick"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and "nowhere" in err and "no such checkpoint directory" in err
 
 
 def test_fullres_main_quick_scores_every_path(tmp_path):

@@ -179,9 +179,11 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]
 
 
 def write_json(path: str | None, name: str, info: dict, rows: Sequence[dict], **extra: Any) -> None:
-    """Writes {"benchmark", "machine", "rows", ...} to `path` (no-op when None)."""
+    """Writes {"benchmark", "machine", "rows", ...} to `path`, a file or a gs:// object, whole or not
+    at all (workdir.write_atomic); no-op when None."""
     if not path:
         return
-    with open(path, "w") as f:
-        json.dump({"benchmark": name, "machine": info, "rows": list(rows), **extra}, f, indent=2,
-                  default=float)
+    from m2e_jax import workdir as workdir_lib
+
+    table = {"benchmark": name, "machine": info, "rows": list(rows), **extra}
+    workdir_lib.write_atomic(path, json.dumps(table, indent=2, default=float).encode())

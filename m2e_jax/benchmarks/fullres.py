@@ -43,16 +43,28 @@ METHODS = ("network", "full", "conv", "pan", "trn", "warp", "identity")
 DEFAULT_SEED = 20261201  # not a training seed: identities, garments and poses the networks never saw
 
 
-def load_networks(workdir: str | None, quick: bool) -> tuple[ml_collections.ConfigDict, dict]:
-    """(config, generator params): the workdir's latest checkpoint, else random parameters for
-    configs/synthetic.py (its `test` variant with --quick)."""
+def load_networks(workdir: str | None, quick: bool,
+                  step: int | None = None) -> tuple[ml_collections.ConfigDict, dict]:
+    """(config, generator params): the workdir's checkpoint `step` (default: its latest), else random
+    parameters for configs/synthetic.py (its `test` variant with --quick). Raises
+    checkpointing.CheckpointError (one line) where the workdir has no such checkpoint."""
     if workdir:
-        config, params, _ = checkpointing.load_generators(checkpointing.find_step(workdir))
+        config, params, _ = checkpointing.load_generators(checkpointing.find_step(workdir, step=step))
         return config, params
     from configs import synthetic
 
     config = synthetic.get_config("test" if quick else None)
     return config, jax.device_get(tryon_lib.init_params(config.model, jax.random.key(0)))
+
+
+def load_networks_or_exit(ap: argparse.ArgumentParser, workdir: str | None, quick: bool,
+                          step: int | None = None) -> tuple[ml_collections.ConfigDict, dict]:
+    """load_networks for a command line: a workdir without that checkpoint ends the command in one
+    line naming it (exit 2), not a traceback."""
+    try:
+        return load_networks(workdir, quick, step)
+    except checkpointing.CheckpointError as e:
+        ap.exit(2, f"{ap.prog}: error: {' '.join(str(e).split())}\n")
 
 
 def held_out(seed: int, num: int, height: int, width: int, kind: str, world: str = "easy") -> list[dict]:
@@ -218,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     repeats = a.repeats or (1 if a.quick else 5)
     info = common.machine_info()
     print(common.machine_line(info))
-    config, params = load_networks(a.workdir, a.quick)
+    config, params = load_networks_or_exit(ap, a.workdir, a.quick)
     print(f"networks: {config.model.height}x{config.model.width}, "
           f"{'checkpoint of ' + a.workdir if a.workdir else 'random parameters'}; held-out seed {a.seed}, "
           f"world {a.preset!r}")

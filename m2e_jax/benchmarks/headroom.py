@@ -159,16 +159,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     num = a.num or (2 if a.quick else 24)
     info = common.machine_info()
     print(common.machine_line(info))
-    if a.workdir:
-        from m2e_jax import checkpointing
-
-        try:
-            located = checkpointing.find_step(workdir=a.workdir, step=a.step)
-            config, params, _ = checkpointing.load_generators(located)
-        except checkpointing.CheckpointError as e:  # one line naming the folder, not a traceback
-            ap.exit(2, f"{ap.prog}: error: {' '.join(str(e).split())}\n")
-    else:
-        config, params = fullres.load_networks(None, a.quick)
+    config, params = fullres.load_networks_or_exit(ap, a.workdir, a.quick, a.step)
     t0 = time.perf_counter()
     rows, shares = measure(config, params, a.scale, num, a.seed, a.preset, a.lpips_net)
     print(f"{num} held-out triplets of world {a.preset!r} (seed {a.seed}) at {a.scale}x the networks' "
