@@ -150,7 +150,9 @@ def run_config(spec: RunSpec, points: int, quick: bool = False,
     config.schedule.update(**shares, joint_steps=spec.steps - sum(shares.values()))
     every = max(1, spec.steps // points)
     config.eval_every = config.image_every = config.checkpoint_every = every
-    config.keep_checkpoints = spec.steps // every + 1
+    # Every checkpoint is kept: the points, and the step each SIGTERM saves (with points + 1 kept, two
+    # preemptions of the 20k-step run pushed out its first two points before they were scored).
+    config.keep_checkpoints = spec.steps
     quality.apply_settings(config, settings or {})
     return config
 
