@@ -37,7 +37,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
-
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one test process more than this machine has cores (pyproject.toml caps it at 4).
 
@@ -45,7 +44,8 @@ def pytest_xdist_auto_num_workers(config):
     lock going stale, a second process's heartbeat); a third process on a 2-core machine computes
     meanwhile. The whole suite on 2 cores: 759 s with two processes, 708 s with three, the same
     CPU time (1,290 s)."""
-    return len(os.sched_getaffinity(0)) + 1
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux: the cores this process may use
+    return (len(affinity(0)) if affinity else os.cpu_count() or 1) + 1
 
 
 def pytest_collection_modifyitems(config, items):
@@ -53,7 +53,7 @@ def pytest_collection_modifyitems(config, items):
 
     pytest-xdist's `--dist loadfile` (pyproject.toml) hands whole files to its workers in this order
     (`--no-loadscope-reorder` keeps it): the long files start while both workers are busy and the
-    short ones fill the end, so the two workers finish close together. Tests that take minutes on
+    short ones fill the end, so the workers finish close together. Tests that take minutes on
     CPU carry `@pytest.mark.slow`."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)  # a stable sort: each file's order is kept
