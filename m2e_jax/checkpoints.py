@@ -74,10 +74,20 @@ def state_bytes(state: Any) -> int:
     return sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
 
 
-def free_space_needed(state: Any, keep: int, on_disk: int) -> int:
+def scheduled_saves(total_steps: int, checkpoint_every: int) -> int:
+    """Checkpoints a run of `total_steps` writes: every `checkpoint_every` steps and at the last one
+    (train.py's rule), plus one for a stop between them (SIGTERM, max_steps), which the next run's
+    check counts among those on disk."""
+    return total_steps // checkpoint_every + (1 if total_steps % checkpoint_every else 0) + 1
+
+
+def free_space_needed(state: Any, keep: int, on_disk: int, saves: int | None = None) -> int:
     """Free bytes a run needs: checkpoints up to keep + 1 in all (keep, and one being written before
-    orbax deletes the oldest), counting the `on_disk` complete ones already there; at least one."""
-    return max(1, keep + 1 - on_disk) * state_bytes(state)
+    orbax deletes the oldest), counting the `on_disk` complete ones already there; at least one.
+    `saves` (the checkpoints the whole run schedules, when known) caps keep: a run that keeps every
+    checkpoint of a 6-save schedule needs room for 6 + 1, not for `keep` + 1."""
+    kept = keep if saves is None else min(keep, saves)
+    return max(1, kept + 1 - on_disk) * state_bytes(state)
 
 
 def missing_files(step_dir: PathLike) -> list[str]:
@@ -241,20 +251,22 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def check_free_space(self, state: Any) -> None:
+    def check_free_space(self, state: Any, saves: int | None = None) -> None:
         """Raises WorkdirError unless the disk holds one more checkpoint of `state` beyond the complete
         ones already here (up to keep + 1 in all: keep, and one being written before the oldest
-        goes). A bucket is not checked (workdir.free_bytes says so in one line)."""
+        goes; keep capped by `saves`, the checkpoints the run schedules, see free_space_needed). A
+        bucket is not checked (workdir.free_bytes says so in one line)."""
         free = workdir_lib.free_bytes(self.path)
         if free is None:
             return
         on_disk = len(complete_steps(self.path))
-        need = free_space_needed(state, self.max_to_keep, on_disk)
+        need = free_space_needed(state, self.max_to_keep, on_disk, saves)
         if free < need:
             mib = workdir_lib.MiB
+            kept = self.max_to_keep if saves is None else min(self.max_to_keep, saves)
             raise workdir_lib.WorkdirError(
                 f"workdir {self.workdir}: {free / mib:.1f} MiB free, checkpoints need {need / mib:.1f} MiB "
-                f"more ({self.max_to_keep} kept + 1 being written, {on_disk} already on disk); free "
+                f"more ({kept} kept + 1 being written, {on_disk} already on disk); free "
                 "space and rerun; nothing was trained")
 
     def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> None:

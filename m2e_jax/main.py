@@ -46,13 +46,12 @@ def main(argv: list[str]) -> None:
 
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.config.compilation_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from m2e_jax import checkpoints, train, workdir
+    from m2e_jax import train
 
     logging.info("workdir %s", FLAGS.workdir)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (config_schema.ConfigError, workdir.WorkdirError, checkpoints.CheckpointError,
-            train.DataError, FloatingPointError) as e:
+    except train.USER_ERRORS as e:
         _exit_with(e)
 
 

@@ -325,6 +325,12 @@ class DataError(RuntimeError):
     removed, moved or unmounted mid-run); the message names the step and the checkpoint to resume from."""
 
 
+# What stops a run for a reason its user fixes (the config, the workdir, a checkpoint, the data,
+# diverged values): the message is the whole report, so the command lines print it without a traceback.
+USER_ERRORS = (config_schema.ConfigError, workdir_lib.WorkdirError, checkpoints.CheckpointError, DataError,
+               FloatingPointError)
+
+
 def _batches(data: input_pipeline.TrainData, start: int, end: int, put, config: ml_collections.ConfigDict,
              ckpt: checkpoints.Checkpointer):
     """data.iterate, with a batch that cannot be read ending the run in one DataError line."""
@@ -399,7 +405,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
     ckpt = checkpoints.Checkpointer(workdir_lib.path(workdir) / "checkpoints", config.keep_checkpoints,
                                     config.async_checkpointing)
     try:  # room for one more checkpoint, then the newest one that verifies (damaged ones moved aside)
-        ckpt.check_free_space(host_state)
+        ckpt.check_free_space(host_state, checkpoints.scheduled_saves(total, config.checkpoint_every))
         start, host_state = ckpt.restore_latest(host_state)
     except BaseException:
         ckpt.close()

@@ -166,6 +166,26 @@ def test_free_space_counts_the_checkpoints_on_disk(tmp_path, monkeypatch):
         ck.check_free_space(state)
 
 
+def test_free_space_counts_only_the_checkpoints_the_run_schedules(tmp_path, monkeypatch):
+    """A run that keeps every checkpoint (benchmarks.curves: keep = steps) needs room for the saves
+    its schedule makes (every checkpoint_every steps, the last step, one stop between them), not for
+    `keep`: 5,000 kept of a 64x48 double-width run asked for 65 GiB and refused to start."""
+    assert checkpoints.scheduled_saves(5000, 833) == 8  # 833 ... 4998, 5000, and one SIGTERM save
+    assert checkpoints.scheduled_saves(1200, 200) == 7
+    state = {"a": np.zeros((1024, 256), np.float32)}  # 1 MiB
+    assert checkpoints.free_space_needed(state, 5000, 0, saves=8) // 2**20 == 9
+    assert checkpoints.free_space_needed(state, 3, 0, saves=8) // 2**20 == 4  # keep still caps
+    assert checkpoints.free_space_needed(state, 5000, 8, saves=8) // 2**20 == 1
+    real = shutil.disk_usage
+    monkeypatch.setattr(workdir_lib.shutil, "disk_usage", lambda p: real(p)._replace(free=9 * 2**20))
+    with checkpoints.Checkpointer(str(tmp_path / "c"), max_to_keep=5000, async_save=False) as ck:
+        ck.check_free_space(state, saves=8)
+        with pytest.raises(workdir_lib.WorkdirError, match=r"need 5001.0 MiB more \(5000 kept"):
+            ck.check_free_space(state)
+        with pytest.raises(workdir_lib.WorkdirError, match=r"need 10.0 MiB more \(9 kept"):
+            ck.check_free_space(state, saves=9)
+
+
 def test_disk_errors_are_recognised():
     assert workdir_lib.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert workdir_lib.is_disk_full(ValueError("RESOURCE_EXHAUSTED: ... [os_error_code='28']"))

@@ -392,10 +392,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from absl import logging
 
     logging.set_verbosity(logging.INFO)  # the trainer's progress lines (steps/s) in the run's log
+    from m2e_jax import train
+
     for spec in specs:
         workdir = os.path.join(a.workdir, spec.name)
-        if not train_run(spec, workdir, a.points, a.quick, settings):
-            return 0  # stopped (SIGTERM): the runs after it wait for the rerun
+        try:
+            if not train_run(spec, workdir, a.points, a.quick, settings):
+                return 0  # stopped (SIGTERM): the runs after it wait for the rerun
+        except train.USER_ERRORS as e:
+            print(f"error: [{spec.name}] {e}", file=sys.stderr)
+            return 1
         score_run(spec, workdir, photo, a.num, a.quick)
     if not (a.report or a.quick):
         return 0
