@@ -279,8 +279,10 @@ ROW_COLUMNS = [("run", "run", "s"), ("step", "step", "d"), ("method", "method", 
                ("ssim_photo", "SSIM R_P (photo)", ".3f"), ("lpips_photo", "LPIPS R_P (photo)", ".3f"),
                ("ssim_net", "SSIM R_P (network)", ".3f"), ("lpips_net", "LPIPS R_P (network)", ".3f"),
                ("train_min", "train min", ".0f")]
+# Matplotlib's tab10 without its grey (the baselines are grey), then three dark hues: a world's dozen
+# runs get a colour each (8 colours had two reds and two blues on the 10 runs of `hard`).
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
-           (140, 86, 75), (227, 119, 194))
+           (140, 86, 75), (227, 119, 194), (188, 189, 34), (0, 0, 128), (128, 0, 0), (0, 100, 0))
 
 
 def plot_world(world: str, results: dict[str, Any], path: str, photo: str) -> None:
