@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import importlib.metadata
 import json
 import os
 import re
@@ -285,13 +286,15 @@ def compile_point(config_spec: str, target: str, per_chip: int, dtype: str | Non
     program does not fit the device's memory)."""
     from m2e_jax import train
 
-    _, n = parse_target(target)
+    platform, n = parse_target(target)
     cfg = plan_config(load_config(config_spec), per_chip, n, dtype, remat)
     row = point_key_fields(config_spec, target, per_chip, cfg.model.dtype, stage,
                            bool(cfg.model.get("remat", False)))
     row.update(size=f"{cfg.model.height}x{cfg.model.width}", chips=n, global_batch=cfg.batch_size)
     devices = target_devices(target)
     row["device_kind"] = devices[0].device_kind
+    if platform == "tpu":  # the compiler that laid the program out (v6e needs >= 0.0.43)
+        row["libtpu"] = importlib.metadata.version("libtpu")
     t0 = time.perf_counter()
     try:
         lowered, state = lower_step(cfg, devices, stage)
