@@ -108,6 +108,12 @@ def test_tpu_compiles_read_against_other_tpus_are_marked_projected():
     limits = {r["chip"]: r for r in pod_plan.max_batch_rows(both, project=["v4"])}
     assert limits["v5e"]["min_nofit_compiled"] == 32 and limits["v4"]["min_nofit_compiled"] is None
     assert limits["v4"]["compiled"] == "4" and limits["v5e"]["compiled"] == "4,32"
+    # v4's own compile of the point replaces v5e's projection onto v4; the other points stay projected.
+    v4 = {**cache, "v4": _row(4, 7 * pod_plan.GIB, target="v4:2x2x1"), "b": _row(8, 9 * pod_plan.GIB)}
+    assert [(r["chip"], r["per_chip"], r["compiled_for"], r["hbm_use"])
+            for r in pod_plan.plan_rows(v4, project=["v4"])] == [
+        ("v4", 4, "compiled", pytest.approx(7 / 32)), ("v5e", 4, "compiled", pytest.approx(8 / 16)),
+        ("v5e", 8, "compiled", pytest.approx(9 / 16)), ("v4", 8, "projected from v5e", pytest.approx(9 / 32))]
     cpu = pod_plan.plan_rows({"k": _row(4, pod_plan.GIB, target="cpu:8", chips=8)})
     assert [(r["chip"], r["compiled_for"]) for r in cpu] == [("h100", "CPU mesh (proxy)"),
                                                              ("a100", "CPU mesh (proxy)")]

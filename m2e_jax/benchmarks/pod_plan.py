@@ -480,12 +480,18 @@ def plan_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
               project: Sequence[str] = ()) -> list[dict]:
     """Every cached point read against its chip(s) (and TPU points against the TPUs in `project`:
     the same program's FLOPs, its memory as compiled for the other TPU, which the compiler lays out
-    alike but not identically)."""
+    alike but not identically), except where that TPU's own compile of the point is cached: its
+    numbers replace the projection."""
+    def point(r: dict[str, Any], chip: str) -> tuple:
+        return r["config"], chip, r["per_chip"], r["dtype"], r["stage"], r["remat"]
+
+    compiled = {point(r, chip_of(r["target"])) for r in cache.values()}
     rows = []
     for r in sorted(cache.values(), key=lambda r: (r["config"], r["target"], r["dtype"], r["remat"],
                                                    r["per_chip"])):
         for chip in chips_of_point(r, project):
-            rows.append(plan_row(r, chip, margin))
+            if chip == chip_of(r["target"]) or point(r, chip) not in compiled:
+                rows.append(plan_row(r, chip, margin))
     return rows
 
 
