@@ -206,11 +206,13 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
         reconstruction("pan", out["aligned"], pan_mask(inputs, w.pan_region))
         adversarial("pan", "pan", out["aligned"])
     if "refined" in out and ("pan" in trained or "trn" in trained):
-        region, valid = out["region"], out["valid"]
+        # With model.trn_offset, TRN blends the warp it moved: alpha and T answer to W', V'.
+        region = out["region"]
+        warped, valid = out.get("moved_warped", out["warped"]), out.get("moved_valid", out["valid"])
         terms["trn_l1"] = paired * w.l1_weight * l1_loss(out["refined"], target, region)
         terms["trn_alpha"] = w.alpha_weight * alpha_loss(out["alpha"], valid, region)
         terms["trn_consistency"] = (1.0 - paired) * w.consistency_weight * consistency_loss(
-            out["refined"], out["warped"], valid, region)
+            out["refined"], warped, valid, region)
     if "output" in out:
         reconstruction("ftn", out["output"])
         adversarial("ftn", "final", out["output"])

@@ -111,6 +111,14 @@ def test_generator_terms_are_the_weighted_formulas():
     trn_only = {k: v for k, v in out.items() if k != "output"}
     assert set(losses.generator_terms(trn_only, inputs, cfg, 1.0, trained=("trn",))) == {
         "trn_l1", "trn_alpha", "trn_consistency"}
+    # model.trn_offset: TRN blended the warp it moved, so alpha and T answer to W', V', not W, V.
+    moved = {**out, "moved_warped": -out["warped"], "moved_valid": 1.0 - out["valid"]}
+    terms_m = losses.generator_terms(moved, inputs, cfg, paired=0.0)
+    np.testing.assert_allclose(
+        terms_m["trn_alpha"], 0.5 * losses.alpha_loss(out["alpha"], 1.0 - out["valid"], r), rtol=1e-6)
+    np.testing.assert_allclose(terms_m["trn_consistency"], 7.0 * losses.consistency_loss(
+        out["refined"], -out["warped"], 1.0 - out["valid"], r), rtol=1e-6)
+    assert float(terms_m["trn_alpha"]) != float(terms_u["trn_alpha"])
 
 
 def test_generator_terms_ftn_mask_and_missing_vgg():
