@@ -114,6 +114,11 @@ def test_tpu_compiles_read_against_other_tpus_are_marked_projected():
             for r in pod_plan.plan_rows(v4, project=["v4"])] == [
         ("v4", 4, "compiled", pytest.approx(7 / 32)), ("v5e", 4, "compiled", pytest.approx(8 / 16)),
         ("v5e", 8, "compiled", pytest.approx(9 / 16)), ("v4", 8, "projected from v5e", pytest.approx(9 / 32))]
+    limits = pod_plan.max_batch_rows(v4, project=["v4"])
+    assert [(r["chip"], r["compiled_for"], r["compiled"]) for r in limits] == [
+        ("v4", "compiled", "4"), ("v5e", "compiled", "4,8"), ("v4", "projected from v5e", "8")]
+    only = {"v4": v4["v4"], "k": cache["k"]}  # v5e's only point compiled for v4 too: no projection row
+    assert [r["chip"] for r in pod_plan.max_batch_rows(only, project=["v4"])] == ["v4", "v5e"]
     cpu = pod_plan.plan_rows({"k": _row(4, pod_plan.GIB, target="cpu:8", chips=8)})
     assert [(r["chip"], r["compiled_for"]) for r in cpu] == [("h100", "CPU mesh (proxy)"),
                                                              ("a100", "CPU mesh (proxy)")]

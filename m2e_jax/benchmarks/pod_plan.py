@@ -482,17 +482,23 @@ def plan_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
     the same program's FLOPs, its memory as compiled for the other TPU, which the compiler lays out
     alike but not identically), except where that TPU's own compile of the point is cached: its
     numbers replace the projection."""
+    read = readings(cache, project)
+    rows = []
+    for r in sorted(cache.values(), key=lambda r: (r["config"], r["target"], r["dtype"], r["remat"],
+                                                   r["per_chip"])):
+        rows += [plan_row(r, chip, margin) for chip in read(r)]
+    return rows
+
+
+def readings(cache: dict[str, dict], project: Sequence[str] = ()) -> Callable[[dict], list[str]]:
+    """row -> the chips the plan reads that cached point against (`chips_of_point`), less the TPUs
+    whose own compile of the same point is cached: a compile replaces a projection onto its chip."""
     def point(r: dict[str, Any], chip: str) -> tuple:
         return r["config"], chip, r["per_chip"], r["dtype"], r["stage"], r["remat"]
 
     compiled = {point(r, chip_of(r["target"])) for r in cache.values()}
-    rows = []
-    for r in sorted(cache.values(), key=lambda r: (r["config"], r["target"], r["dtype"], r["remat"],
-                                                   r["per_chip"])):
-        for chip in chips_of_point(r, project):
-            if chip == chip_of(r["target"]) or point(r, chip) not in compiled:
-                rows.append(plan_row(r, chip, margin))
-    return rows
+    return lambda r: [chip for chip in chips_of_point(r, project)
+                      if chip == chip_of(r["target"]) or point(r, chip) not in compiled]
 
 
 def max_batch_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
@@ -502,11 +508,14 @@ def max_batch_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
     groups: dict[tuple, list[dict]] = {}
     for r in cache.values():
         groups.setdefault((r["config"], r["target"], r["dtype"], r["stage"], r["remat"]), []).append(r)
+    against = readings(cache, project)
     out = []
     for (config, target, dtype, _, remat), rows in sorted(groups.items()):
         for name in chips_for(target, project):
             chip = CHIPS[name]
-            read = [r for r in rows if name in chips_of_point(r, project)]
+            read = [r for r in rows if name in against(r)]
+            if not read:  # every point of the group compiled for this chip too: its own rows say it
+                continue
             ok = [r["per_chip"] for r in read if r.get("fits", True) and fits(r, chip, margin)]
             bad = [r["per_chip"] for r in read if not (r.get("fits", True) and fits(r, chip, margin))]
             out.append({"config": config, "chip": name, "dtype": dtype, "remat": "on" if remat else "off",
