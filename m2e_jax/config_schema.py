@@ -181,7 +181,8 @@ SCHEMA: dict[str, Any] = dict(
         pan_blocks=Field(9, count(1), "PAN's residual blocks"),
         trn_blocks=Field(3, count(1), "TRN's residual blocks"),
         trn_offset=Field(0.0, number(), "TRN also moves the warp by an offset field of up to this many "
-                                        "pixels at the networks' size before blending it (ours; 0: the "
+                                        "pixels at the networks' size before blending it (ours, "
+                                        "experimental: 2 lost at the photo's size, RESULTS.md 12; 0: the "
                                         "paper's TRN; models/trn.py)"),
         ftn_blocks=Field(6, count(1), "FTN's residual blocks"),
         ftn_mask_offset=Field(1.0, FINITE, "added to FTN's mask logit: m ~ sigmoid(1) = 0.73 at "
