@@ -10,7 +10,9 @@ o = tanh(.) in [-1, 1]^2 and moves the warp by o * trn_offset pixels before it b
 W' = flow_warp(W, o * trn_offset), V' = flow_warp(V, ...), and W', V' replace W, V above. DensePose's
 errors misplace the warp's pixels by a few pixels; moving them keeps their detail, where redrawing
 them at the networks' size blurs it (benchmarks/RESULTS.md 12, "What bounds LPIPS"), and the same
-field, upsampled, moves the warp at the photo's size (models.tryon.recompose).
+field, upsampled, moves the warp at the photo's size (models.tryon.recompose). Measured on `hard`
+(RESULTS.md 12, trn_offset 2): unregularised, the field learns a rough sub-pixel jitter that helps a
+little at the networks' size and costs SSIM at the photo's; experimental until a smoothness term wins.
 """
 
 from __future__ import annotations
