@@ -81,13 +81,17 @@ def scheduled_saves(total_steps: int, checkpoint_every: int) -> int:
     return total_steps // checkpoint_every + (1 if total_steps % checkpoint_every else 0) + 1
 
 
+def kept_checkpoints(keep: int, saves: int | None) -> int:
+    """At most how many checkpoints a run keeps on disk: keep, capped by its scheduled saves."""
+    return keep if saves is None else min(keep, saves)
+
+
 def free_space_needed(state: Any, keep: int, on_disk: int, saves: int | None = None) -> int:
     """Free bytes a run needs: checkpoints up to keep + 1 in all (keep, and one being written before
     orbax deletes the oldest), counting the `on_disk` complete ones already there; at least one.
     `saves` (the checkpoints the whole run schedules, when known) caps keep: a run that keeps every
     checkpoint of a 6-save schedule needs room for 6 + 1, not for `keep` + 1."""
-    kept = keep if saves is None else min(keep, saves)
-    return max(1, kept + 1 - on_disk) * state_bytes(state)
+    return max(1, kept_checkpoints(keep, saves) + 1 - on_disk) * state_bytes(state)
 
 
 def missing_files(step_dir: PathLike) -> list[str]:
@@ -263,7 +267,7 @@ class Checkpointer:
         need = free_space_needed(state, self.max_to_keep, on_disk, saves)
         if free < need:
             mib = workdir_lib.MiB
-            kept = self.max_to_keep if saves is None else min(self.max_to_keep, saves)
+            kept = kept_checkpoints(self.max_to_keep, saves)
             raise workdir_lib.WorkdirError(
                 f"workdir {self.workdir}: {free / mib:.1f} MiB free, checkpoints need {need / mib:.1f} MiB "
                 f"more ({kept} kept + 1 being written, {on_disk} already on disk); free "
