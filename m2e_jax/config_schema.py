@@ -228,6 +228,8 @@ SCHEMA: dict[str, Any] = dict(
         consistency_weight=Field(1.0, number(), "unpaired: T agrees with W where V = 1 inside R_P (a weak "
                                                 "pull toward the warp, RESULTS.md 8)"),
         alpha_weight=Field(0.1, number(), "pulls TRN's alpha toward V inside R_P (weak: RESULTS.md 8)"),
+        trn_offset_smoothness=Field(0.0, number(), "total variation of TRN's offset field inside R_P "
+                                                   "(model.trn_offset > 0; experimental, RESULTS.md 12)"),
         ftn_mask_weight=Field(0.1, number(), "L1 of FTN's composite mask toward 1 inside R~ (weak: "
                                              "RESULTS.md 8)", before=0.0),
         vgg=Field("lpips_vgg16", Rule("'lpips_vgg16' or a path to converted VGG19 weights (.npz)",
