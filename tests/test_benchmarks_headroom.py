@@ -63,6 +63,13 @@ def test_main_quick_scores_every_image(tmp_path):
     assert rows["P* (itself)"]["ssim_r"] == pytest.approx(1.0, abs=1e-4)
     assert rows["P* shifted 3 px"]["ssim_r"] < rows["P* shifted 1 px"]["ssim_r"] < 1.0
     assert all(0.0 <= v <= 1.0 for v in out["shares"].values())
+    # What FTN does to T: T pasted with no FTN, and P' unlit (the :test networks relight, "ramp").
+    no_ftn, unlit = rows["T pasted in FTN's region (TRN's output, no FTN)"], rows[
+        "P' with FTN's relight left out (gain 1)"]
+    assert 0.0 < no_ftn["ssim_r"] < 1.0 and 0.0 < unlit["ssim_r"] < 1.0
+    # RelightHead's gain is exactly 1 at initialisation (zero-init last layer): leaving it out of the
+    # same maps must give the same try-on.
+    assert unlit["ssim_r"] == pytest.approx(rows["P' (the try-on, infer's full)"]["ssim_r"], abs=1e-6)
     saved = json.loads(path.read_text())
     assert saved["benchmark"] == "headroom" and len(saved["rows"]) == len(rows)
 

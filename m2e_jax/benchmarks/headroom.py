@@ -14,6 +14,8 @@ better; fullres.score_region) for two kinds of image:
   (the warp's own errors), P* where valid and P' elsewhere (the filling of what the warp lacks), W
   where valid and P' elsewhere (TRN's alpha and FTN's mask at 1), and a per-pixel oracle taking W or
   P', whichever is nearer P* in L1 (the best any composition mask between the two could do).
+and what FTN does to TRN's T (model.ftn_paint, model.ftn_relight): P' with FTN's relight left out
+(gain 1; only with a relighting checkpoint) and T pasted into FTN's region with no FTN at all.
 With them: the share of R_P the warp covers, the share of those pixels where W is nearer P* than
 P', and TRN's mean alpha there and FTN's mean composition mask m over R_P (the networks' own choice;
 m before the paint map: where FTN paints, `models.ftn.fit_output`, its G_img is P' whatever m is).
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2e_jax import densepose, metrics, preprocess
+from m2e_jax import densepose, metrics, preprocess, scoring
 from m2e_jax import tryon_pipeline as pipeline
 from m2e_jax.benchmarks import common, curves, fullres
 
@@ -97,6 +99,12 @@ def share(values: np.ndarray, where: np.ndarray) -> float:
     return float(values[where].mean()) if where.any() else float("nan")
 
 
+def as_seen(pair, output: np.ndarray, soft_region: np.ndarray) -> np.ndarray:
+    """A full-resolution try-on `output` (float `[h, w, 3]`) as infer writes it: P's own bytes outside
+    R~ (`preprocess.keep_person`), back as float in [-1, 1]."""
+    return preprocess.to_float(preprocess.keep_person(pair.person.image, output, soft_region))
+
+
 def measure(config, params, factor: int, num: int, seed: int, world: str, lpips_net: str = "alexnet"
             ) -> tuple[list[dict], dict[str, float]]:
     """(rows {image, ssim_r, lpips_r}, shares) on `num` held-out triplets of `world` at `factor` x
@@ -111,10 +119,16 @@ def measure(config, params, factor: int, num: int, seed: int, world: str, lpips_
                                              config.model, kind_name, factor))
     net = pipeline.TryOn(config, params)
     pairs = [fullres.pair_of(ex, True) for ex in examples]
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tryon", "warped", "covered", "alpha", "mask")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tryon", "unlit", "trn", "warped", "covered",
+                                                           "alpha", "mask")}
     for pair, fit, out, full in fullres.photo_tryons(net, pairs, kind):
-        parts["tryon"].append(preprocess.to_float(
-            preprocess.keep_person(pair.person.image, full["output"], full["soft_region"])))
+        parts["tryon"].append(as_seen(pair, full["output"], full["soft_region"]))
+        if "ftn_gain" in out:  # the same maps without FTN's gain: recompose leaves T unlit
+            unlit = {k: v for k, v in out.items() if k != "ftn_gain"}
+            full_unlit = net.full_resolution(pair.model, pair.person, unlit, fit[1].box, kind)
+            parts["unlit"].append(as_seen(pair, full_unlit["output"], full["soft_region"]))
+        person = preprocess.to_float(pair.person.image)
+        parts["trn"].append(np.asarray(scoring.stage_images(full, person)["trn_pasted"]))
         parts["warped"].append(full["warped"])
         parts["covered"].append(full["valid"] * full["region"])
         maps = preprocess.upsample_maps(out, fit[1].box, ("alpha", "ftn_mask"))
@@ -124,7 +138,11 @@ def measure(config, params, factor: int, num: int, seed: int, world: str, lpips_
     valid = np.stack(parts["covered"]) > 0.5
     person = np.stack([preprocess.to_float(pair.person.image) for pair in pairs])
     images = {"P' (the try-on, infer's full)": tryon, "W pasted where valid (the warp baseline)":
-              np.where(valid, warped, person), **composites(tryon, warped, valid, target),
+              np.where(valid, warped, person),
+              "T pasted in FTN's region (TRN's output, no FTN)": np.stack(parts["trn"]),
+              **({"P' with FTN's relight left out (gain 1)": np.stack(parts["unlit"])}
+                 if parts["unlit"] else {}),
+              **composites(tryon, warped, valid, target),
               **truth_references(target, region, factor)}
     lp = metrics.lpips_params(lpips_net) if lpips_net else None
     rows = [{"image": name, **fullres.region_scores(img, target, region, lpips_net, lp)}
