@@ -180,10 +180,6 @@ SCHEMA: dict[str, Any] = dict(
                                            "each, capped at 8x)"),
         pan_blocks=Field(9, count(1), "PAN's residual blocks"),
         trn_blocks=Field(3, count(1), "TRN's residual blocks"),
-        trn_offset=Field(0.0, number(), "TRN also moves the warp by an offset field of up to this many "
-                                        "pixels at the networks' size before blending it (ours, "
-                                        "experimental: 2 lost at the photo's size, RESULTS.md 12; 0: the "
-                                        "paper's TRN; models/trn.py)"),
         ftn_blocks=Field(6, count(1), "FTN's residual blocks"),
         ftn_mask_offset=Field(1.0, FINITE, "added to FTN's mask logit: m ~ sigmoid(1) = 0.73 at "
                                            "initialisation (a weak pull toward the warp, RESULTS.md 8)",
@@ -228,8 +224,6 @@ SCHEMA: dict[str, Any] = dict(
         consistency_weight=Field(1.0, number(), "unpaired: T agrees with W where V = 1 inside R_P (a weak "
                                                 "pull toward the warp, RESULTS.md 8)"),
         alpha_weight=Field(0.1, number(), "pulls TRN's alpha toward V inside R_P (weak: RESULTS.md 8)"),
-        trn_offset_smoothness=Field(0.0, number(), "total variation of TRN's offset field inside R_P "
-                                                   "(model.trn_offset > 0; experimental, RESULTS.md 12)"),
         ftn_mask_weight=Field(0.1, number(), "L1 of FTN's composite mask toward 1 inside R~ (weak: "
                                              "RESULTS.md 8)", before=0.0),
         vgg=Field("lpips_vgg16", Rule("'lpips_vgg16' or a path to converted VGG19 weights (.npz)",
@@ -309,6 +303,10 @@ REMOVED: dict[str, tuple[Any, str]] = {
     "model.ftn_mode": ("composite", "lost: FTN painting R~ from scratch (method.md's formula) scored below "
                                     "the pasted warp (models/ftn.py)"),
     "model.iuv_encoding": ("onehot", "no config set another value and no measurement used one"),
+    "model.trn_offset": (0.0, "lost: TRN moving the warp by a predicted offset field scored below the "
+                              "same model without it at the photo's size, unregularised and smoothed "
+                              "(benchmarks/RESULTS.md 12)"),
+    "loss.trn_offset_smoothness": (0.0, "went with model.trn_offset (benchmarks/RESULTS.md 12)"),
 }
 
 # Values renamed since a checkpoint was saved: {field: {old value: current value}}.

@@ -140,25 +140,6 @@ def consistency_loss(refined, warped, valid, region) -> jax.Array:
     return l1_loss(refined, warped, valid * region)
 
 
-def offset_smoothness(offset, region) -> jax.Array:
-    """Total variation of TRN's offset field inside R_P: the mean |o(p) - o(q)| over the pairs of
-    vertical and horizontal neighbours p, q that both lie in R_P (soft: weighted by R_P(p) R_P(q)).
-
-    offset: o `[B, H, W, 2]` in [-1, 1]; region: R_P `[B, H, W, 1]` in [0, 1]. Only R_P counts: W is
-    blended nowhere else. Unregularised, the field learns a sub-pixel jitter whose neighbours differ
-    as much as the field itself (RESULTS.md 12); the warp's own errors are smooth over a body part.
-    """
-    o, r = offset.astype(jnp.float32), region.astype(jnp.float32)
-    diffs, weights = [], []
-    for axis in (1, 2):
-        n = o.shape[axis] - 1
-        a, b = (jax.lax.slice_in_dim(o, 1, n + 1, axis=axis), jax.lax.slice_in_dim(o, 0, n, axis=axis))
-        w = jax.lax.slice_in_dim(r, 1, n + 1, axis=axis) * jax.lax.slice_in_dim(r, 0, n, axis=axis)
-        diffs.append(jnp.sum(w * jnp.abs(a - b)))
-        weights.append(jnp.sum(w) * o.shape[-1])
-    return sum(diffs) / jnp.maximum(sum(weights), 1.0)
-
-
 PAN_REGIONS = ("image", "body")
 
 
@@ -196,7 +177,6 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
       pan_adv = w.adv g_adv(D_pan(A))
       trn_l1 = paired w.l1 L1(T, Y | R_P)       trn_alpha = w.alpha alpha_loss(alpha, V, R_P)
       trn_consistency = (1 - paired) w.consistency consistency_loss(T, W, V, R_P)
-      trn_smoothness = w.trn_offset_smoothness offset_smoothness(o, R_P)  (model.trn_offset's field o)
       ftn_l1 = paired w.l1 L1(P', Y)            ftn_perceptual = paired w.perceptual perc(P', Y)
       ftn_adv = w.adv g_adv(D_final(P'))
       ftn_mask = w.ftn_mask_weight L1(m, 1 | R~)  FTN's composition mask toward 1 inside R~, which
@@ -226,15 +206,11 @@ def generator_terms(out: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array
         reconstruction("pan", out["aligned"], pan_mask(inputs, w.pan_region))
         adversarial("pan", "pan", out["aligned"])
     if "refined" in out and ("pan" in trained or "trn" in trained):
-        # With model.trn_offset, TRN blends the warp it moved: alpha and T answer to W', V'.
-        region = out["region"]
-        warped, valid = out.get("moved_warped", out["warped"]), out.get("moved_valid", out["valid"])
+        region, valid = out["region"], out["valid"]
         terms["trn_l1"] = paired * w.l1_weight * l1_loss(out["refined"], target, region)
         terms["trn_alpha"] = w.alpha_weight * alpha_loss(out["alpha"], valid, region)
         terms["trn_consistency"] = (1.0 - paired) * w.consistency_weight * consistency_loss(
-            out["refined"], warped, valid, region)
-        if "trn_offset" in out and w.trn_offset_smoothness > 0:
-            terms["trn_smoothness"] = w.trn_offset_smoothness * offset_smoothness(out["trn_offset"], region)
+            out["refined"], out["warped"], valid, region)
     if "output" in out:
         reconstruction("ftn", out["output"])
         adversarial("ftn", "final", out["output"])

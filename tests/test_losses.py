@@ -111,40 +111,6 @@ def test_generator_terms_are_the_weighted_formulas():
     trn_only = {k: v for k, v in out.items() if k != "output"}
     assert set(losses.generator_terms(trn_only, inputs, cfg, 1.0, trained=("trn",))) == {
         "trn_l1", "trn_alpha", "trn_consistency"}
-    # model.trn_offset: TRN blended the warp it moved, so alpha and T answer to W', V', not W, V.
-    moved = {**out, "moved_warped": -out["warped"], "moved_valid": 1.0 - out["valid"]}
-    terms_m = losses.generator_terms(moved, inputs, cfg, paired=0.0)
-    np.testing.assert_allclose(
-        terms_m["trn_alpha"], 0.5 * losses.alpha_loss(out["alpha"], 1.0 - out["valid"], r), rtol=1e-6)
-    np.testing.assert_allclose(terms_m["trn_consistency"], 7.0 * losses.consistency_loss(
-        out["refined"], -out["warped"], 1.0 - out["valid"], r), rtol=1e-6)
-    assert float(terms_m["trn_alpha"]) != float(terms_u["trn_alpha"])
-    # loss.trn_offset_smoothness weighs the field's total variation in R_P; off (0), no term.
-    field = {**moved, "trn_offset": u_field(out["region"].shape[:3])}
-    assert "trn_smoothness" not in losses.generator_terms(field, inputs, cfg, paired=0.0)
-    cfg.trn_offset_smoothness = 4.0
-    terms_s = losses.generator_terms(field, inputs, cfg, paired=0.0)
-    np.testing.assert_allclose(
-        terms_s["trn_smoothness"], 4.0 * losses.offset_smoothness(field["trn_offset"], r), rtol=1e-6)
-    assert float(terms_s["trn_smoothness"]) > 0.0
-
-
-def u_field(shape):
-    """A random offset field o `[B, H, W, 2]` in [-1, 1]."""
-    return jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (*shape, 2)), jnp.float32)
-
-
-def test_offset_smoothness_by_hand():
-    """Total variation over neighbour pairs inside R_P, per channel; pairs leaving R_P do not count."""
-    region = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]).reshape(1, 2, 3, 1)
-    # dy = 0 everywhere; dx = 0.5 in column 1 only (a step inside R_P) and 9 in column 2 (outside R_P).
-    dx = jnp.array([[0.0, 0.5, 9.5], [0.0, 0.5, 9.5]])
-    field = jnp.stack([jnp.zeros((2, 3)), dx], axis=-1)[None]
-    # Pairs inside R_P: 2 vertical (columns 0, 1) + 2 horizontal (rows 0, 1, columns 0-1), x 2 channels.
-    # Their |differences|: vertical 0; horizontal dy 0, dx 0.5 twice -> 1.0 over 8.
-    np.testing.assert_allclose(losses.offset_smoothness(field, region), 1.0 / 8, rtol=1e-6)
-    np.testing.assert_allclose(losses.offset_smoothness(jnp.full((1, 2, 3, 2), 0.7), region), 0.0)
-    assert float(losses.offset_smoothness(field, jnp.zeros_like(region))) == 0.0  # empty R_P: 0, not NaN
 
 
 def test_generator_terms_ftn_mask_and_missing_vgg():

@@ -35,15 +35,13 @@ from m2e_jax.models.discriminators import PatchDiscriminator
 from m2e_jax.models.ftn import FTN, fit_output
 from m2e_jax.models.pan import PAN
 from m2e_jax.models.trn import TRN, blend_texture
-from m2e_jax.ops.flow_warp import flow_warp
 from m2e_jax.ops.uv_warp import uv_warp
 
 # The three generators in pipeline order (also the keys of their parameter trees). The schedule's
 # stages 1..4 (schedule.py) are something else: which of these networks train when.
 NETWORKS = ("pan", "trn", "ftn")
-# The networks' maps that `recompose` resizes to another resolution (trn_offset only with
-# model.trn_offset, ftn_gain only with model.ftn_relight).
-RESOLUTION_FREE = ("aligned", "texture", "alpha", "trn_offset", "ftn_generated", "ftn_mask", "ftn_gain")
+# The networks' maps that `recompose` resizes to another resolution (ftn_gain only with model.ftn_relight).
+RESOLUTION_FREE = ("aligned", "texture", "alpha", "ftn_generated", "ftn_mask", "ftn_gain")
 # Largest UV atlas tile of `scaled_model_config` (24 x 256 x 256 texels: ~25 MB of float32 planes).
 MAX_WARP_TILE = 256
 
@@ -332,7 +330,6 @@ def scaled_model_config(model_cfg, scale: float) -> ml_collections.FrozenConfigD
         raise ValueError(f"scaled_model_config: scale must be positive, got {scale}")
     for name in ("garment_dilation", "soft_dilation", "feather"):
         cfg[name] = int(round(cfg[name] * scale))
-    cfg.trn_offset = cfg.trn_offset * scale  # TRN's field moves the warp as far on the body
     cfg.warp_tile = int(min(MAX_WARP_TILE, max(cfg.warp_tile, round(cfg.warp_tile * scale))))
     return _frozen(cfg)
 
@@ -342,17 +339,14 @@ def recompose(maps: dict[str, jax.Array], inputs: dict[str, jax.Array], model_cf
 
     TRN's T = R_P (alpha W + (1 - alpha) T_g) + (1 - R_P) A and FTN's composite (ftn.fit_output) are
     pixel-wise, so with the networks' resolution-free maps resized to a photo's size (`maps`:
-    RESOLUTION_FREE keys, `[B, h, w, C]`; ftn_gain absent without model.ftn_relight, trn_offset without
-    model.trn_offset, which then moves W at that size by model_cfg.trn_offset) and the warp W, V,
+    RESOLUTION_FREE keys, `[B, h, w, C]`; ftn_gain absent without model.ftn_relight) and the warp W, V,
     regions and P computed at that size (`inputs`: prepare_batch output at any size, with warped and
     valid), the garment keeps the warp's full-resolution detail where TRN's alpha and FTN's mask pass
     it through, and the networks' own pixels (T_g, G_img, A) arrive upsampled where they paint.
     Returns refined T, ftn_region and output P' `[B, h, w, C]` float32 in [-1, 1].
     """
-    warped = inputs["warped"]
-    if "trn_offset" in maps:  # model.trn_offset: the warp at this size moved by TRN's field, upsampled
-        warped = flow_warp(warped, maps["trn_offset"] * model_cfg.trn_offset)
-    refined = blend_texture(maps["aligned"], warped, maps["texture"], maps["alpha"], inputs["region"])
+    refined = blend_texture(maps["aligned"], inputs["warped"], maps["texture"], maps["alpha"],
+                            inputs["region"])
     net = make_tryon(model_cfg)
     region, paint = net.apply({"params": {}}, inputs, inputs["valid"], method=TryOnNet.ftn_regions)
     output = fit_output(inputs["person_image"], refined, region, inputs["soft_region"],
