@@ -119,6 +119,14 @@ def test_tpu_compiles_read_against_other_tpus_are_marked_projected():
         ("v4", "compiled", "4"), ("v5e", "compiled", "4,8"), ("v4", "projected from v5e", "8")]
     only = {"v4": v4["v4"], "k": cache["k"]}  # v5e's only point compiled for v4 too: no projection row
     assert [r["chip"] for r in pod_plan.max_batch_rows(only, project=["v4"])] == ["v4", "v5e"]
+    # Two TPUs compiled the point, a third did not: it is read against the larger peak only (v5e's).
+    two = {**only, "b": _row(8, 9 * pod_plan.GIB)}
+    onto_v6e = [(r["per_chip"], r["compiled_for"]) for r in pod_plan.plan_rows(two, project=["v4", "v6e"])
+                if r["chip"] == "v6e"]
+    assert onto_v6e == [(4, "projected from v5e"), (8, "projected from v5e")]
+    bigger_v4 = {**only, "v4": _row(4, 9 * pod_plan.GIB, target="v4:2x2x1")}
+    assert [(r["chip"], r["compiled_for"]) for r in pod_plan.max_batch_rows(bigger_v4, project=["v4", "v6e"])
+            ] == [("v4", "compiled"), ("v6e", "projected from v4"), ("v5e", "compiled")]
     cpu = pod_plan.plan_rows({"k": _row(4, pod_plan.GIB, target="cpu:8", chips=8)})
     assert [(r["chip"], r["compiled_for"]) for r in cpu] == [("h100", "CPU mesh (proxy)"),
                                                              ("a100", "CPU mesh (proxy)")]

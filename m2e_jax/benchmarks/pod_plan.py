@@ -492,13 +492,28 @@ def plan_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
 
 def readings(cache: dict[str, dict], project: Sequence[str] = ()) -> Callable[[dict], list[str]]:
     """row -> the chips the plan reads that cached point against (`chips_of_point`), less the TPUs
-    whose own compile of the same point is cached: a compile replaces a projection onto its chip."""
-    def point(r: dict[str, Any], chip: str) -> tuple:
+    whose own compile of the same point is cached: a compile replaces a projection onto its chip.
+    Where several TPUs compiled a point, only the compile with the largest peak is projected onto
+    the TPUs that did not (one row per chip, the conservative one: the same program's peak differs
+    by up to 29% between TPUs, RESULTS.md 10)."""
+    def point(r: dict[str, Any], chip: str | None) -> tuple:
         return r["config"], chip, r["per_chip"], r["dtype"], r["stage"], r["remat"]
 
     compiled = {point(r, chip_of(r["target"])) for r in cache.values()}
-    return lambda r: [chip for chip in chips_of_point(r, project)
-                      if chip == chip_of(r["target"]) or point(r, chip) not in compiled]
+    source: dict[tuple, dict] = {}
+    for r in cache.values():
+        key = point(r, None)
+        if chip_of(r["target"]) in TOPOLOGIES and r.get("fits", True) and (
+                key not in source or peak_of(r) > peak_of(source[key])):
+            source[key] = r
+
+    def against(r: dict[str, Any]) -> list[str]:
+        own = chip_of(r["target"])
+        projected = own not in TOPOLOGIES or source.get(point(r, None)) is r
+        return [chip for chip in chips_of_point(r, project)
+                if chip == own or (point(r, chip) not in compiled and projected)]
+
+    return against
 
 
 def max_batch_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
