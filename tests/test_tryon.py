@@ -228,6 +228,9 @@ def test_relit_tryon_recomposes_with_its_gain(setup):
     np.testing.assert_allclose(recompose(maps, full)["output"], out["output"], atol=1e-5)
     unlit = recompose({**maps, "ftn_gain": jnp.ones_like(maps["ftn_gain"])}, full)["output"]
     assert float(jnp.abs(unlit - out["output"]).max()) > 0.05
+    # The gain map left out (headroom's "relight left out" row) is the gain 1, not the learned one.
+    dropped = recompose({k: v for k, v in maps.items() if k != "ftn_gain"}, full)["output"]
+    np.testing.assert_allclose(dropped, unlit, atol=1e-6)
 
 
 def test_scaled_model_config_scales_pixel_lengths():
