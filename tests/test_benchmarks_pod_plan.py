@@ -74,6 +74,21 @@ def test_next_search_batch_doubles_then_bisects():
     assert sorted(known) == [1, 2, 4]
 
 
+def test_search_follows_the_peaks_line_while_it_agrees():
+    """Led by `projected_max_batch`: from two fitting points a right line finds the edge in two
+    compiles (its batch, then the one above); a line that says a batch that fitted does not is left
+    for bisection; a line that overshoots is clamped below the smallest batch that did not fit."""
+    assert pod_plan.next_search_batch({8: True, 16: True}, 8, projection=20) == 20
+    assert pod_plan.next_search_batch({8: True, 16: True, 20: True}, 8, projection=20) == 21
+    assert pod_plan.next_search_batch({8: True, 16: True, 20: True, 21: False}, 8, projection=20) is None
+    # the line puts the edge below 16, which fitted: doubling as without a line
+    assert pod_plan.next_search_batch({8: True, 16: True}, 8, projection=12) == 32
+    # the line overshoots a batch that did not fit: the largest batch below it
+    assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=30) == 23
+    # nothing fits yet: no line to follow
+    assert pod_plan.next_search_batch({8: False}, 8, projection=30) == 4
+
+
 def _row(per_chip: int, peak: float, **kw) -> dict:
     row = {"config": "configs/pod.py", "target": "v5e:2x2", "per_chip": per_chip, "dtype": "bfloat16",
            "stage": 4, "remat": False, "size": "256x192", "chips": 4, "flops": 1.2e12,
@@ -143,7 +158,8 @@ def test_projected_max_batch_is_linear_in_the_compiled_points():
 
 def test_cli_compiles_searches_and_caches(tmp_path, capsys):
     """A fake compiler (peak 1 GiB + 1 GiB per example) through the command line: the search finds
-    the largest per-chip batch within 90% of v5e's 16 GiB (13), every point lands in the cache, and a
+    the largest per-chip batch within 90% of v5e's 16 GiB (13) by doubling once, then following the
+    line through the peaks (13, then 14 to confirm the edge), every point lands in the cache, and a
     second run compiles nothing."""
     calls = []
 
@@ -156,7 +172,7 @@ def test_cli_compiles_searches_and_caches(tmp_path, capsys):
     argv = ["--config", "configs/pod.py", "--targets", "v5e:2x2", "--per_chip", "4", "--search",
             "--cache", str(cache), "--markdown"]
     out = pod_plan.main(argv, compile_fn=fake_compile)
-    assert calls == [4, 8, 16, 12, 14, 13]
+    assert calls == [4, 8, 13, 14]
     assert {r["per_chip"] for r in json.loads(cache.read_text())["points"]} == set(calls)
     best = [m for m in out["max_batch"] if m["chip"] == "v5e"][0]
     assert best["max_fit_compiled"] == 13 and best["min_nofit_compiled"] == 14
