@@ -76,15 +76,19 @@ def test_next_search_batch_doubles_then_bisects():
 
 def test_search_follows_the_peaks_line_while_it_agrees():
     """Led by `projected_max_batch`: from two fitting points a right line finds the edge in two
-    compiles (its batch, then the one above); a line that says a batch that fitted does not is left
-    for bisection; a line that overshoots is clamped below the smallest batch that did not fit."""
+    compiles (its batch, then the one above); a line that a compile contradicts (the edge below a
+    batch that fitted, or at or above one that did not) is left for doubling and bisection."""
     assert pod_plan.next_search_batch({8: True, 16: True}, 8, projection=20) == 20
     assert pod_plan.next_search_batch({8: True, 16: True, 20: True}, 8, projection=20) == 21
     assert pod_plan.next_search_batch({8: True, 16: True, 20: True, 21: False}, 8, projection=20) is None
     # the line puts the edge below 16, which fitted: doubling as without a line
     assert pod_plan.next_search_batch({8: True, 16: True}, 8, projection=12) == 32
-    # the line overshoots a batch that did not fit: the largest batch below it
-    assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=30) == 23
+    # the line says 24 fits, and it did not: bisection
+    assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=30) == 16
+    assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=24) == 16
+    # inside the bracket the line leads, and its edge is checked from above
+    assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=21) == 21
+    assert pod_plan.next_search_batch({8: True, 21: True, 24: False}, 8, projection=21) == 22
     # nothing fits yet: no line to follow
     assert pod_plan.next_search_batch({8: False}, 8, projection=30) == 4
 

@@ -455,17 +455,15 @@ def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | 
     the largest that fits once the line puts the edge there. Peaks grow nearly linearly with the
     batch and a compile takes 10-30 minutes on this CPU, so two points and the line find the edge
     in four compiles where doubling and bisection took seven (v5e, configs/pod.py). A line that
-    says a batch already compiled to fit does not (projection below it) is not followed: doubling
-    and bisection take over."""
+    contradicted by a compile (it puts the edge below a batch that fitted, or at or above one that
+    did not) is not followed: doubling and bisection take over."""
     ok = [b for b, f in known.items() if f]
     bad = [b for b, f in known.items() if not f]
     lo = max(ok) if ok else 0
     hi = min((b for b in bad if b > lo), default=None)
-    if ok and projection is not None and projection >= lo:
+    if ok and projection is not None and lo <= projection and (hi is None or projection < hi):
         guess = projection if projection > lo else lo + 1
-        if hi is not None:
-            guess = min(guess, hi - 1)
-        if guess > lo and guess not in known:
+        if (hi is None or guess < hi) and guess not in known:
             return guess
     if hi is None:
         nxt = lo * 2 if lo else start
