@@ -76,8 +76,8 @@ def test_next_search_batch_doubles_then_bisects():
 
 def test_search_follows_the_peaks_line_while_it_agrees():
     """Led by `projected_max_batch`: from two fitting points a right line finds the edge in two
-    compiles (its batch, then the one above); a line that a compile contradicts (the edge below a
-    batch that fitted, or at or above one that did not) is left for doubling and bisection."""
+    compiles (its batch, then the one above); a line below a batch that fitted is left for
+    doubling, and once a batch has failed the bracket is bisected."""
     assert pod_plan.next_search_batch({8: True, 16: True}, 8, projection=20) == 20
     assert pod_plan.next_search_batch({8: True, 16: True, 20: True}, 8, projection=20) == 21
     assert pod_plan.next_search_batch({8: True, 16: True, 20: True, 21: False}, 8, projection=20) is None
@@ -86,8 +86,9 @@ def test_search_follows_the_peaks_line_while_it_agrees():
     # the line says 24 fits, and it did not: bisection
     assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=30) == 16
     assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=24) == 16
-    # inside the bracket the line leads, and its edge is checked from above
-    assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=21) == 21
+    # once a batch has failed the bracket is bisected, but an edge the line puts at the largest
+    # batch that fits is checked from above
+    assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=21) == 16
     assert pod_plan.next_search_batch({8: True, 21: True, 24: False}, 8, projection=21) == 22
     # nothing fits yet: no line to follow
     assert pod_plan.next_search_batch({8: False}, 8, projection=30) == 4

@@ -450,21 +450,22 @@ def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | 
     of the points compiled so far: double from `start` until one does not fit, then bisect between
     the largest that fits and the smallest that does not. None when they are adjacent (done).
 
-    With `projection` (`projected_max_batch` of the points compiled so far) the line leads while it
-    agrees with the compiles: its batch while that lies between the two, then the batch just above
-    the largest that fits once the line puts the edge there. Peaks grow nearly linearly with the
-    batch and a compile takes 10-30 minutes on this CPU, so two points and the line find the edge
-    in four compiles where doubling and bisection took seven (v5e, configs/pod.py). A line that
-    contradicted by a compile (it puts the edge below a batch that fitted, or at or above one that
-    did not) is not followed: doubling and bisection take over."""
+    With `projection` (`projected_max_batch` of the points compiled so far) the line leads: its
+    batch while nothing has failed yet, and the batch just above the largest that fits whenever
+    the line puts the edge there. Peaks grow nearly linearly with the batch and a compile takes
+    10-30 minutes on this CPU, so two points and the line find the edge in four compiles where
+    doubling and bisection took seven (v5e, configs/pod.py). Once a batch has failed, the bracket
+    is bisected: near the chip's HBM XLA squeezes its temporaries and the line overshoots (v4:
+    it led to 45, and 42-44 did not fit either)."""
     ok = [b for b, f in known.items() if f]
     bad = [b for b, f in known.items() if not f]
     lo = max(ok) if ok else 0
     hi = min((b for b in bad if b > lo), default=None)
-    if ok and projection is not None and lo <= projection and (hi is None or projection < hi):
-        guess = projection if projection > lo else lo + 1
-        if (hi is None or guess < hi) and guess not in known:
-            return guess
+    if ok and projection is not None:
+        if hi is None and projection > lo and projection not in known:
+            return projection
+        if projection == lo and (hi is None or lo + 1 < hi) and lo + 1 not in known:
+            return lo + 1
     if hi is None:
         nxt = lo * 2 if lo else start
         return nxt if nxt not in known else None
