@@ -21,7 +21,7 @@ memory of stages 1-3 (`--stage` compiles another). Compiling the paper-scale ste
 point on a 2-core CPU, so every compiled point's numbers go to a JSON cache (`--cache`) keyed by
 (config, target, per-chip batch, dtype, stage, remat); `--search` finds the largest per-chip
 batch whose peak fits the chip's HBM less `--margin` (led by the line through the compiled peaks,
-bisecting where the line is wrong), reusing cached points; `--report` prints the
+bisecting once a batch has failed), reusing cached points; `--report` prints the
 table from the cache without compiling. A point that does not fit is cached as such.
 """
 
