@@ -57,6 +57,16 @@ def test_parse_target():
             pod_plan.parse_target(bad)
 
 
+def test_libtpu_too_old_for_a_chip_is_named():
+    """libtpu 0.0.42.1 (jax[tpu] 0.10.2's pin) dies with SIGSEGV compiling for v6e (RESULTS.md 10):
+    the plan says so in one line before it starts, and lets every other chip and version through."""
+    msg = pod_plan.libtpu_error("v6e", "0.0.42.1")
+    assert "libtpu 0.0.42.1" in msg and ">= 0.0.43" in msg and "\n" not in msg
+    for chip, version in (("v6e", "0.0.43.2"), ("v6e", "0.0.44.dev20261201"), ("v6e", "0.1.0"),
+                          ("v6e", None), ("v5e", "0.0.42.1"), ("v4", "0.0.40")):
+        assert pod_plan.libtpu_error(chip, version) is None, (chip, version)
+
+
 def test_next_search_batch_doubles_then_bisects():
     # largest batch that fits is 11: 4, 8, 16 (no), 12 (no), 10, 11, then 12 is known -> done
     fit = lambda b: b <= 11
@@ -159,6 +169,30 @@ def test_projected_max_batch_is_linear_in_the_compiled_points():
     # (0.9 * 16 - 1) / 0.75 = 17.87
     assert pod_plan.projected_max_batch(rows, pod_plan.CHIPS["v5e"], 0.1) == 17
     assert pod_plan.projected_max_batch(rows[:1], pod_plan.CHIPS["v5e"]) is None
+
+
+def test_points_near_their_chips_hbm_are_neither_projected_nor_fitted():
+    """Near its HBM XLA:TPU lays the program out for the chip it compiles for (benchmarks/pod_plan.json,
+    configs/pod.py on v4: 11.30 GiB at 16 per chip, 25.36 at 40, then 29.30 at 44, off that line).
+    Such a point is v4's own answer: not a projection for v5p's 95 GiB, and not a point of the line."""
+    gib = pod_plan.GIB
+    cache = {str(b): _row(b, peak * gib, target="v4:2x2x1")
+             for b, peak in ((16, 11.30), (40, 25.36), (44, 29.30))}
+    assert [pod_plan.squeezed(r) for r in cache.values()] == [False, False, True]  # 44: 92% > 90%
+    assert pod_plan.squeezed(cache["40"], margin=0.25)  # 79% of 32 GiB
+    assert pod_plan.squeezed(_row(8, gib, fits=False)) and not pod_plan.squeezed(
+        _row(8, 40 * gib, target="cpu:8", chips=8))  # a CPU mesh has no HBM to squeeze into
+    onto_v5p = [r["per_chip"] for r in pod_plan.plan_rows(cache, project=["v5p"]) if r["chip"] == "v5p"]
+    assert onto_v5p == [16, 40]
+    base, slope = pod_plan.linear_memory_fit(list(cache.values()))
+    assert slope == pytest.approx((25.36 - 11.30) / 24 * gib) and base == pytest.approx(
+        11.30 * gib - 16 * slope)
+    limits = {r["chip"]: r for r in pod_plan.max_batch_rows(cache, project=["v5p"])}
+    assert limits["v5p"]["compiled"] == "16,40"
+    assert limits["v5p"]["max_fit_projected"] == int((0.9 * 95 * gib - base) // slope) == 142
+    assert (limits["v4"]["max_fit_compiled"], limits["v4"]["min_nofit_compiled"]) == (40, 44)
+    # the line's edge on v4 itself, (0.9 * 32 - 1.93) / 0.586: past 42, which compiled at 91%
+    assert limits["v4"]["max_fit_projected"] == 45
 
 
 def test_cli_compiles_searches_and_caches(tmp_path, capsys):

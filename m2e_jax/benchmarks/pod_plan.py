@@ -34,6 +34,7 @@ import importlib.metadata
 import json
 import os
 import re
+import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,9 @@ CHIPS: dict[str, Chip] = {
 # The topology of each TPU's smallest multi-chip slice (one host), the default target of a chip name.
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
 MEGACORE = ("v4", "v5p")
+# The oldest libtpu that compiles for a chip, where older ones fail: 0.0.42.1 (jax[tpu] 0.10.2's own
+# pin) dies with SIGSEGV in a compiler thread on v6e, whatever the stack limit (RESULTS.md 10).
+MIN_LIBTPU = {"v6e": (0, 0, 43)}
 # Chips the CPU compile of an N-device mesh is read against.
 CPU_STANDS_FOR = ("h100", "a100")
 
@@ -121,6 +125,19 @@ def parse_target(target: str) -> tuple[str, int]:
     return "tpu", int(functools.reduce(lambda a, b: a * b, dims))
 
 
+def libtpu_error(chip: str, version: str | None) -> str | None:
+    """Why this libtpu cannot compile for `chip` (None if it can, or if libtpu's version is unknown:
+    a TPU VM's libtpu need not come from pip). "0.0.42.1" -> (0, 0, 42) against MIN_LIBTPU."""
+    need = MIN_LIBTPU.get(chip)
+    if need is None or version is None:
+        return None
+    have = tuple(int(x) for x in re.findall(r"\d+", version)[:len(need)])
+    if have >= need:
+        return None
+    return (f"libtpu {version} cannot compile for {chip} (it crashes); it needs libtpu >= "
+            f"{'.'.join(map(str, need))}: .venv-tpu-aot/bin/pip install -r requirements-tpu-aot.txt")
+
+
 def target_devices(target: str) -> list:
     """Devices to compile for: libtpu's compile-only devices of a TPU topology, or the first N CPU
     devices (the process must have been started with that many: see `main`)."""
@@ -135,6 +152,12 @@ def target_devices(target: str) -> list:
         return devs[:n]
     from jax.experimental import topologies
 
+    try:
+        version = importlib.metadata.version("libtpu")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    if (why := libtpu_error(chip_of(target), version)) is not None:
+        raise PlanError(f"--targets {target}: {why}")
     # v4 (and v5p) chips hold two TensorCores, which JAX drives as one device per chip ("megacore",
     # as MaxText's train_compile.py asks for); v4's default config would give a device per core.
     kwargs = {"chip_config_name": "megacore"} if chip_of(target) in MEGACORE else {}
@@ -313,6 +336,9 @@ def compile_point(config_spec: str, target: str, per_chip: int, dtype: str | Non
     import jax
 
     row["jax"] = jax.__version__
+    # What compiling needs of the host: the process's peak resident memory so far (this point and
+    # any compiled before it in the same run; ru_maxrss is in KiB on Linux).
+    row["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return row
 
 
@@ -363,10 +389,11 @@ def chips_for(target: str, project: Sequence[str] = ()) -> tuple[str, ...]:
     return (chip, *(c for c in project if c != chip and c in TOPOLOGIES))
 
 
-def chips_of_point(row: dict[str, Any], project: Sequence[str] = ()) -> tuple[str, ...]:
-    """`chips_for` a cached point: a compile that failed (out of its chip's HBM) says nothing about a
-    larger chip, so it is read against its own chip(s) only."""
-    return chips_for(row["target"], project if row.get("fits", True) else ())
+def chips_of_point(row: dict[str, Any], project: Sequence[str] = (),
+                   margin: float = DEFAULT_MARGIN) -> tuple[str, ...]:
+    """`chips_for` a cached point: a compile that did not fit its own chip (`squeezed`) says nothing
+    about another chip, so it is read against its own chip(s) only."""
+    return chips_for(row["target"], () if squeezed(row, margin) else project)
 
 
 def numbers_for(target: str, chip_name: str) -> str:
@@ -388,6 +415,19 @@ def peak_of(row: dict[str, Any]) -> int:
 def fits(row: dict[str, Any], chip: Chip, margin: float = DEFAULT_MARGIN) -> bool:
     """Whether a compiled point's peak is within the chip's HBM less `margin`."""
     return bool(row.get("fits", True)) and peak_of(row) <= (1 - margin) * chip.hbm_gib * GIB
+
+
+def squeezed(row: dict[str, Any], margin: float = DEFAULT_MARGIN) -> bool:
+    """Whether a compiled point is its own chip's answer only: it did not fit, or it is a TPU compile
+    whose peak is past its chip's HBM less `margin`. Near its HBM XLA:TPU lays the program out to fit
+    the chip it compiles for, off the line through the points below (v4, configs/pod.py: 0.59 GiB per
+    example from 16 to 40 per chip, then 29.16 GiB at 42, 2.6 above the line, and 29.3 flat to 44;
+    v5e: 14.7 GiB at 22 below 21's 14.9). Such a peak is neither the program's need on a larger TPU
+    nor a point of the line, so it is not projected onto other chips nor fitted."""
+    if row.get("fits", True) is False:
+        return True
+    own = chip_of(row["target"])
+    return own in TOPOLOGIES and not fits(row, CHIPS[own], margin)
 
 
 def all_reduce_seconds(nbytes: float, chips: int, chip: Chip) -> float:
@@ -423,10 +463,11 @@ def plan_row(row: dict[str, Any], chip_name: str, margin: float = DEFAULT_MARGIN
     return out
 
 
-def linear_memory_fit(rows: Sequence[dict]) -> tuple[float, float] | None:
+def linear_memory_fit(rows: Sequence[dict], margin: float = DEFAULT_MARGIN) -> tuple[float, float] | None:
     """(bytes at batch 0, bytes per example) of peak memory through the compiled points of one
-    (config, target, dtype, stage, remat), least squares; None with fewer than two batch sizes."""
-    pts = sorted({(r["per_chip"], peak_of(r)) for r in rows if r.get("fits", True)})
+    (config, target, dtype, stage, remat) that are not `squeezed`, least squares; None with fewer
+    than two batch sizes."""
+    pts = sorted({(r["per_chip"], peak_of(r)) for r in rows if not squeezed(r, margin)})
     if len({b for b, _ in pts}) < 2:
         return None
     n = len(pts)
@@ -438,7 +479,7 @@ def linear_memory_fit(rows: Sequence[dict]) -> tuple[float, float] | None:
 def projected_max_batch(rows: Sequence[dict], chip: Chip, margin: float = DEFAULT_MARGIN) -> int | None:
     """Largest per-chip batch whose linearly extrapolated peak fits the chip less `margin` (None
     without two compiled batch sizes). A projection: the compiler's layout changes with the batch."""
-    fit = linear_memory_fit(rows)
+    fit = linear_memory_fit(rows, margin)
     if fit is None or fit[1] <= 0:
         return None
     base, per_example = fit
@@ -496,7 +537,7 @@ def plan_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
     the same program's FLOPs, its memory as compiled for the other TPU, which the compiler lays out
     alike but not identically), except where that TPU's own compile of the point is cached: its
     numbers replace the projection."""
-    read = readings(cache, project)
+    read = readings(cache, project, margin)
     rows = []
     for r in sorted(cache.values(), key=lambda r: (r["config"], r["target"], r["dtype"], r["remat"],
                                                    r["per_chip"])):
@@ -504,7 +545,8 @@ def plan_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
     return rows
 
 
-def readings(cache: dict[str, dict], project: Sequence[str] = ()) -> Callable[[dict], list[str]]:
+def readings(cache: dict[str, dict], project: Sequence[str] = (),
+             margin: float = DEFAULT_MARGIN) -> Callable[[dict], list[str]]:
     """row -> the chips the plan reads that cached point against (`chips_of_point`), less the TPUs
     whose own compile of the same point is cached: a compile replaces a projection onto its chip.
     Where several TPUs compiled a point, only the compile with the largest peak is projected onto
@@ -517,14 +559,14 @@ def readings(cache: dict[str, dict], project: Sequence[str] = ()) -> Callable[[d
     source: dict[tuple, dict] = {}
     for r in cache.values():
         key = point(r, None)
-        if chip_of(r["target"]) in TOPOLOGIES and r.get("fits", True) and (
+        if chip_of(r["target"]) in TOPOLOGIES and not squeezed(r, margin) and (
                 key not in source or peak_of(r) > peak_of(source[key])):
             source[key] = r
 
     def against(r: dict[str, Any]) -> list[str]:
         own = chip_of(r["target"])
         projected = own not in TOPOLOGIES or source.get(point(r, None)) is r
-        return [chip for chip in chips_of_point(r, project)
+        return [chip for chip in chips_of_point(r, project, margin)
                 if chip == own or (point(r, chip) not in compiled and projected)]
 
     return against
@@ -537,7 +579,7 @@ def max_batch_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
     groups: dict[tuple, list[dict]] = {}
     for r in cache.values():
         groups.setdefault((r["config"], r["target"], r["dtype"], r["stage"], r["remat"]), []).append(r)
-    against = readings(cache, project)
+    against = readings(cache, project, margin)
     out = []
     for (config, target, dtype, _, remat), rows in sorted(groups.items()):
         for name in chips_for(target, project):
