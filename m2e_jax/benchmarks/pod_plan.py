@@ -22,7 +22,9 @@ point on a 2-core CPU, so every compiled point's numbers go to a JSON cache (`--
 (config, target, per-chip batch, dtype, stage, remat); `--search` finds the largest per-chip
 batch whose peak fits the chip's HBM less `--margin` (led by the line through the compiled peaks,
 bisecting once a batch has failed), reusing cached points; `--report` prints the
-table from the cache without compiling. A point that does not fit is cached as such.
+table from the cache without compiling. A point that does not fit is cached as such; one past its
+chip's HBM less the margin is read against that chip only (near its HBM XLA lays the program out
+for that chip: see `squeezed`).
 """
 
 from __future__ import annotations
