@@ -104,6 +104,21 @@ def test_search_follows_the_peaks_line_while_it_agrees():
     assert pod_plan.next_search_batch({8: False}, 8, projection=30) == 4
 
 
+def test_search_follows_the_bend_near_the_edge():
+    """configs/pod.py compiled for v5p (benchmarks/pod_plan.json): peaks bend off the line near HBM.
+    The line through all the points would put the edge at 172 (two batches above 170); the line
+    through the two largest that fit, 166 and 170, puts it where the bend heads: 190."""
+    gib = pod_plan.GIB
+    v5p = pod_plan.CHIPS["v5p"]
+    rows = [_row(b, peak * gib, target="v5p:2x2x1")
+            for b, peak in ((8, 5.96), (16, 10.49), (148, 78.69), (161, 80.15), (166, 80.38), (170, 81.23))]
+    assert pod_plan.projected_max_batch(rows, v5p) == 172
+    assert pod_plan.search_projection(rows, v5p) == 190 == 170 + int((0.9 * 95 - 81.23) / (0.85 / 4))
+    assert pod_plan.search_projection(rows[:2], v5p) == pod_plan.projected_max_batch(rows[:2], v5p)
+    # a point past the margin is not on the line: the two below it lead
+    assert pod_plan.search_projection(rows + [_row(180, 86 * gib, target="v5p:2x2x1")], v5p) == 190
+
+
 def _row(per_chip: int, peak: float, **kw) -> dict:
     row = {"config": "configs/pod.py", "target": "v5e:2x2", "per_chip": per_chip, "dtype": "bfloat16",
            "stage": 4, "remat": False, "size": "256x192", "chips": 4, "flops": 1.2e12,

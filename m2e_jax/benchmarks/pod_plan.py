@@ -20,8 +20,8 @@ The joint stage runs every network forward and trains all of them, so it bounds 
 memory of stages 1-3 (`--stage` compiles another). Compiling the paper-scale step takes ~10 min per
 point on a 2-core CPU, so every compiled point's numbers go to a JSON cache (`--cache`) keyed by
 (config, target, per-chip batch, dtype, stage, remat); `--search` finds the largest per-chip
-batch whose peak fits the chip's HBM less `--margin` (led by the line through the compiled peaks,
-bisecting once a batch has failed), reusing cached points; `--report` prints the
+batch whose peak fits the chip's HBM less `--margin` (led by the line through the two largest
+compiled peaks that fit, bisecting once a batch has failed), reusing cached points; `--report` prints the
 table from the cache without compiling. A point that does not fit is cached as such; one past its
 chip's HBM less the margin is read against that chip only (near its HBM XLA lays the program out
 for that chip: see `squeezed`).
@@ -488,12 +488,22 @@ def projected_max_batch(rows: Sequence[dict], chip: Chip, margin: float = DEFAUL
     return max(0, int(((1 - margin) * chip.hbm_gib * GIB - base) // per_example))
 
 
+def search_projection(rows: Sequence[dict], chip: Chip, margin: float = DEFAULT_MARGIN) -> int | None:
+    """The search's guide: `projected_max_batch` on the line through the two largest batches that fit
+    (not `squeezed`). Near its HBM the compiler's peak bends off the line through all the points
+    (v5p, configs/pod.py: 0.52 GiB per example from 16 to 148 per chip, 0.21 from 166 to 170), and
+    that line would lead the search up a few batches per compile; the last two points follow the
+    bend. Far from the edge it is the line through the first two points."""
+    top = sorted({r["per_chip"]: r for r in rows if not squeezed(r, margin)}.items())[-2:]
+    return projected_max_batch([r for _, r in top], chip, margin)
+
+
 def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | None = None) -> int | None:
     """The next per-chip batch to compile when searching the largest that fits, from {batch: fits}
     of the points compiled so far: double from `start` until one does not fit, then bisect between
     the largest that fits and the smallest that does not. None when they are adjacent (done).
 
-    With `projection` (`projected_max_batch` of the points compiled so far) the line leads: its
+    With `projection` (`search_projection` of the points compiled so far) the line leads: its
     batch while nothing has failed yet, and the batch just above the largest that fits whenever
     the line puts the edge there. Peaks grow nearly linearly with the batch and a compile takes
     10-30 minutes on this CPU, so two points and the line find the edge in four compiles where
@@ -643,7 +653,7 @@ def _points(a: argparse.Namespace, cache: dict[str, dict], compile_fn: Callable[
                     rows.append(_point(a, cache, compile_fn, config_spec, target, dtype, b))
                     known[b] = rows[-1].get("fits", True) and fits(rows[-1], chip, a.margin)
                 while a.search and (b := next_search_batch(
-                        known, a.per_chip[0], projected_max_batch(rows, chip, a.margin))) is not None:
+                        known, a.per_chip[0], search_projection(rows, chip, a.margin))) is not None:
                     rows.append(_point(a, cache, compile_fn, config_spec, target, dtype, b))
                     known[b] = rows[-1].get("fits", True) and fits(rows[-1], chip, a.margin)
 
