@@ -104,6 +104,27 @@ def test_search_follows_the_peaks_line_while_it_agrees():
     assert pod_plan.next_search_batch({8: False}, 8, projection=30) == 4
 
 
+def test_projections_give_way_to_a_chips_own_line_and_never_just_say_no():
+    """benchmarks/pod_plan.json, configs/pod.py: v5p's 148 per chip (78.69 GiB) would tell v4's and
+    v6e's 32 GiB only "no"; and v4, with its own compiles at 16 and 40 per chip, is read by its own
+    line, not by v5p's points (the same program's peak differs by up to 29% between TPUs)."""
+    gib = pod_plan.GIB
+    v5p = {f"v5p-{b}": _row(b, peak * gib, target="v5p:2x2x1") for b, peak in ((16, 10.49), (148, 78.69))}
+    assert [(r["chip"], r["per_chip"]) for r in pod_plan.plan_rows(v5p, project=["v4", "v6e"])] == [
+        ("v5p", 16), ("v4", 16), ("v6e", 16), ("v5p", 148)]
+    v4 = {f"v4-{b}": _row(b, peak * gib, target="v4:2x2x1") for b, peak in ((16, 11.30), (40, 25.36))}
+    both = {**v5p, **v4, "v5p-24": _row(24, 14.5 * gib, target="v5p:2x2x1")}
+    rows = pod_plan.plan_rows(both, project=["v4", "v5p", "v6e"])
+    projected = [(r["chip"], r["per_chip"], r["compiled_for"]) for r in rows
+                 if r["compiled_for"] != "compiled"]
+    assert projected == [
+        ("v6e", 16, "projected from v4"), ("v6e", 40, "projected from v4"), ("v6e", 24, "projected from v5p")]
+    limits = [(r["chip"], r["compiled_for"], r["compiled"])
+              for r in pod_plan.max_batch_rows(both, project=["v4", "v5p", "v6e"])]
+    assert limits == [("v4", "compiled", "16,40"), ("v6e", "projected from v4", "16,40"),
+                      ("v5p", "compiled", "16,24,148"), ("v6e", "projected from v5p", "24")]
+
+
 def test_search_follows_the_bend_near_the_edge():
     """configs/pod.py compiled for v5p (benchmarks/pod_plan.json): peaks bend off the line near HBM.
     The line through all the points would put the edge at 172 (two batches above 170); the line

@@ -559,27 +559,38 @@ def plan_rows(cache: dict[str, dict], margin: float = DEFAULT_MARGIN,
 
 def readings(cache: dict[str, dict], project: Sequence[str] = (),
              margin: float = DEFAULT_MARGIN) -> Callable[[dict], list[str]]:
-    """row -> the chips the plan reads that cached point against (`chips_of_point`), less the TPUs
-    whose own compile of the same point is cached: a compile replaces a projection onto its chip.
-    Where several TPUs compiled a point, only the compile with the largest peak is projected onto
-    the TPUs that did not (one row per chip, the conservative one: the same program's peak differs
-    by up to 29% between TPUs, RESULTS.md 10)."""
+    """row -> the chips the plan reads that cached point against (`chips_of_point`). A TPU compile
+    is projected onto another TPU only where that TPU says nothing better and the projection says
+    something: the TPU has not compiled the same point itself, nor two batches of the same program
+    (its own line then leads: the same program's peak differs by up to 29% between TPUs,
+    RESULTS.md 10), and the point fits it (a projected "no" is only the larger batch of a smaller
+    chip). Where several TPUs compiled a point, only the compile with the largest peak is projected
+    (one row per chip, the conservative one)."""
     def point(r: dict[str, Any], chip: str | None) -> tuple:
         return r["config"], chip, r["per_chip"], r["dtype"], r["stage"], r["remat"]
 
+    def program(r: dict[str, Any], chip: str) -> tuple:
+        return r["config"], chip, r["dtype"], r["stage"], r["remat"]
+
     compiled = {point(r, chip_of(r["target"])) for r in cache.values()}
+    batches: dict[tuple, set[int]] = {}
     source: dict[tuple, dict] = {}
     for r in cache.values():
+        if chip_of(r["target"]) not in TOPOLOGIES or squeezed(r, margin):
+            continue
+        batches.setdefault(program(r, chip_of(r["target"])), set()).add(r["per_chip"])
         key = point(r, None)
-        if chip_of(r["target"]) in TOPOLOGIES and not squeezed(r, margin) and (
-                key not in source or peak_of(r) > peak_of(source[key])):
+        if key not in source or peak_of(r) > peak_of(source[key]):
             source[key] = r
+    lined = {k for k, b in batches.items() if len(b) >= 2}
 
     def against(r: dict[str, Any]) -> list[str]:
         own = chip_of(r["target"])
-        projected = own not in TOPOLOGIES or source.get(point(r, None)) is r
+        if own not in TOPOLOGIES:  # a CPU mesh, read against the GPUs it stands for
+            return list(chips_of_point(r, project, margin))
         return [chip for chip in chips_of_point(r, project, margin)
-                if chip == own or (point(r, chip) not in compiled and projected)]
+                if chip == own or (source.get(point(r, None)) is r and point(r, chip) not in compiled
+                                   and program(r, chip) not in lined and fits(r, CHIPS[chip], margin))]
 
     return against
 
