@@ -100,6 +100,10 @@ def test_search_follows_the_peaks_line_while_it_agrees():
     # batch that fits is checked from above
     assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=21) == 16
     assert pod_plan.next_search_batch({8: True, 21: True, 24: False}, 8, projection=21) == 22
+    # the line through the largest that fits and the smallest that failed puts the edge just below
+    # the failure (v6e: 16 and 36 -> 35): that batch decides it
+    assert pod_plan.next_search_batch({8: True, 16: True, 36: False}, 8, projection=35) == 35
+    assert pod_plan.next_search_batch({8: True, 16: True, 35: True, 36: False}, 8, projection=35) is None
     # nothing fits yet: no line to follow
     assert pod_plan.next_search_batch({8: False}, 8, projection=30) == 4
 
@@ -128,7 +132,8 @@ def test_projections_give_way_to_a_chips_own_line_and_never_just_say_no():
 def test_search_follows_the_bend_near_the_edge():
     """configs/pod.py compiled for v5p (benchmarks/pod_plan.json): peaks bend off the line near HBM.
     The line through all the points would put the edge at 172 (two batches above 170); the line
-    through the two largest that fit, 166 and 170, puts it where the bend heads: 190."""
+    through the two largest that fit, 166 and 170, puts it where the bend heads: 190. Once a batch
+    above compiled past the margin, the line runs through it and the largest that fits."""
     gib = pod_plan.GIB
     v5p = pod_plan.CHIPS["v5p"]
     rows = [_row(b, peak * gib, target="v5p:2x2x1")
@@ -136,8 +141,15 @@ def test_search_follows_the_bend_near_the_edge():
     assert pod_plan.projected_max_batch(rows, v5p) == 172
     assert pod_plan.search_projection(rows, v5p) == 190 == 170 + int((0.9 * 95 - 81.23) / (0.85 / 4))
     assert pod_plan.search_projection(rows[:2], v5p) == pod_plan.projected_max_batch(rows[:2], v5p)
-    # a point past the margin is not on the line: the two below it lead
-    assert pod_plan.search_projection(rows + [_row(180, 86 * gib, target="v5p:2x2x1")], v5p) == 190
+    # a point above them that compiled past the margin: the line through it and the largest that
+    # fits, 170 + (0.9 * 95 - 81.23) / ((86 - 81.23) / 10)
+    assert pod_plan.search_projection(rows + [_row(180, 86 * gib, target="v5p:2x2x1")], v5p) == 178
+    # one XLA could not compile at all has no peak: the two largest that fit lead
+    assert pod_plan.search_projection(rows + [_row(180, 0, fits=False, target="v5p:2x2x1")], v5p) == 190
+    # v6e (session 15): 7.09 GiB at 8 per chip, 13.19 at 16, 29.29 at 36 (over 90% of 32 GiB)
+    v6e = [_row(b, peak * gib, target="v6e:2x2") for b, peak in ((8, 7.09), (16, 13.19), (36, 29.29))]
+    assert pod_plan.search_projection(v6e[:2], pod_plan.CHIPS["v6e"]) == 36
+    assert pod_plan.search_projection(v6e, pod_plan.CHIPS["v6e"]) == 35
 
 
 def _row(per_chip: int, peak: float, **kw) -> dict:

@@ -20,8 +20,8 @@ The joint stage runs every network forward and trains all of them, so it bounds 
 memory of stages 1-3 (`--stage` compiles another). Compiling the paper-scale step takes ~10 min per
 point on a 2-core CPU, so every compiled point's numbers go to a JSON cache (`--cache`) keyed by
 (config, target, per-chip batch, dtype, stage, remat); `--search` finds the largest per-chip
-batch whose peak fits the chip's HBM less `--margin` (led by the line through the two largest
-compiled peaks that fit, bisecting once a batch has failed), reusing cached points; `--report` prints the
+batch whose peak fits the chip's HBM less `--margin` (led by the line through the compiled
+peaks nearest the edge, bisecting a bracket where the line does not decide it), reusing cached points; `--report` prints the
 table from the cache without compiling. A point that does not fit is cached as such; one past its
 chip's HBM less the margin is read against that chip only (near its HBM XLA lays the program out
 for that chip: see `squeezed`).
@@ -489,13 +489,25 @@ def projected_max_batch(rows: Sequence[dict], chip: Chip, margin: float = DEFAUL
 
 
 def search_projection(rows: Sequence[dict], chip: Chip, margin: float = DEFAULT_MARGIN) -> int | None:
-    """The search's guide: `projected_max_batch` on the line through the two largest batches that fit
-    (not `squeezed`). Near its HBM the compiler's peak bends off the line through all the points
-    (v5p, configs/pod.py: 0.52 GiB per example from 16 to 148 per chip, 0.21 from 166 to 170), and
-    that line would lead the search up a few batches per compile; the last two points follow the
-    bend. Far from the edge it is the line through the first two points."""
-    top = sorted({r["per_chip"]: r for r in rows if not squeezed(r, margin)}.items())[-2:]
-    return projected_max_batch([r for _, r in top], chip, margin)
+    """The search's guide: where the line through two compiled peaks puts the chip's edge (HBM less
+    `margin`). The two are the largest batch that fits and the smallest above it that compiled past
+    the margin (a point whose peak XLA reported), else the two largest that fit (not `squeezed`).
+    Near its HBM the compiler's peak bends off the line through all the points (v5p, configs/pod.py:
+    0.52 GiB per example from 16 to 148 per chip, 0.21 from 166 to 170), and that line would lead
+    the search up a few batches per compile; the nearest points follow the bend."""
+    ok = {r["per_chip"]: r for r in rows if not squeezed(r, margin)}
+    if not ok:
+        return None
+    over = [r for r in rows if r.get("fits", True) and r["per_chip"] > max(ok)]
+    pair = sorted(ok.items())[-2:] if not over else [
+        (max(ok), ok[max(ok)]), min(((r["per_chip"], r) for r in over), key=lambda x: x[0])]
+    if len(pair) < 2:
+        return None
+    (b0, r0), (b1, r1) = pair
+    slope = (peak_of(r1) - peak_of(r0)) / (b1 - b0)
+    if slope <= 0:
+        return None
+    return max(0, b0 + int(((1 - margin) * chip.hbm_gib * GIB - peak_of(r0)) // slope))
 
 
 def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | None = None) -> int | None:
@@ -504,12 +516,14 @@ def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | 
     the largest that fits and the smallest that does not. None when they are adjacent (done).
 
     With `projection` (`search_projection` of the points compiled so far) the line leads: its
-    batch while nothing has failed yet, and the batch just above the largest that fits whenever
-    the line puts the edge there. Peaks grow nearly linearly with the batch and a compile takes
-    10-30 minutes on this CPU, so two points and the line find the edge in four compiles where
-    doubling and bisection took seven (v5e, configs/pod.py). Once a batch has failed, the bracket
-    is bisected: near the chip's HBM XLA squeezes its temporaries and the line overshoots (v4:
-    it led to 45, and 42-44 did not fit either)."""
+    batch while nothing has failed yet, the batch just above the largest that fits whenever the
+    line puts the edge there, and the batch just below the smallest that failed whenever the line
+    through the two puts the edge there. Peaks grow nearly linearly with the batch and a compile
+    takes 10-30 minutes on this CPU, so two points and the line find the edge in four compiles
+    where doubling and bisection took seven (v5e, configs/pod.py), and v6e's 35 was found from 16
+    and 36 in one. Elsewhere in a bracket it is bisected: near the chip's HBM XLA lays the
+    program out for the chip and the line misleads (v4: it led to 45, and 42-44 did not fit
+    either)."""
     ok = [b for b, f in known.items() if f]
     bad = [b for b, f in known.items() if not f]
     lo = max(ok) if ok else 0
@@ -519,6 +533,8 @@ def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | 
             return projection
         if projection == lo and (hi is None or lo + 1 < hi) and lo + 1 not in known:
             return lo + 1
+        if hi is not None and projection == hi - 1 > lo and projection not in known:
+            return projection
     if hi is None:
         nxt = lo * 2 if lo else start
         return nxt if nxt not in known else None
