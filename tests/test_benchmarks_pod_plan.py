@@ -100,10 +100,12 @@ def test_search_follows_the_peaks_line_while_it_agrees():
     # batch that fits is checked from above
     assert pod_plan.next_search_batch({8: True, 24: False}, 8, projection=21) == 16
     assert pod_plan.next_search_batch({8: True, 21: True, 24: False}, 8, projection=21) == 22
-    # the line through the largest that fits and the smallest that failed puts the edge just below
-    # the failure (v6e: 16 and 36 -> 35): that batch decides it
+    # after the first failure, the line through it and the largest that fits puts the edge just
+    # below it (v6e: 16 and 36 -> 35): that batch may decide it; after a second failure the line
+    # has misled once (v6e's 35 failed too, the peak flat at 29.3 GiB): bisection
     assert pod_plan.next_search_batch({8: True, 16: True, 36: False}, 8, projection=35) == 35
     assert pod_plan.next_search_batch({8: True, 16: True, 35: True, 36: False}, 8, projection=35) is None
+    assert pod_plan.next_search_batch({8: True, 16: True, 35: False, 36: False}, 8, projection=34) == 25
     # nothing fits yet: no line to follow
     assert pod_plan.next_search_batch({8: False}, 8, projection=30) == 4
 

@@ -21,10 +21,10 @@ memory of stages 1-3 (`--stage` compiles another). Compiling the paper-scale ste
 point on a 2-core CPU, so every compiled point's numbers go to a JSON cache (`--cache`) keyed by
 (config, target, per-chip batch, dtype, stage, remat); `--search` finds the largest per-chip
 batch whose peak fits the chip's HBM less `--margin` (led by the line through the compiled
-peaks nearest the edge, bisecting a bracket where the line does not decide it), reusing cached points; `--report` prints the
-table from the cache without compiling. A point that does not fit is cached as such; one past its
-chip's HBM less the margin is read against that chip only (near its HBM XLA lays the program out
-for that chip: see `squeezed`).
+peaks nearest the edge, bisecting a bracket where the line does not decide it), reusing cached
+points; `--report` prints the table from the cache without compiling. A point that does not fit
+is cached as such; one past its chip's HBM less the margin is read against that chip only (near
+its HBM XLA lays the program out for that chip: see `squeezed`).
 """
 
 from __future__ import annotations
@@ -517,13 +517,13 @@ def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | 
 
     With `projection` (`search_projection` of the points compiled so far) the line leads: its
     batch while nothing has failed yet, the batch just above the largest that fits whenever the
-    line puts the edge there, and the batch just below the smallest that failed whenever the line
-    through the two puts the edge there. Peaks grow nearly linearly with the batch and a compile
-    takes 10-30 minutes on this CPU, so two points and the line find the edge in four compiles
-    where doubling and bisection took seven (v5e, configs/pod.py), and v6e's 35 was found from 16
-    and 36 in one. Elsewhere in a bracket it is bisected: near the chip's HBM XLA lays the
-    program out for the chip and the line misleads (v4: it led to 45, and 42-44 did not fit
-    either)."""
+    line puts the edge there, and, after the first failure above it, the batch just below that
+    failure whenever the line through the two puts the edge there. Peaks grow nearly linearly with
+    the batch and a compile takes 10-30 minutes on this CPU, so two points and the line find the
+    edge in four compiles where doubling and bisection took seven (v5e, configs/pod.py). Elsewhere
+    a bracket is bisected: near the chip's HBM XLA lays the program out for the chip, peaks jump
+    and then stay flat, and the line misleads (v4: it led to 45, and 42-44 did not fit either;
+    v6e: from 16 and 36 it led to 35, at 29.28 GiB against 36's 29.29)."""
     ok = [b for b, f in known.items() if f]
     bad = [b for b, f in known.items() if not f]
     lo = max(ok) if ok else 0
@@ -533,7 +533,8 @@ def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | 
             return projection
         if projection == lo and (hi is None or lo + 1 < hi) and lo + 1 not in known:
             return lo + 1
-        if hi is not None and projection == hi - 1 > lo and projection not in known:
+        first_failure = len([b for b in bad if b > lo]) == 1
+        if first_failure and projection == hi - 1 > lo and projection not in known:
             return projection
     if hi is None:
         nxt = lo * 2 if lo else start
