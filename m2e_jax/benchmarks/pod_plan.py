@@ -341,6 +341,9 @@ def compile_point(config_spec: str, target: str, per_chip: int, dtype: str | Non
     # What compiling needs of the host: the process's peak resident memory so far (this point and
     # any compiled before it in the same run; ru_maxrss is in KiB on Linux).
     row["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    # JAX's caches keep each point's lowered and compiled programs: a --search process grew to 24 GB
+    # resident and 8 GB of swap by its second v6e point, where a fresh process compiled one in 13.5.
+    jax.clear_caches()
     return row
 
 
