@@ -485,9 +485,14 @@ def projected_max_batch(rows: Sequence[dict], chip: Chip, margin: float = DEFAUL
     """Largest per-chip batch whose linearly extrapolated peak fits the chip less `margin` (None
     without two compiled batch sizes). A projection: the compiler's layout changes with the batch."""
     fit = linear_memory_fit(rows, margin)
-    if fit is None or fit[1] <= 0:
+    return None if fit is None else edge_on_line(*fit, chip, margin)
+
+
+def edge_on_line(base: float, per_example: float, chip: Chip, margin: float = DEFAULT_MARGIN) -> int | None:
+    """Largest batch whose peak on the line `base + per_example * batch` (bytes) fits the chip's HBM
+    less `margin`; None for a line that does not rise."""
+    if per_example <= 0:
         return None
-    base, per_example = fit
     return max(0, int(((1 - margin) * chip.hbm_gib * GIB - base) // per_example))
 
 
@@ -508,9 +513,7 @@ def search_projection(rows: Sequence[dict], chip: Chip, margin: float = DEFAULT_
         return None
     (b0, r0), (b1, r1) = pair
     slope = (peak_of(r1) - peak_of(r0)) / (b1 - b0)
-    if slope <= 0:
-        return None
-    return max(0, b0 + int(((1 - margin) * chip.hbm_gib * GIB - peak_of(r0)) // slope))
+    return edge_on_line(peak_of(r0) - slope * b0, slope, chip, margin)
 
 
 def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | None = None) -> int | None:
