@@ -108,6 +108,14 @@ def test_search_follows_the_peaks_line_while_it_agrees():
     assert pod_plan.next_search_batch({8: True, 16: True, 35: False, 36: False}, 8, projection=34) == 25
     # nothing fits yet: no line to follow
     assert pod_plan.next_search_batch({8: False}, 8, projection=30) == 4
+    # configs/deepfashion.py on v4 (benchmarks/pod_plan.json): the line through 39 (28.35 GiB) and
+    # 44 (32.33) puts the edge at 39: 40 is checked once; it fitted (28.51) and the line through it
+    # and 44 puts the edge at 40 again: bisection, not one batch per compile
+    v4_df = {4: True, 8: True, 26: True, 35: True, 39: True, 44: False}
+    assert pod_plan.next_search_batch(v4_df, 4, projection=39) == 40
+    assert pod_plan.next_search_batch({**v4_df, 40: True}, 4, projection=40) == 42
+    # with no failure above, the line still leads one batch at a time
+    assert pod_plan.next_search_batch({8: True, 20: True, 21: True}, 8, projection=21) == 22
 
 
 def test_projections_give_way_to_a_chips_own_line_and_never_just_say_no():

@@ -523,8 +523,9 @@ def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | 
 
     With `projection` (`search_projection` of the points compiled so far) the line leads: its
     batch while nothing has failed yet, the batch just above the largest that fits whenever the
-    line puts the edge there, and, after the first failure above it, the batch just below that
-    failure whenever the line through the two puts the edge there. Peaks grow nearly linearly with
+    line puts the edge there (once per bracket: after that, bisection), and, after the first
+    failure above it, the batch just below that failure whenever the line through the two puts the
+    edge there. Peaks grow nearly linearly with
     the batch and a compile takes 10-30 minutes on this CPU, so two points and the line find the
     edge in four compiles where doubling and bisection took seven (v5e, configs/pod.py). Elsewhere
     a bracket is bisected: near the chip's HBM XLA lays the program out for the chip, peaks jump
@@ -537,7 +538,11 @@ def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | 
     if ok and projection is not None:
         if hi is None and projection > lo and projection not in known:
             return projection
-        if projection == lo and (hi is None or lo + 1 < hi) and lo + 1 not in known:
+        # once per bracket: where the batch below the largest that fits also fitted, the line has
+        # put the edge at the largest that fits before and been wrong, and with a failure above it
+        # would creep up one batch per compile (deepfashion.py on v4: 39, 40, 41 from 44's failure)
+        crept = hi is not None and known.get(lo - 1, False)
+        if projection == lo and (hi is None or lo + 1 < hi) and lo + 1 not in known and not crept:
             return lo + 1
         first_failure = len([b for b in bad if b > lo]) == 1
         if first_failure and projection == hi - 1 > lo and projection not in known:
