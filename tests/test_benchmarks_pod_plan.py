@@ -67,6 +67,22 @@ def test_libtpu_too_old_for_a_chip_is_named():
         assert pod_plan.libtpu_error(chip, version) is None, (chip, version)
 
 
+def test_each_point_compiles_in_a_fresh_process():
+    """The command line compiles each point in its own spawned process (a compile's host memory
+    does not come back to the process that compiled: a v6e --search process held 30 GB by its third
+    point). Its answer, or its one-line error, comes back; a process killed mid-compile is named."""
+    import inspect
+
+    assert inspect.signature(pod_plan.main).parameters["compile_fn"].default is \
+        pod_plan.compile_point_in_fresh_process
+    assert pod_plan.in_fresh_process(os.getpid) != os.getpid()
+    assert pod_plan.in_fresh_process(pod_plan.parse_target, "v5e:2x2") == pod_plan.parse_target("v5e:2x2")
+    with pytest.raises(pod_plan.PlanError, match="--targets"):
+        pod_plan.in_fresh_process(pod_plan.parse_target, "v9:2x2")
+    with pytest.raises(pod_plan.PlanError, match=r"_exit\(9,\) died .*host memory"):
+        pod_plan.in_fresh_process(os._exit, 9)
+
+
 def test_next_search_batch_doubles_then_bisects():
     # largest batch that fits is 11: 4, 8, 16 (no), 12 (no), 10, 11, then 12 is known -> done
     fit = lambda b: b <= 11

@@ -30,21 +30,24 @@ its HBM XLA lays the program out for that chip: see `squeezed`).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import importlib
 import importlib.metadata
 import json
+import multiprocessing
 import os
 import re
 import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 GIB = 2**30
 MFUS = (0.3, 0.4, 0.5)
 DEFAULT_MARGIN = 0.1  # fraction of HBM kept free: the runtime, fragmentation, the input buffers
+T = TypeVar("T")
 
 
 class Chip(NamedTuple):
@@ -338,13 +341,33 @@ def compile_point(config_spec: str, target: str, per_chip: int, dtype: str | Non
     import jax
 
     row["jax"] = jax.__version__
-    # What compiling needs of the host: the process's peak resident memory so far (this point and
-    # any compiled before it in the same run; ru_maxrss is in KiB on Linux).
+    # What compiling needs of the host: the process's peak resident memory (this point's own where
+    # it ran in a fresh process, as `in_fresh_process` runs it; ru_maxrss is in KiB on Linux).
     row["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    # JAX's caches keep each point's lowered and compiled programs: a --search process grew to 24 GB
-    # resident and 8 GB of swap by its second v6e point, where a fresh process compiled one in 13.5.
-    jax.clear_caches()
     return row
+
+
+def in_fresh_process(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` run in a new Python process (spawned: no JAX or libtpu state inherited), its
+    value or exception handed back; the process ends with it.
+
+    Why: a compile's host memory does not come back to the process that compiled. A --search
+    process compiling configs/pod.py for v6e held 16.5 GB resident and 14 GB of swap at its third
+    point, with JAX's caches cleared after each, where a fresh process compiles one in 13.5-20 GB:
+    on a 24 GiB machine each point must start from nothing."""
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            raise PlanError(f"the process running {fn.__name__}{args} died without an answer "
+                            "(killed: out of host memory?)") from None
+
+
+def compile_point_in_fresh_process(config_spec: str, target: str, per_chip: int, dtype: str | None = None,
+                                   stage: int = 4, remat: bool | None = None) -> dict[str, Any]:
+    """`compile_point`, in its own process (`in_fresh_process`): what the command line compiles with."""
+    return in_fresh_process(compile_point, config_spec, target, per_chip, dtype, stage, remat)
 
 
 # ---------------------------------------------------------------- cache
@@ -697,7 +720,8 @@ def _points(a: argparse.Namespace, cache: dict[str, dict], compile_fn: Callable[
                     known[b] = rows[-1].get("fits", True) and fits(rows[-1], chip, a.margin)
 
 
-def main(argv: Sequence[str] | None = None, compile_fn: Callable[..., dict] = compile_point) -> dict:
+def main(argv: Sequence[str] | None = None,
+         compile_fn: Callable[..., dict] = compile_point_in_fresh_process) -> dict:
     ap = argparse.ArgumentParser(prog="python -m m2e_jax.benchmarks.pod_plan",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--config", action="append", default=None,
