@@ -353,8 +353,8 @@ def in_fresh_process(fn: Callable[..., T], *args: Any) -> T:
 
     Why: a compile's host memory does not come back to the process that compiled. A --search
     process compiling configs/pod.py for v6e held 16.5 GB resident and 14 GB of swap at its third
-    point, with JAX's caches cleared after each, where a fresh process compiles one in 13.5-20 GB:
-    on a 24 GiB machine each point must start from nothing."""
+    point, with JAX's caches cleared after each, and was killed at its fourth (33), which a fresh
+    process then compiled in 11.7 GB: on a 24 GiB machine each point must start from nothing."""
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         try:
@@ -548,12 +548,12 @@ def next_search_batch(known: dict[int, bool], start: int = 4, projection: int | 
     batch while nothing has failed yet, the batch just above the largest that fits whenever the
     line puts the edge there (once per bracket: after that, bisection), and, after the first
     failure above it, the batch just below that failure whenever the line through the two puts the
-    edge there. Peaks grow nearly linearly with
-    the batch and a compile takes 10-30 minutes on this CPU, so two points and the line find the
-    edge in four compiles where doubling and bisection took seven (v5e, configs/pod.py). Elsewhere
-    a bracket is bisected: near the chip's HBM XLA lays the program out for the chip, peaks jump
-    and then stay flat, and the line misleads (v4: it led to 45, and 42-44 did not fit either;
-    v6e: from 16 and 36 it led to 35, at 29.28 GiB against 36's 29.29)."""
+    edge there. Peaks grow nearly linearly with the batch and a compile takes 10-30 minutes on this
+    CPU, so two points and the line find the edge in four compiles where doubling and bisection
+    took seven (v5e, configs/pod.py). Elsewhere a bracket is bisected: near the chip's HBM XLA
+    lays the program out for the chip, peaks jump and then stay flat, and the line misleads (v4:
+    it led to 45, and 42-44 did not fit either; v6e: from 16 and 36 it led to 35, at 29.28 GiB
+    against 36's 29.29)."""
     ok = [b for b, f in known.items() if f]
     bad = [b for b, f in known.items() if not f]
     lo = max(ok) if ok else 0
