@@ -9,7 +9,9 @@ skipped, saying how to create it, where there is none.
 
 import json
 import os
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -79,8 +81,17 @@ def test_each_point_compiles_in_a_fresh_process():
     assert pod_plan.in_fresh_process(pod_plan.parse_target, "v5e:2x2") == pod_plan.parse_target("v5e:2x2")
     with pytest.raises(pod_plan.PlanError, match="--targets"):
         pod_plan.in_fresh_process(pod_plan.parse_target, "v9:2x2")
-    with pytest.raises(pod_plan.PlanError, match=r"_exit\(9,\) died .*host memory"):
-        pod_plan.in_fresh_process(os._exit, 9)
+    # how the child ended, named: the out-of-memory killer's SIGKILL, a person's SIGTERM, an exit
+    with pytest.raises(pod_plan.PlanError, match=r"raise_signal\(<Signals.SIGKILL: 9>,\) was killed by "
+                       r"SIGKILL without an answer \(.*out of host memory\?\)$"):
+        pod_plan.in_fresh_process(signal.raise_signal, signal.SIGKILL)
+    with pytest.raises(pod_plan.PlanError, match=r"killed by SIGTERM without an answer$"):
+        pod_plan.in_fresh_process(signal.raise_signal, signal.SIGTERM)
+    with pytest.raises(pod_plan.PlanError, match=r"_exit\(3,\) exited with status 3 without an answer$"):
+        pod_plan.in_fresh_process(os._exit, 3)
+    # an answer pickle cannot carry comes back as one line, not as a pipe that never answers
+    with pytest.raises(pod_plan.PlanError, match=r"allocate_lock\(\): its answer could not be sent back"):
+        pod_plan.in_fresh_process(threading.Lock)
 
 
 def test_next_search_batch_doubles_then_bisects():
@@ -176,6 +187,27 @@ def test_search_follows_the_bend_near_the_edge():
     v6e = [_row(b, peak * gib, target="v6e:2x2") for b, peak in ((8, 7.09), (16, 13.19), (36, 29.29))]
     assert pod_plan.search_projection(v6e[:2], pod_plan.CHIPS["v6e"]) == 36
     assert pod_plan.search_projection(v6e, pod_plan.CHIPS["v6e"]) == 35
+
+
+def test_search_line_never_lies_flat():
+    """configs/deepfashion.py compiled for v6e (benchmarks/pod_plan.json): 31 and 32 per chip came
+    out at 27.90 and 27.91 GiB, and the line through them put the edge at 205 per chip. The line
+    rises at least a quarter of the mean rise from the smallest batch that fits (5.43 GiB at 4):
+    35. A steeper bend stays the line's own (v5p above: 0.46 of its mean)."""
+    gib = pod_plan.GIB
+    v6e = pod_plan.CHIPS["v6e"]
+    rows = [_row(b, peak * gib, target="v6e:2x2")
+            for b, peak in ((4, 5.43), (24, 22.48), (31, 27.90), (32, 27.91))]
+    flat = (27.91 - 27.90) * gib
+    # the flat line alone: 120 per chip from these rounded peaks (205 from the cached bytes)
+    assert pod_plan.edge_on_line(27.90 * gib - flat * 31, flat, v6e) == 120
+    mean = (27.91 - 5.43) / (32 - 4) * gib
+    assert pod_plan.search_projection(rows, v6e) == 35 == int(31 + (0.9 * 32 - 27.90) * gib // (mean / 4))
+    # with one point past the margin above, the line through it leads as before
+    assert pod_plan.search_projection(rows + [_row(40, 30.5 * gib, target="v6e:2x2")], v6e) == 34 == int(
+        32 + (0.9 * 32 - 27.91) / ((30.5 - 27.91) / 8))
+    # two points that fit are their own mean: no bound
+    assert pod_plan.search_projection(rows[2:], v6e) > 100
 
 
 def _row(per_chip: int, peak: float, **kw) -> dict:

@@ -30,15 +30,16 @@ its HBM XLA lays the program out for that chip: see `squeezed`).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import functools
 import importlib
 import importlib.metadata
 import json
 import multiprocessing
 import os
+import pickle
 import re
 import resource
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ from typing import Any, NamedTuple, TypeVar
 GIB = 2**30
 MFUS = (0.3, 0.4, 0.5)
 DEFAULT_MARGIN = 0.1  # fraction of HBM kept free: the runtime, fragmentation, the input buffers
+FLATTEST_BEND = 0.25  # the search's line rises at least this part of the mean rise (search_projection)
 T = TypeVar("T")
 
 
@@ -354,14 +356,49 @@ def in_fresh_process(fn: Callable[..., T], *args: Any) -> T:
     Why: a compile's host memory does not come back to the process that compiled. A --search
     process compiling configs/pod.py for v6e held 16.5 GB resident and 14 GB of swap at its third
     point, with JAX's caches cleared after each, and was killed at its fourth (33), which a fresh
-    process then compiled in 11.7 GB: on a 24 GiB machine each point must start from nothing."""
+    process then compiled in 11.7 GB: on a 24 GiB machine each point must start from nothing.
+    A process that ends without an answer is one line, `PlanError`, saying how (`how_it_died`)."""
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+    answers, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_answer, args=(sender, fn, args))
+    child.start()
+    sender.close()  # the child holds the only sender: its death ends the pipe
+    try:
+        ok, value = answers.recv()
+    except EOFError:
+        child.join()
+        raise PlanError(f"the process running {fn.__name__}{args} {how_it_died(child.exitcode)}") from None
+    child.join()
+    if not ok:
+        raise value
+    return value
+
+
+def _answer(sender: Any, fn: Callable[..., Any], args: tuple) -> None:
+    """In the child: `fn(*args)`'s value, or the exception it raised, sent back as (ok, value)."""
+    try:
+        answer = (True, fn(*args))
+    except Exception as e:  # every error goes back to the parent, which raises it
+        answer = (False, e)
+    try:
+        sender.send(answer)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:  # an answer that cannot travel
+        sender.send((False, PlanError(f"{fn.__name__}{args}: its answer could not be sent back ({e}): "
+                                      f"{answer[1]}")))
+
+
+def how_it_died(exitcode: int | None) -> str:
+    """A child process's end without an answer, in words: its signal (negative `exitcode`, as
+    multiprocessing reports it) or its exit status. SIGKILL is the kernel's out-of-memory killer's
+    signal, and also `kill -9`'s; a person stopping the run sends SIGTERM or SIGINT."""
+    if exitcode is not None and exitcode < 0:
         try:
-            return pool.submit(fn, *args).result()
-        except concurrent.futures.process.BrokenProcessPool:
-            raise PlanError(f"the process running {fn.__name__}{args} died without an answer "
-                            "(killed: out of host memory?)") from None
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        guess = " (the out-of-memory killer's signal: out of host memory?)" if name == "SIGKILL" else ""
+        return f"was killed by {name} without an answer{guess}"
+    return f"exited with status {exitcode} without an answer"
 
 
 def compile_point_in_fresh_process(config_spec: str, target: str, per_chip: int, dtype: str | None = None,
@@ -525,7 +562,14 @@ def search_projection(rows: Sequence[dict], chip: Chip, margin: float = DEFAULT_
     the margin (a point whose peak XLA reported), else the two largest that fit (not `squeezed`).
     Near its HBM the compiler's peak bends off the line through all the points (v5p, configs/pod.py:
     0.52 GiB per example from 16 to 148 per chip, 0.21 from 166 to 170), and that line would lead
-    the search up a few batches per compile; the nearest points follow the bend."""
+    the search up a few batches per compile; the nearest points follow the bend.
+
+    The bend is bounded: the line rises at least `FLATTEST_BEND` times the mean rise per example
+    from the smallest batch that fits to the largest (v5p's bend above is 0.46 of its mean). Two
+    adjacent batches that XLA laid out alike lie on a near-flat line that says nothing about the
+    batches above (configs/deepfashion.py on v6e: 27.90 GiB at 31, 27.91 at 32, a line that put
+    the edge at 205 per chip; a quarter of the mean rise from 4, 0.80 GiB per example, puts it at
+    35)."""
     ok = {r["per_chip"]: r for r in rows if not squeezed(r, margin)}
     if not ok:
         return None
@@ -536,6 +580,9 @@ def search_projection(rows: Sequence[dict], chip: Chip, margin: float = DEFAULT_
         return None
     (b0, r0), (b1, r1) = pair
     slope = (peak_of(r1) - peak_of(r0)) / (b1 - b0)
+    if len(ok) > 1:
+        mean = (peak_of(ok[max(ok)]) - peak_of(ok[min(ok)])) / (max(ok) - min(ok))
+        slope = max(slope, FLATTEST_BEND * mean)
     return edge_on_line(peak_of(r0) - slope * b0, slope, chip, margin)
 
 
