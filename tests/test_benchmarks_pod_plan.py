@@ -380,3 +380,15 @@ def test_tiny_train_step_compiles_for_tpu_v5e_like_on_cpu(tmp_path):
     assert state > 0 and tpu["argument_bytes"] >= state and tpu["peak_bytes"] >= state
     assert tpu["all_reduce_bytes"] == cpu["all_reduce_bytes"] >= tpu["grad_bytes"] > 0
     assert "v5e" in r.stdout and "h100" in r.stdout  # the plan read against the chips
+
+
+def test_results_tables_are_what_the_committed_cache_prints(capsys):
+    """benchmarks/RESULTS.md section 10's tables are the documented `--report --project v4,v5p,v6e
+    --markdown` of the committed benchmarks/pod_plan.json, verbatim: a point merged into the cache
+    without its tables (or a table edited by hand) fails here, not in a reader's plan."""
+    pod_plan.main(["--cache", "benchmarks/pod_plan.json", "--report", "--project", "v4,v5p,v6e",
+                   "--markdown"])
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("| config | chip |") and printed.count("\n") > 80
+    with open("benchmarks/RESULTS.md") as f:
+        assert printed in f.read()
